@@ -1,0 +1,94 @@
+//! The backend seam: every data call sparsefs makes on a backing file goes through
+//! [`BackendFile`], so the sparse engine can run over a real fd ([`fd::FdFile`]), an
+//! in-memory file with real hole semantics ([`mem::MemFile`]), a counting decorator
+//! ([`counting::Counting`]) or a fault injector ([`fault::Faulty`]).
+
+pub mod counting;
+pub mod fault;
+pub mod fd;
+pub mod mem;
+
+use std::io::{self, IoSlice};
+
+/// Where `seek_data`/`seek_hole` look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whence {
+    /// `SEEK_DATA`
+    Data,
+    /// `SEEK_HOLE`
+    Hole,
+}
+
+/// Data operations on one backing file. Offsets are absolute (positional I/O: no call
+/// ever moves a file offset, so gaps between writes cost nothing).
+///
+/// Errors are the backend's own (`EIO`, `ENOSPC`, `EOPNOTSUPP`, ...), passed through
+/// untouched so the application sees the real errno.
+pub trait BackendFile: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `off`; returns fewer only at end of file.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
+    /// Writes all of `bufs` contiguously at `off` (one call where the backend allows;
+    /// short writes are continued). Errors: `EIO`, `ENOSPC`, `EDQUOT`, `EFBIG`.
+    fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()>;
+    /// `fallocate(PUNCH_HOLE|KEEP_SIZE)`: afterwards `[off, off+len)` must read as zeros
+    /// (callers verify that the backend really does this before relying on it).
+    /// Errors: `EOPNOTSUPP` where the backend cannot punch.
+    fn punch_hole(&self, off: u64, len: u64) -> io::Result<()>;
+    /// `fallocate(mode)` passed through (mode 0, `KEEP_SIZE`, `ZERO_RANGE`).
+    fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()>;
+    /// `ftruncate`.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// `fsync` (or `fdatasync` when `datasync`).
+    fn sync(&self, datasync: bool) -> io::Result<()>;
+    /// Current size on the backend.
+    fn size(&self) -> io::Result<u64>;
+    /// `lseek(SEEK_DATA/SEEK_HOLE)`; `Ok(None)` for ENXIO. Errors: `EOPNOTSUPP`, `EINVAL`
+    /// on backends without it. Answers are only trusted after a probe.
+    fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>>;
+}
+
+/// What the backing filesystem was found to really do, by writing, calling and reading
+/// back on a scratch file at mount time ([`probe`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// `PUNCH_HOLE` returned success and the range then read back as zeros.
+    pub punch: bool,
+    /// `SEEK_DATA`/`SEEK_HOLE` reported a known layout correctly (a real hole inside
+    /// the file, not just the virtual one at EOF).
+    pub seek: bool,
+}
+
+/// Probes `f` (an empty scratch file opened read-write) for working punch and seek.
+/// The file is left with unspecified contents.
+pub fn probe(f: &dyn BackendFile) -> Caps {
+    const K: u64 = 64 * 1024;
+    let pattern = vec![0xA5u8; (3 * K) as usize];
+    let mut caps = Caps::default();
+    // Punch: write 3 chunks, punch the middle, read back.
+    if f.write_all_at(&[IoSlice::new(&pattern)], 0).is_ok() && f.punch_hole(K, K).is_ok() {
+        let mut back = vec![1u8; (3 * K) as usize];
+        if matches!(f.read_at(&mut back, 0), Ok(n) if n == back.len()) {
+            let (a, rest) = back.split_at(K as usize);
+            let (b, c) = rest.split_at(K as usize);
+            caps.punch = a.iter().all(|&x| x == 0xA5)
+                && crate::zero::is_zero(b)
+                && c.iter().all(|&x| x == 0xA5);
+        }
+    }
+    // Seek: data [0, K), a hole of 16 MiB, data at the end. A fake implementation says
+    // "all data, hole at EOF"; a broken one errors.
+    let far = 16 * 1024 * 1024 + K;
+    let ok = f.set_len(0).is_ok()
+        && f.write_all_at(&[IoSlice::new(&pattern[..K as usize])], 0).is_ok()
+        && f.write_all_at(&[IoSlice::new(&pattern[..K as usize])], far).is_ok()
+        && f.sync(true).is_ok();
+    if ok {
+        let hole = f.seek(0, Whence::Hole);
+        let data = f.seek(K, Whence::Data);
+        let end = f.seek(far + K, Whence::Data);
+        caps.seek = matches!(hole, Ok(Some(h)) if (K..=2 * K).contains(&h))
+            && matches!(data, Ok(Some(d)) if (far - K..=far).contains(&d))
+            && matches!(end, Ok(None));
+    }
+    caps
+}

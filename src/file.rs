@@ -1,0 +1,425 @@
+//! The sparse engine of one file: buffers writes in a [`Coalescer`], keeps the
+//! [`ExtentIndex`], answers reads, seeks and sizes, and flushes through a
+//! [`BackendFile`]. Holds no fuser types; every method returns `io::Result`.
+//!
+//! Content model (the invariant the property tests check): for a byte `x < size`,
+//! `content(x)` is the buffered byte if `x` is buffered, else zero if `x` is a hole
+//! in the index, else the backend's byte (zero past the backend's end). Ranges in
+//! `pending_zero` are holes in the index whose old backend bytes still have to be
+//! punched (or overwritten with zeros) at the next full flush.
+
+use crate::backend::{BackendFile, Caps, Whence};
+use crate::coalescer::{self, Coalescer, DirtyBlock};
+use crate::extents::{ExtentIndex, RangeSet, seek_data, seek_hole};
+use crate::stats::{Stats, Trigger};
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+/// Sizes that shape the backend's I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Sparse block: unit of zero detection and hole creation (power of two).
+    pub block: u64,
+    /// Largest backend write; a multiple of `block`. Writes never cross its boundaries.
+    pub write_size: u64,
+    /// Dirty bytes per file before it is flushed from the write path.
+    pub max_dirty_file: u64,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Self { block: 32 << 10, write_size: 4 << 20, max_dirty_file: 64 << 20 }
+    }
+}
+
+/// How far a flush goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// Write buffered data only (dirty limit, windows): zero ranges stay pending.
+    Data,
+    /// Everything: data, pending punches, size.
+    Full,
+    /// Everything, then `fdatasync` on the backend.
+    DataSync,
+    /// Everything, then `fsync` on the backend.
+    Sync,
+}
+
+/// One file's sparse state over its backend.
+pub struct SparseFile {
+    backend: Box<dyn BackendFile>,
+    geo: Geometry,
+    caps: Caps,
+    stats: Arc<Stats>,
+    size: u64,
+    backend_size: u64,
+    index: ExtentIndex,
+    dirty: Coalescer,
+    pending_zero: RangeSet,
+    /// The first error of a background flush, returned by the next write/flush/fsync.
+    error: Option<io::Error>,
+    dirty_since: Option<Instant>,
+}
+
+fn zeros() -> &'static [u8] {
+    static Z: [u8; 1 << 20] = [0; 1 << 20];
+    &Z
+}
+
+impl SparseFile {
+    /// A file whose backend holds `backend.size()` bytes of unknown layout.
+    pub fn open(backend: Box<dyn BackendFile>, geo: Geometry, caps: Caps, stats: Arc<Stats>) -> io::Result<Self> {
+        let size = backend.size()?;
+        let index = if size == 0 { ExtentIndex::empty() } else { ExtentIndex::unknown(size) };
+        Ok(Self {
+            backend,
+            dirty: Coalescer::new(geo.block),
+            geo,
+            caps,
+            stats,
+            size,
+            backend_size: size,
+            index,
+            pending_zero: RangeSet::new(),
+            error: None,
+            dirty_since: None,
+        })
+    }
+
+    /// The backend this file flushes to.
+    pub fn backend(&self) -> &dyn BackendFile {
+        &*self.backend
+    }
+
+    /// Logical size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// True if the map's holes are known holes.
+    pub fn exact(&self) -> bool {
+        self.index.exact
+    }
+
+    /// True if anything is waiting for a flush (buffers or pending punches or size).
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.pending_zero.is_empty() || self.size != self.backend_size
+    }
+
+    /// When the oldest unflushed write happened.
+    pub fn dirty_since(&self) -> Option<Instant> {
+        self.dirty_since
+    }
+
+    /// Bytes of buffer held.
+    pub fn buffered(&self) -> u64 {
+        self.dirty.buffered()
+    }
+
+    /// 512-byte blocks that may hold data: what `st_blocks` reports for an exact map.
+    pub fn blocks_512(&self) -> u64 {
+        let data = self.index.data.total() + self.dirty.buffered();
+        data.min(self.size.next_multiple_of(512)).div_ceil(512)
+    }
+
+    /// The data ranges as the application sees them (index plus buffered bytes), clipped
+    /// to the size.
+    pub fn data_map(&self) -> RangeSet {
+        let mut m = self.index.data.clone();
+        for (s, e) in self.dirty.written().iter() {
+            m.insert(s, e);
+        }
+        m.truncate(self.size);
+        m
+    }
+
+    /// Drops what is known and starts over from the backend (the file was changed
+    /// outside this mount). Only valid when nothing is dirty.
+    pub fn reset_from_backend(&mut self) -> io::Result<()> {
+        debug_assert!(!self.is_dirty());
+        let size = self.backend.size()?;
+        self.size = size;
+        self.backend_size = size;
+        self.index = if size == 0 { ExtentIndex::empty() } else { ExtentIndex::unknown(size) };
+        Ok(())
+    }
+
+    fn take_error(&mut self) -> io::Result<()> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Buffers a write. May flush complete write-size windows (or everything, over the
+    /// per-file limit); an error of such a flush, or one kept from a background flush,
+    /// is returned here.
+    pub fn write(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        self.take_error()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = off.checked_add(data.len() as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let added = self.dirty.write(off, data);
+        self.stats.dirty_add(added);
+        self.stats.app_write_bytes.fetch_add(data.len() as u64, Relaxed);
+        self.stats.app_writes.fetch_add(1, Relaxed);
+        self.size = self.size.max(end);
+        self.dirty_since.get_or_insert_with(Instant::now);
+        let ws = self.geo.write_size;
+        let windows = self.dirty.complete_windows(off / ws..=(end - 1) / ws, ws, self.size, &self.index.data);
+        let per = ws / self.geo.block;
+        for w in windows {
+            self.stats.flushed(Trigger::Window);
+            self.flush_blocks(w * per, (w + 1) * per)?;
+        }
+        if self.dirty.buffered() >= self.geo.max_dirty_file {
+            self.flush(Depth::Data, Trigger::DirtyLimit)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `off` (short at EOF). Holes are zeros without backend I/O.
+    pub fn read(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
+        if off >= self.size {
+            return Ok(Vec::new());
+        }
+        let end = self.size.min(off + len as u64);
+        let mut buf = vec![0u8; (end - off) as usize];
+        for (s, e) in self.index.data.overlapping(off, end.min(self.backend_size)) {
+            if self.dirty.covers(s, e) {
+                continue;
+            }
+            let slice = &mut buf[(s - off) as usize..(e - off) as usize];
+            self.backend.read_at(slice, s)?;
+        }
+        self.dirty.overlay(off, &mut buf);
+        self.stats.app_read_bytes.fetch_add(buf.len() as u64, Relaxed);
+        if self.dirty.is_empty() {
+            let holes: u64 = self.index.data.gaps(off, end).iter().map(|&(s, e)| e - s).sum();
+            self.stats.hole_read_bytes.fetch_add(holes, Relaxed);
+        }
+        Ok(buf)
+    }
+
+    /// `lseek(SEEK_DATA/SEEK_HOLE)` from the index; learns the map from the backend
+    /// first when it is not exact and the backend's seek was found trustworthy.
+    /// `Ok(None)` is ENXIO.
+    pub fn seek(&mut self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
+        if !self.index.exact && self.caps.seek {
+            self.learn()?;
+        }
+        self.stats.seeks_from_index.fetch_add(1, Relaxed);
+        if self.dirty.is_empty() {
+            return Ok(match whence {
+                Whence::Data => seek_data(&self.index.data, off, self.size),
+                Whence::Hole => seek_hole(&self.index.data, off, self.size),
+            });
+        }
+        let map = self.data_map();
+        Ok(match whence {
+            Whence::Data => seek_data(&map, off, self.size),
+            Whence::Hole => seek_hole(&map, off, self.size),
+        })
+    }
+
+    /// Builds an exact map from the backend's SEEK_DATA/SEEK_HOLE (only called when a
+    /// probe showed them trustworthy). Flushes first so the backend is current.
+    pub fn learn(&mut self) -> io::Result<()> {
+        self.flush(Depth::Full, Trigger::Sync)?;
+        let mut data = RangeSet::new();
+        let size = self.backend_size;
+        let mut pos = 0;
+        while pos < size {
+            let Some(d) = self.backend.seek(pos, Whence::Data)? else { break };
+            if d >= size {
+                break;
+            }
+            let h = self.backend.seek(d, Whence::Hole)?.unwrap_or(size).min(size);
+            if h <= d {
+                // A backend that answers inconsistently is not trusted: keep all data.
+                return Ok(());
+            }
+            data.insert(d, h);
+            pos = h;
+        }
+        // Only what the old (conservative) index allowed may be data.
+        let mut learned = RangeSet::new();
+        for (s, e) in data.iter() {
+            for (a, b) in self.index.data.overlapping(s, e) {
+                learned.insert(a, b);
+            }
+        }
+        self.index = ExtentIndex { data: learned, exact: true };
+        Ok(())
+    }
+
+    fn flush_blocks(&mut self, first: u64, last: u64) -> io::Result<()> {
+        let taken = self.dirty.take(first, last);
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let freed = taken.len() as u64 * self.geo.block;
+        let plan = coalescer::plan(&taken, self.geo.block, self.geo.write_size, self.size, &self.index.data);
+        // Zero blocks: holes from now on; punch later only where old data may be.
+        for (s, e) in plan.zeros.iter() {
+            let old: Vec<(u64, u64)> = self.index.data.overlapping(s, e.min(self.backend_size)).collect();
+            for (a, b) in old {
+                self.pending_zero.insert(a, b);
+            }
+            self.index.data.remove(s, e);
+        }
+        self.stats.zero_bytes_elided.fetch_add(plan.zero_bytes, Relaxed);
+        for run in &plan.writes {
+            let slices: Vec<IoSlice<'_>> = run
+                .pieces
+                .iter()
+                .map(|p| IoSlice::new(&taken[p.slot].1.buf[p.start..p.start + p.len]))
+                .collect();
+            let end = run.off + run.len();
+            self.pending_zero.remove(run.off, end);
+            // May hold data from now on, whatever the outcome of the call.
+            self.index.data.insert(run.off, end);
+            if let Err(e) = self.backend.write_all_at(&slices, run.off) {
+                self.backend_size = self.backend.size().unwrap_or(self.backend_size.max(end));
+                // Keep the unwritten blocks buffered: nothing is dropped on error.
+                let keep_from = run.pieces[0].slot;
+                let back: Vec<(u64, DirtyBlock)> = taken.into_iter().skip(keep_from).collect();
+                let kept = back.len() as u64 * self.geo.block;
+                self.dirty.restore(back);
+                self.stats.dirty_sub(freed - kept);
+                return Err(e);
+            }
+            self.backend_size = self.backend_size.max(end);
+        }
+        self.stats.dirty_sub(freed);
+        if self.dirty.is_empty() {
+            self.dirty_since = None;
+        }
+        Ok(())
+    }
+
+    /// Makes `[start, end)` read as zeros on the backend: punch where the backend really
+    /// punches, otherwise write zeros. Ranges past the backend's end need nothing.
+    fn zero_backend(&mut self, start: u64, end: u64) -> io::Result<()> {
+        let end = end.min(self.backend_size);
+        if start >= end {
+            return Ok(());
+        }
+        if self.caps.punch {
+            self.backend.punch_hole(start, end - start)?;
+            self.stats.bytes_punched.fetch_add(end - start, Relaxed);
+        } else {
+            let mut pos = start;
+            while pos < end {
+                let n = (end - pos).min(zeros().len() as u64);
+                self.backend.write_all_at(&[IoSlice::new(&zeros()[..n as usize])], pos)?;
+                self.stats.zero_bytes_written.fetch_add(n, Relaxed);
+                pos += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes to `depth`. Errors leave the unflushed state in place for a retry.
+    pub fn flush(&mut self, depth: Depth, trigger: Trigger) -> io::Result<()> {
+        if depth != Depth::Data {
+            self.take_error()?;
+        }
+        if self.is_dirty() {
+            self.stats.flushed(trigger);
+        }
+        self.flush_blocks(0, u64::MAX)?;
+        if depth == Depth::Data {
+            return Ok(());
+        }
+        let pending: Vec<(u64, u64)> = self.pending_zero.iter().collect();
+        for (s, e) in pending {
+            self.zero_backend(s, e)?;
+            self.pending_zero.remove(s, e);
+        }
+        if self.size != self.backend_size {
+            self.backend.set_len(self.size)?;
+            self.backend_size = self.size;
+        }
+        match depth {
+            Depth::Sync => self.backend.sync(false)?,
+            Depth::DataSync => self.backend.sync(true)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Runs a flush from a background thread: an error is kept for the next
+    /// write/flush/fsync of this file instead of being lost.
+    pub fn flush_background(&mut self, trigger: Trigger) {
+        if let Err(e) = self.flush(Depth::Full, trigger)
+            && self.error.is_none()
+        {
+            tracing::warn!(error = %e, "background flush failed; reported on next write/fsync/close");
+            self.error = Some(e);
+        }
+    }
+
+    /// `ftruncate` to `size`.
+    pub fn truncate(&mut self, size: u64) -> io::Result<()> {
+        if size < self.size {
+            let freed = self.dirty.truncate(size);
+            self.stats.dirty_sub(freed);
+        }
+        self.flush(Depth::Full, Trigger::Sync)?;
+        if size != self.backend_size {
+            self.backend.set_len(size)?;
+        }
+        self.backend_size = size;
+        self.size = size;
+        self.index.data.truncate(size);
+        self.pending_zero.truncate(size);
+        if size == 0 {
+            self.index.exact = true;
+        }
+        Ok(())
+    }
+
+    /// `fallocate(PUNCH_HOLE)` or `ZERO_RANGE`: the range reads as zeros; `ZERO_RANGE`
+    /// without `keep_size` may grow the file.
+    pub fn make_zero(&mut self, off: u64, len: u64, keep_size: bool) -> io::Result<()> {
+        self.flush(Depth::Full, Trigger::Sync)?;
+        let end = off.saturating_add(len);
+        let old: Vec<(u64, u64)> = self.index.data.overlapping(off, end.min(self.size)).collect();
+        for (s, e) in old {
+            self.zero_backend(s, e)?;
+            self.index.data.remove(s, e);
+        }
+        if !keep_size && end > self.size {
+            self.backend.set_len(end)?;
+            self.size = end;
+            self.backend_size = end;
+        }
+        Ok(())
+    }
+
+    /// `fallocate` mode 0 or `KEEP_SIZE`: passed to the backend; allocated ranges count
+    /// as data (they are allocated, and reading them is harmless).
+    pub fn allocate(&mut self, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        self.flush(Depth::Full, Trigger::Sync)?;
+        let r = self.backend.allocate(mode, off, len);
+        let r = match r {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+            r => r,
+        };
+        r?;
+        let end = off + len;
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > self.size {
+            self.size = end;
+            self.backend_size = end;
+        }
+        self.index.data.insert(off, end.min(self.size));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

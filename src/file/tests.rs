@@ -1,0 +1,304 @@
+//! Engine tests over the in-memory backend: budgets, faults, and a property test
+//! against a `Vec<u8>` model.
+
+use super::*;
+use crate::backend::counting::Counting;
+use crate::backend::fault::{Fault, Faulty};
+use crate::backend::mem::MemFile;
+use crate::stats::Op;
+use proptest::prelude::*;
+use std::sync::Arc;
+
+/// Shares one MemFile between the engine and the test.
+struct Shared(Arc<Faulty<MemFile>>);
+impl BackendFile for Shared {
+    fn read_at(&self, b: &mut [u8], o: u64) -> io::Result<usize> { self.0.read_at(b, o) }
+    fn write_all_at(&self, b: &[IoSlice<'_>], o: u64) -> io::Result<()> { self.0.write_all_at(b, o) }
+    fn punch_hole(&self, o: u64, l: u64) -> io::Result<()> { self.0.punch_hole(o, l) }
+    fn allocate(&self, m: i32, o: u64, l: u64) -> io::Result<()> { self.0.allocate(m, o, l) }
+    fn set_len(&self, l: u64) -> io::Result<()> { self.0.set_len(l) }
+    fn sync(&self, d: bool) -> io::Result<()> { self.0.sync(d) }
+    fn size(&self) -> io::Result<u64> { self.0.size() }
+    fn seek(&self, o: u64, w: Whence) -> io::Result<Option<u64>> { self.0.seek(o, w) }
+}
+
+struct Rig {
+    file: SparseFile,
+    mem: Arc<Faulty<MemFile>>,
+    stats: Arc<Stats>,
+}
+
+fn rig_with(geo: Geometry, punch: bool, seek: bool, initial: &[u8]) -> Rig {
+    let mem = Arc::new(Faulty::new(MemFile::with_caps(punch, seek)));
+    if !initial.is_empty() {
+        mem.inner().write_all_at(&[IoSlice::new(initial)], 0).unwrap();
+    }
+    let stats = Arc::new(Stats::default());
+    let backend = Box::new(Counting::new(Shared(mem.clone()), stats.clone()));
+    let caps = Caps { punch, seek };
+    let file = SparseFile::open(backend, geo, caps, stats.clone()).unwrap();
+    Rig { file, mem, stats }
+}
+
+fn geo(block: u64, write_size: u64) -> Geometry {
+    Geometry { block, write_size, max_dirty_file: 64 * write_size }
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn zeros_written_sequentially_cost_no_backend_write_and_one_ftruncate() {
+    let mut r = rig_with(Geometry::default(), true, true, &[]);
+    let zero = vec![0u8; MIB as usize];
+    for i in 0..64 {
+        r.file.write(i * MIB, &zero).unwrap();
+    }
+    r.file.flush(Depth::Full, Trigger::Close).unwrap();
+    assert_eq!(r.stats.calls(Op::Write), 0);
+    assert_eq!(r.stats.calls(Op::Punch), 0);
+    assert_eq!(r.stats.calls(Op::Truncate), 1);
+    assert_eq!(r.mem.inner().size().unwrap(), 64 * MIB);
+    assert!(r.mem.inner().allocated().is_empty());
+    assert_eq!(r.stats.zero_bytes_elided.load(Relaxed), 64 * MIB);
+}
+
+#[test]
+fn scattered_extents_cost_one_write_each_and_no_lseek() {
+    // 64 data extents of 1 MiB, 32 MiB apart, written as a dense stream of 256 KiB app
+    // writes (what cp --sparse=never or plain rsync send).
+    let mut r = rig_with(Geometry::default(), true, true, &[]);
+    let size = 64 * 32 * MIB;
+    let chunk = 256 << 10;
+    let data = vec![0x5Au8; chunk];
+    let zero = vec![0u8; chunk];
+    let mut off = 0;
+    while off < size {
+        let is_data = (off % (32 * MIB)) < MIB;
+        r.file.write(off, if is_data { &data } else { &zero }).unwrap();
+        off += chunk as u64;
+    }
+    r.file.flush(Depth::Full, Trigger::Close).unwrap();
+    assert_eq!(r.stats.calls(Op::Write), 64);
+    assert_eq!(r.stats.bytes(Op::Write), 64 * MIB);
+    assert_eq!(r.stats.calls(Op::Lseek), 0);
+    assert_eq!(r.stats.calls(Op::Truncate), 1);
+    assert_eq!(r.mem.inner().allocated().total(), 64 * MIB);
+    assert_eq!(r.file.seek(0, Whence::Data).unwrap(), Some(0));
+    assert_eq!(r.file.seek(0, Whence::Hole).unwrap(), Some(MIB));
+    assert_eq!(r.file.seek(MIB, Whence::Data).unwrap(), Some(32 * MIB));
+    assert_eq!(r.file.seek(size - 1, Whence::Data).unwrap(), None);
+    assert_eq!(r.file.seek(size, Whence::Hole).unwrap(), None);
+}
+
+#[test]
+fn zeros_over_existing_data_are_punched_once_per_run_and_read_back_as_zeros() {
+    let initial = vec![0xEEu8; (8 * MIB) as usize];
+    let mut r = rig_with(Geometry::default(), true, true, &initial);
+    r.file.write(MIB, &vec![0u8; (3 * MIB) as usize]).unwrap();
+    r.file.flush(Depth::Full, Trigger::Close).unwrap();
+    assert_eq!(r.stats.calls(Op::Punch), 1);
+    assert_eq!(r.stats.calls(Op::Write), 0);
+    let back = r.mem.inner().contents();
+    assert!(back[MIB as usize..(4 * MIB) as usize].iter().all(|&b| b == 0));
+    assert!(back[..MIB as usize].iter().all(|&b| b == 0xEE));
+    assert!(!r.mem.inner().allocated().intersects(MIB, 4 * MIB));
+}
+
+#[test]
+fn zeros_over_data_are_written_when_the_backend_cannot_punch() {
+    let initial = vec![0xEEu8; (2 * MIB) as usize];
+    let mut r = rig_with(Geometry::default(), false, false, &initial);
+    r.file.write(0, &vec![0u8; MIB as usize]).unwrap();
+    r.file.flush(Depth::Full, Trigger::Close).unwrap();
+    assert_eq!(r.stats.calls(Op::Punch), 0);
+    let back = r.mem.inner().contents();
+    assert!(back[..MIB as usize].iter().all(|&b| b == 0));
+    assert_eq!(r.file.read(0, 2 * MIB as usize).unwrap()[..MIB as usize], vec![0u8; MIB as usize][..]);
+}
+
+#[test]
+fn unknown_file_is_all_data_without_trusted_seek_and_learned_with_it() {
+    let mut initial = vec![0u8; (4 * MIB) as usize];
+    initial[..4096].fill(1);
+    // MemFile allocation is where it was written: all 4 MiB, since written as one buffer.
+    let mut r = rig_with(Geometry::default(), true, false, &initial);
+    assert_eq!(r.file.seek(0, Whence::Hole).unwrap(), Some(4 * MIB));
+    let mut r2 = rig_with(Geometry::default(), true, true, &initial);
+    r2.mem.inner().punch_hole(MIB, 3 * MIB).unwrap();
+    assert_eq!(r2.file.seek(0, Whence::Hole).unwrap(), Some(MIB));
+    assert_eq!(r2.file.seek(MIB, Whence::Data).unwrap(), None);
+    assert!(r2.file.exact());
+}
+
+#[test]
+fn eio_during_flush_reaches_the_caller_and_nothing_is_lost() {
+    let mut r = rig_with(geo(4096, 16384), true, true, &[]);
+    let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8 + 1).collect();
+    r.mem.arm(1, Fault::Errno(libc::EIO), false);
+    let mut res = Ok(());
+    for (i, c) in data.chunks(8192).enumerate() {
+        res = res.and(r.file.write(i as u64 * 8192, c));
+    }
+    let flushed = r.file.flush(Depth::Sync, Trigger::Fsync);
+    assert!(res.is_err() || flushed.is_err(), "an EIO must surface on write or fsync");
+    let e = res.err().or(flushed.err()).unwrap();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert_eq!(r.file.read(0, data.len()).unwrap(), data, "reads still see every byte");
+    r.file.flush(Depth::Sync, Trigger::Fsync).unwrap();
+    assert_eq!(r.mem.inner().contents(), data, "a retry writes everything");
+}
+
+#[test]
+fn short_write_then_enospc_keeps_index_consistent() {
+    let mut r = rig_with(geo(4096, 16384), true, true, &[]);
+    let data = vec![7u8; 32768];
+    r.mem.arm(0, Fault::ShortThen(libc::ENOSPC), false);
+    r.file.write(0, &data).unwrap_err();
+    assert_eq!(r.file.read(0, data.len()).unwrap(), data);
+    r.file.flush(Depth::Full, Trigger::Close).unwrap();
+    assert_eq!(r.mem.inner().contents(), data);
+}
+
+#[test]
+fn background_flush_error_is_returned_by_the_next_fsync() {
+    let mut r = rig_with(geo(4096, 16384), true, true, &[]);
+    r.file.write(0, &[1u8; 100]).unwrap();
+    r.mem.arm(0, Fault::Errno(libc::EIO), false);
+    r.file.flush_background(Trigger::Age);
+    let e = r.file.flush(Depth::Sync, Trigger::Fsync).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    r.file.flush(Depth::Sync, Trigger::Fsync).unwrap();
+    assert_eq!(r.mem.inner().contents(), vec![1u8; 100]);
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Write { off: u64, len: u64, byte: u8 },
+    Truncate(u64),
+    Punch { off: u64, len: u64 },
+    Flush(u8),
+    Seek(u64),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let off = 0u64..40_000;
+    prop_oneof![
+        6 => (off.clone(), 1u64..12_000, prop_oneof![Just(0u8), 1u8..=255]).prop_map(|(off, len, byte)| Action::Write { off, len, byte }),
+        1 => (0u64..45_000).prop_map(Action::Truncate),
+        1 => (off.clone(), 1u64..10_000).prop_map(|(off, len)| Action::Punch { off, len }),
+        2 => (0u8..3).prop_map(Action::Flush),
+        1 => off.prop_map(Action::Seek),
+    ]
+}
+
+fn check_seek_against_model(f: &mut SparseFile, model: &[u8]) -> Result<(), TestCaseError> {
+    let size = model.len() as u64;
+    // Walk the data/hole map through seek and check: holes read as zeros in the model,
+    // and every non-zero model byte lies in data.
+    let mut pos = 0;
+    while pos < size {
+        let d = f.seek(pos, Whence::Data).unwrap();
+        let hole_end = d.unwrap_or(size);
+        prop_assert!(model[pos as usize..hole_end as usize].iter().all(|&b| b == 0), "hole [{pos},{hole_end}) holds data");
+        let Some(d) = d else { break };
+        let h = f.seek(d, Whence::Hole).unwrap().unwrap();
+        prop_assert!(h > d && h <= size);
+        pos = h;
+    }
+    prop_assert_eq!(f.seek(size, Whence::Data).unwrap(), None);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #[test]
+    fn engine_matches_a_byte_vector_model(
+        actions in prop::collection::vec(action(), 1..40),
+        block_shift in 9u32..14,
+        punch in any::<bool>(),
+        seek in any::<bool>(),
+        initial_len in prop_oneof![Just(0usize), 1usize..30_000],
+    ) {
+        let block = 1u64 << block_shift;
+        let g = Geometry { block, write_size: block * 4, max_dirty_file: block * 16 };
+        let initial: Vec<u8> = (0..initial_len).map(|i| (i % 7) as u8).collect();
+        let mut r = rig_with(g, punch, seek, &initial);
+        let mut model = initial.clone();
+        for a in actions {
+            match a {
+                Action::Write { off, len, byte } => {
+                    let buf = vec![byte; len as usize];
+                    r.file.write(off, &buf).unwrap();
+                    let end = (off + len) as usize;
+                    if model.len() < end { model.resize(end, 0); }
+                    model[off as usize..end].fill(byte);
+                }
+                Action::Truncate(n) => {
+                    r.file.truncate(n).unwrap();
+                    model.resize(n as usize, 0);
+                }
+                Action::Punch { off, len } => {
+                    r.file.make_zero(off, len, true).unwrap();
+                    let end = ((off + len) as usize).min(model.len());
+                    if (off as usize) < end { model[off as usize..end].fill(0); }
+                }
+                Action::Flush(d) => {
+                    let depth = [Depth::Data, Depth::Full, Depth::Sync][d as usize];
+                    r.file.flush(depth, Trigger::Fsync).unwrap();
+                    if depth != Depth::Data {
+                        prop_assert_eq!(&r.mem.inner().contents(), &model, "backend after full flush");
+                    }
+                }
+                Action::Seek(off) => {
+                    let d = r.file.seek(off, Whence::Data).unwrap();
+                    if let Some(d) = d {
+                        prop_assert!(model[off as usize..d as usize].iter().all(|&b| b == 0));
+                    } else if (off as usize) < model.len() {
+                        prop_assert!(model[off as usize..].iter().all(|&b| b == 0));
+                    }
+                }
+            }
+            prop_assert_eq!(r.file.size(), model.len() as u64);
+            prop_assert_eq!(&r.file.read(0, model.len() + 10).unwrap(), &model);
+        }
+        check_seek_against_model(&mut r.file, &model)?;
+        r.file.flush(Depth::Full, Trigger::Close).unwrap();
+        prop_assert_eq!(&r.mem.inner().contents(), &model);
+    }
+
+    #[test]
+    fn no_all_zero_block_is_ever_written_over_an_exact_map(
+        writes in prop::collection::vec((0u64..64, 1u64..8, any::<bool>()), 1..30),
+    ) {
+        // Block-aligned writes of whole blocks, zero or not, to a new file.
+        let block = 4096u64;
+        let rec = Arc::new(parking_lot::Mutex::new(Vec::<(u64, Vec<u8>)>::new()));
+        struct Rec(Arc<parking_lot::Mutex<Vec<(u64, Vec<u8>)>>>, MemFile);
+        impl BackendFile for Rec {
+            fn read_at(&self, b: &mut [u8], o: u64) -> io::Result<usize> { self.1.read_at(b, o) }
+            fn write_all_at(&self, b: &[IoSlice<'_>], o: u64) -> io::Result<()> {
+                self.0.lock().push((o, b.iter().flat_map(|s| s.iter().copied()).collect()));
+                self.1.write_all_at(b, o)
+            }
+            fn punch_hole(&self, o: u64, l: u64) -> io::Result<()> { self.1.punch_hole(o, l) }
+            fn allocate(&self, m: i32, o: u64, l: u64) -> io::Result<()> { self.1.allocate(m, o, l) }
+            fn set_len(&self, l: u64) -> io::Result<()> { self.1.set_len(l) }
+            fn sync(&self, d: bool) -> io::Result<()> { self.1.sync(d) }
+            fn size(&self) -> io::Result<u64> { self.1.size() }
+            fn seek(&self, o: u64, w: Whence) -> io::Result<Option<u64>> { self.1.seek(o, w) }
+        }
+        let stats = Arc::new(Stats::default());
+        let mut f = SparseFile::open(Box::new(Rec(rec.clone(), MemFile::new())), geo(block, 4 * block), Caps { punch: true, seek: true }, stats).unwrap();
+        for (blk, n, zero) in writes {
+            let buf = vec![if zero { 0 } else { 0x11 }; (n * block) as usize];
+            f.write(blk * block, &buf).unwrap();
+        }
+        f.flush(Depth::Full, Trigger::Close).unwrap();
+        for (off, bytes) in rec.lock().iter() {
+            prop_assert_eq!(off % block, 0);
+            for c in bytes.chunks(block as usize) {
+                prop_assert!(!crate::zero::is_zero(c), "an all-zero block reached the backend at {off}");
+            }
+        }
+    }
+}

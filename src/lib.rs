@@ -1,0 +1,25 @@
+//! sparsefs: a FUSE overlay that coalesces writes into large aligned chunks, turns
+//! all-zero chunks into holes, and answers SEEK_DATA/SEEK_HOLE from its own extent
+//! index, for big-I/O filesystems where every backend call is a round trip.
+//!
+//! ```text
+//!  kernel FUSE ──> fuse_adapter (decode, reply, log)     thin, the only fuser user
+//!                      │
+//!                      v
+//!                  fs::SparseFs (inodes, handles, metadata ops via sys)
+//!                      │ per regular file
+//!                      v
+//!                  file::SparseFile ── coalescer (pure plan) ── extents (pure index)
+//!                      │                                  └── zero (pure detection)
+//!                      v
+//!                  backend::BackendFile  (fd | mem | counting | fault)
+//! ```
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod coalescer;
+pub mod extents;
+pub mod file;
+pub mod stats;
+pub mod zero;

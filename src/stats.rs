@@ -1,0 +1,221 @@
+//! Counters for every backend call (count, bytes, latency) and for what the sparse
+//! engine saved, shared by all files of a mount. Read by `sparsefs stats` and tests.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Kinds of backend call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// pread
+    Read = 0,
+    /// pwrite / pwritev
+    Write,
+    /// fallocate(PUNCH_HOLE)
+    Punch,
+    /// fallocate (other modes)
+    Allocate,
+    /// ftruncate
+    Truncate,
+    /// fsync / fdatasync
+    Fsync,
+    /// lseek(SEEK_DATA/SEEK_HOLE)
+    Lseek,
+}
+
+/// All ops, in display order.
+pub const OPS: [Op; 7] =
+    [Op::Read, Op::Write, Op::Punch, Op::Allocate, Op::Truncate, Op::Fsync, Op::Lseek];
+
+impl Op {
+    /// The name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        ["read", "write", "punch", "allocate", "ftruncate", "fsync", "lseek"][self as usize]
+    }
+}
+
+/// Why a flush ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// fsync/fdatasync
+    Fsync = 0,
+    /// close (FUSE flush) or release
+    Close,
+    /// a full write-size window of complete blocks
+    Window,
+    /// the per-file or global dirty limit
+    DirtyLimit,
+    /// the dirty age
+    Age,
+    /// truncate, fallocate, copy_file_range, seek learning: ops that need the backend current
+    Sync,
+    /// unmount
+    Unmount,
+}
+
+/// All triggers, in display order.
+pub const TRIGGERS: [Trigger; 7] = [
+    Trigger::Fsync,
+    Trigger::Close,
+    Trigger::Window,
+    Trigger::DirtyLimit,
+    Trigger::Age,
+    Trigger::Sync,
+    Trigger::Unmount,
+];
+
+impl Trigger {
+    /// The name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        ["fsync", "close", "window", "dirty_limit", "age", "sync", "unmount"][self as usize]
+    }
+}
+
+#[derive(Debug, Default)]
+struct OpCounter {
+    calls: AtomicU64,
+    bytes: AtomicU64,
+    nanos: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// The counters of one mount.
+#[derive(Debug, Default)]
+pub struct Stats {
+    ops: [OpCounter; 7],
+    flushes: [AtomicU64; 7],
+    /// Bytes applications wrote through the mount.
+    pub app_write_bytes: AtomicU64,
+    /// Write requests from applications.
+    pub app_writes: AtomicU64,
+    /// Bytes applications read through the mount.
+    pub app_read_bytes: AtomicU64,
+    /// Zero bytes written by applications that never reached the backend as writes.
+    pub zero_bytes_elided: AtomicU64,
+    /// Bytes of old data turned into holes by punching.
+    pub bytes_punched: AtomicU64,
+    /// Zero bytes written out because the backend cannot punch.
+    pub zero_bytes_written: AtomicU64,
+    /// Read bytes served from known holes without backend I/O.
+    pub hole_read_bytes: AtomicU64,
+    /// SEEK_DATA/SEEK_HOLE answered from the index.
+    pub seeks_from_index: AtomicU64,
+    /// Dirty bytes buffered now.
+    pub dirty_bytes: AtomicU64,
+    /// Highest dirty bytes seen.
+    pub dirty_peak: AtomicU64,
+}
+
+impl Stats {
+    /// Records one backend call.
+    pub fn record(&self, op: Op, bytes: u64, nanos: u64, ok: bool) {
+        let c = &self.ops[op as usize];
+        c.calls.fetch_add(1, Relaxed);
+        c.bytes.fetch_add(bytes, Relaxed);
+        c.nanos.fetch_add(nanos, Relaxed);
+        if !ok {
+            c.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Calls of one kind so far.
+    pub fn calls(&self, op: Op) -> u64 {
+        self.ops[op as usize].calls.load(Relaxed)
+    }
+
+    /// Bytes of one kind so far.
+    pub fn bytes(&self, op: Op) -> u64 {
+        self.ops[op as usize].bytes.load(Relaxed)
+    }
+
+    /// Counts one flush.
+    pub fn flushed(&self, t: Trigger) {
+        self.flushes[t as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Adjusts the dirty-byte gauge.
+    pub fn dirty_add(&self, n: u64) {
+        let now = self.dirty_bytes.fetch_add(n, Relaxed) + n;
+        self.dirty_peak.fetch_max(now, Relaxed);
+    }
+
+    /// Adjusts the dirty-byte gauge down.
+    pub fn dirty_sub(&self, n: u64) {
+        self.dirty_bytes.fetch_sub(n, Relaxed);
+    }
+
+    /// All counters as a JSON object (no external serializer needed for flat numbers).
+    pub fn to_json(&self) -> String {
+        let mut s = String::from("{");
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        let _ = write!(
+            s,
+            "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
+             \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"backend\":{{",
+            g(&self.app_write_bytes),
+            g(&self.app_writes),
+            g(&self.app_read_bytes),
+            g(&self.zero_bytes_elided),
+            g(&self.bytes_punched),
+            g(&self.zero_bytes_written),
+            g(&self.hole_read_bytes),
+            g(&self.seeks_from_index),
+            g(&self.dirty_bytes),
+            g(&self.dirty_peak),
+        );
+        for (i, op) in OPS.iter().enumerate() {
+            let c = &self.ops[*op as usize];
+            let _ = write!(
+                s,
+                "{}\"{}\":{{\"calls\":{},\"bytes\":{},\"nanos\":{},\"errors\":{}}}",
+                if i > 0 { "," } else { "" },
+                op.name(),
+                g(&c.calls),
+                g(&c.bytes),
+                g(&c.nanos),
+                g(&c.errors)
+            );
+        }
+        s.push_str("},\"flushes\":{");
+        for (i, t) in TRIGGERS.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}\"{}\":{}",
+                if i > 0 { "," } else { "" },
+                t.name(),
+                g(&self.flushes[*t as usize])
+            );
+        }
+        s.push_str("}}");
+        s
+    }
+
+    /// A human table.
+    pub fn to_table(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        let mut s = String::new();
+        let _ = writeln!(s, "application writes   {:>16} bytes in {} calls", g(&self.app_write_bytes), g(&self.app_writes));
+        let _ = writeln!(s, "application reads    {:>16} bytes", g(&self.app_read_bytes));
+        let _ = writeln!(s, "zero bytes elided    {:>16} bytes", g(&self.zero_bytes_elided));
+        let _ = writeln!(s, "old data punched     {:>16} bytes", g(&self.bytes_punched));
+        let _ = writeln!(s, "zeros written (no punch) {:>12} bytes", g(&self.zero_bytes_written));
+        let _ = writeln!(s, "reads from holes     {:>16} bytes (no backend I/O)", g(&self.hole_read_bytes));
+        let _ = writeln!(s, "seeks from index     {:>16}", g(&self.seeks_from_index));
+        let _ = writeln!(s, "dirty now / peak     {:>16} / {} bytes", g(&self.dirty_bytes), g(&self.dirty_peak));
+        let _ = writeln!(s, "backend call          calls            bytes   avg µs  errors");
+        for op in OPS {
+            let c = &self.ops[op as usize];
+            let calls = g(&c.calls);
+            let avg = if calls > 0 { g(&c.nanos) as f64 / calls as f64 / 1000.0 } else { 0.0 };
+            let _ = writeln!(s, "  {:<12} {:>12} {:>16} {:>8.1} {:>7}", op.name(), calls, g(&c.bytes), avg, g(&c.errors));
+        }
+        let _ = write!(s, "flushes by trigger   ");
+        for t in TRIGGERS {
+            let _ = write!(s, " {}={}", t.name(), g(&self.flushes[t as usize]));
+        }
+        s.push('\n');
+        s
+    }
+}
