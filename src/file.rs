@@ -39,6 +39,9 @@ impl Default for Geometry {
 pub enum Depth {
     /// Write buffered data only (dirty limit, windows): zero ranges stay pending.
     Data,
+    /// Data and pending punches, but not the size (dirty age: a growing file is not
+    /// ftruncated every few seconds).
+    Background,
     /// Everything: data, pending punches, size.
     Full,
     /// Everything, then `fdatasync` on the backend.
@@ -295,9 +298,6 @@ impl SparseFile {
             self.backend_size = self.backend_size.max(end);
         }
         self.stats.dirty_sub(freed);
-        if self.dirty.is_empty() {
-            self.dirty_since = None;
-        }
         Ok(())
     }
 
@@ -340,6 +340,10 @@ impl SparseFile {
             self.zero_backend(s, e)?;
             self.pending_zero.remove(s, e);
         }
+        if depth == Depth::Background {
+            self.dirty_since = None;
+            return Ok(());
+        }
         if self.size != self.backend_size {
             self.backend.set_len(self.size)?;
             self.backend_size = self.size;
@@ -349,13 +353,14 @@ impl SparseFile {
             Depth::DataSync => self.backend.sync(true)?,
             _ => {}
         }
+        self.dirty_since = None;
         Ok(())
     }
 
     /// Runs a flush from a background thread: an error is kept for the next
     /// write/flush/fsync of this file instead of being lost.
     pub fn flush_background(&mut self, trigger: Trigger) {
-        if let Err(e) = self.flush(Depth::Full, trigger)
+        if let Err(e) = self.flush(Depth::Background, trigger)
             && self.error.is_none()
         {
             tracing::warn!(error = %e, "background flush failed; reported on next write/fsync/close");

@@ -1,1 +1,53 @@
-fn main() {}
+//! The `sparsefs` binary: parse, set up logging, run a subcommand; errors become one
+//! line on stderr and an exit status (2 bad input, 1 runtime failure).
+
+use clap::Parser;
+use sparsefs::cli::{self, Cli, Cmd};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::normalize_args(std::env::args_os().collect());
+    let parsed = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("sparsefs: error: {first} (see sparsefs --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match parsed.cmd {
+        Cmd::Mount(a) => {
+            let cfg = match cli::validate(&a) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sparsefs: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            sparsefs::daemon::init_logging(cfg.verbose);
+            ExitCode::from(sparsefs::daemon::run(cfg) as u8)
+        }
+        Cmd::Umount { mountpoint, lazy } => report(sparsefs::daemon::umount(&mountpoint, lazy)),
+        Cmd::Stats { mountpoint, json, watch } => report(sparsefs::daemon::stats(&mountpoint, json, watch)),
+        Cmd::Demo { sparse_block } => {
+            sparsefs::daemon::init_logging(0);
+            report(sparsefs::demo::run(&sparse_block))
+        }
+    }
+}
+
+fn report(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sparsefs: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

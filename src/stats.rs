@@ -219,3 +219,66 @@ impl Stats {
         s
     }
 }
+
+/// Renders the JSON of [`Stats::to_json`] (as read from a daemon) as an aligned table,
+/// one counter per line, nested keys joined with dots.
+pub fn table_from_json(json: &str) -> String {
+    let mut out = String::new();
+    let mut path: Vec<String> = Vec::new();
+    let mut key = String::new();
+    let mut chars = json.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                key.clear();
+                for k in chars.by_ref() {
+                    if k == '"' {
+                        break;
+                    }
+                    key.push(k);
+                }
+            }
+            ':' => {
+                while chars.peek() == Some(&' ') {
+                    chars.next();
+                }
+                if chars.peek() == Some(&'{') {
+                    path.push(key.clone());
+                } else {
+                    let mut v = String::new();
+                    while let Some(&d) = chars.peek() {
+                        if d == ',' || d == '}' {
+                            break;
+                        }
+                        v.push(d);
+                        chars.next();
+                    }
+                    let mut full: Vec<&str> = path.iter().map(String::as_str).collect();
+                    full.push(&key);
+                    let _ = writeln!(out, "{:<32} {:>16}", full.join("."), v);
+                }
+            }
+            '}' => {
+                path.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trips_into_a_table() {
+        let s = Stats::default();
+        s.record(Op::Write, 4096, 10, true);
+        s.app_write_bytes.fetch_add(7, Relaxed);
+        let t = table_from_json(&s.to_json());
+        assert!(t.lines().any(|l| l.starts_with("app_write_bytes") && l.ends_with(" 7")), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("backend.write.bytes") && l.ends_with(" 4096")), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("flushes.close")), "{t}");
+    }
+}

@@ -1,0 +1,395 @@
+//! Command-line parsing (clap, raw) and its validation into a mount configuration.
+//! Both the subcommand form (`sparsefs mount SRC DIR --sparse-block 32K`) and the
+//! mount.fuse3/fstab form (`sparsefs SRC DIR -o sparse_block=32K,allow_other`) end here.
+#![forbid(unsafe_code)]
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// sparsefs: a FUSE overlay that makes writes sparse and cheap on big-I/O filesystems.
+#[derive(Parser, Debug)]
+#[command(name = "sparsefs", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Mount BACKING at MOUNTPOINT (returns once the mount is live, unless -f).
+    Mount(MountArgs),
+    /// Flush and unmount a sparsefs mount.
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Detach now, finish when no longer busy.
+        #[arg(long, short = 'z')]
+        lazy: bool,
+    },
+    /// Show a mount's live counters (mount owner or root only).
+    Stats {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every N seconds.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<f64>,
+    },
+    /// Mount a temporary directory, write a sparse VM-like image through it with dd,
+    /// and show what reached the backend; cleans up after itself.
+    Demo {
+        /// Sparse block size for the demo mount.
+        #[arg(long, default_value = "32K")]
+        sparse_block: String,
+    },
+}
+
+/// Options of `sparsefs mount`.
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// The backing directory (on GPFS, Lustre, BeeGFS, CephFS, NFS, ...).
+    pub backing: PathBuf,
+    /// Where to mount the view.
+    pub mountpoint: PathBuf,
+    /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
+    /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
+    /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
+    /// subtype=NAME, and fstab-only ones that are ignored (defaults, _netdev, nofail,
+    /// noauto, auto, user, users, x-*).
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub options: Vec<String>,
+    /// Unit of zero detection and hole creation: a power of two from 4K to 64M.
+    #[arg(long, value_name = "SIZE")]
+    pub sparse_block: Option<String>,
+    /// Largest backend write, a multiple of the sparse block (default 4M).
+    #[arg(long, value_name = "SIZE")]
+    pub write_size: Option<String>,
+    /// Dirty bytes across all files before writers flush (default 256M).
+    #[arg(long, value_name = "SIZE")]
+    pub max_dirty: Option<String>,
+    /// Flush dirty data older than this (default 5s; e.g. 500ms, 5s, 1m).
+    #[arg(long, value_name = "DURATION")]
+    pub dirty_age: Option<String>,
+    /// Request-handling threads (default 4).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Let other users use the mount (kernel permission checks stay on).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Stay in the foreground.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log to this file when running in the background.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Who may use the mount besides its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The owner only (FUSE default).
+    Owner,
+    /// Root too.
+    Root,
+    /// Everyone (`allow_other`), with the kernel checking permissions.
+    All,
+}
+
+/// A validated mount configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountConfig {
+    /// Canonical backing directory.
+    pub backing: PathBuf,
+    /// Canonical mount point.
+    pub mountpoint: PathBuf,
+    /// Sparse block.
+    pub sparse_block: u64,
+    /// Write size.
+    pub write_size: u64,
+    /// Global dirty limit.
+    pub max_dirty: u64,
+    /// Dirty age.
+    pub dirty_age: Duration,
+    /// Threads.
+    pub threads: usize,
+    /// Access.
+    pub access: Access,
+    /// Read-only.
+    pub ro: bool,
+    /// Kernel mount flags passed on (nosuid, nodev, noexec, noatime, ...).
+    pub flags: Vec<String>,
+    /// fsname shown in /proc/mounts.
+    pub fsname: String,
+    /// subtype shown in /proc/mounts.
+    pub subtype: String,
+    /// Foreground.
+    pub foreground: bool,
+    /// Verbosity.
+    pub verbose: u8,
+    /// Log file.
+    pub log_file: Option<PathBuf>,
+}
+
+/// A usage error: printed as one line, exit status 2, nothing mounted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn usage<T>(msg: impl Into<String>) -> Result<T, UsageError> {
+    Err(UsageError(msg.into()))
+}
+
+/// Parses a size: digits with an optional K, M, G or T suffix (binary, `KiB`/`KB`
+/// accepted). Zero and overflow are errors.
+///
+/// # Errors
+/// A message naming the bad value.
+pub fn parse_size(what: &str, s: &str) -> Result<u64, UsageError> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(|b| b.is_ascii_digit()).count();
+    let (num, suffix) = t.split_at(digits);
+    let bad = || UsageError(format!("invalid {what} '{s}': expected a size like 4096, 32K, 4M or 1G"));
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    let v = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
+    if v == 0 {
+        return usage(format!("invalid {what} '{s}': must be greater than zero"));
+    }
+    Ok(v)
+}
+
+/// Parses a duration: a number with `ms`, `s`, `m` or `h` (plain numbers are seconds).
+///
+/// # Errors
+/// A message naming the bad value.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, UsageError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || UsageError(format!("invalid {what} '{s}': expected a duration like 500ms, 5s or 1m"));
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86400.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Rewrites the mount.fuse3/fstab form (`sparsefs SRC DIR -o ...`) to
+/// `sparsefs mount SRC DIR -o ...`; other argument lists are returned unchanged.
+pub fn normalize_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const SUBCOMMANDS: [&str; 5] = ["mount", "umount", "stats", "demo", "help"];
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some(a) if !a.starts_with('-') && !SUBCOMMANDS.contains(&a) => {
+            let mut v = vec![args[0].clone(), "mount".into()];
+            v.extend(args.into_iter().skip(1));
+            v
+        }
+        _ => args,
+    }
+}
+
+/// Validates mount arguments (sizes, options, paths) without changing anything.
+///
+/// # Errors
+/// A [`UsageError`] with one clear line.
+pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
+    let mut sparse_block = a.sparse_block.clone();
+    let mut write_size = a.write_size.clone();
+    let mut max_dirty = a.max_dirty.clone();
+    let mut dirty_age = a.dirty_age.clone();
+    let mut threads = a.threads;
+    let mut access = if a.allow_other { Access::All } else { Access::Owner };
+    let mut ro = false;
+    let mut flags = Vec::new();
+    let mut fsname = None;
+    let mut subtype = "sparsefs".to_string();
+    for opt in a.options.iter().flat_map(|o| o.split(',')) {
+        let (k, v) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let need = |v: Option<&str>| v.map(str::to_string).ok_or_else(|| UsageError(format!("mount option '{k}' needs a value ({k}=...)")));
+        match k {
+            "" => {}
+            "sparse_block" => sparse_block = Some(need(v)?),
+            "write_size" => write_size = Some(need(v)?),
+            "max_dirty" => max_dirty = Some(need(v)?),
+            "dirty_age" => dirty_age = Some(need(v)?),
+            "threads" => {
+                threads = Some(need(v)?.parse().map_err(|_| UsageError(format!("invalid threads '{}': expected a number", v.unwrap_or(""))))?)
+            }
+            "allow_other" => access = Access::All,
+            "allow_root" => {
+                if access != Access::All {
+                    access = Access::Root
+                }
+            }
+            "ro" => ro = true,
+            "rw" => ro = false,
+            "nosuid" | "suid" | "nodev" | "dev" | "noexec" | "exec" | "noatime" | "atime" | "sync" | "async" | "dirsync" => flags.push(k.to_string()),
+            "fsname" => fsname = Some(need(v)?),
+            "subtype" => subtype = need(v)?,
+            "default_permissions" | "defaults" | "_netdev" | "nofail" | "noauto" | "auto" | "user" | "users" | "nouser" | "relatime" | "strictatime" | "nodiratime" => {}
+            _ if k.starts_with("x-") || k.starts_with("comment=") => {}
+            _ => return usage(format!("unknown mount option '{opt}'")),
+        }
+    }
+    let sparse_block = parse_size("sparse block", sparse_block.as_deref().unwrap_or("32K"))?;
+    if !sparse_block.is_power_of_two() || !(4096..=64 << 20).contains(&sparse_block) {
+        return usage(format!("invalid sparse block {sparse_block}: must be a power of two from 4K to 64M"));
+    }
+    let write_size = match write_size {
+        Some(w) => parse_size("write size", &w)?,
+        None => (4u64 << 20).max(sparse_block),
+    };
+    if write_size % sparse_block != 0 || write_size > 1 << 30 {
+        return usage(format!("invalid write size {write_size}: must be a multiple of the sparse block ({sparse_block}) and at most 1G"));
+    }
+    let max_dirty = parse_size("max dirty", max_dirty.as_deref().unwrap_or("256M"))?;
+    if max_dirty < write_size {
+        return usage(format!("invalid max dirty {max_dirty}: must be at least the write size ({write_size})"));
+    }
+    let dirty_age = parse_duration("dirty age", dirty_age.as_deref().unwrap_or("5s"))?;
+    let threads = threads.unwrap_or(4);
+    if !(1..=256).contains(&threads) {
+        return usage(format!("invalid threads {threads}: must be from 1 to 256"));
+    }
+    let backing = check_dir("backing directory", &a.backing)?;
+    let mountpoint = check_dir("mount point", &a.mountpoint)?;
+    if mountpoint.starts_with(&backing) {
+        return usage(format!(
+            "mount point {} is inside the backing directory {}: the mount would recurse into itself",
+            mountpoint.display(),
+            backing.display()
+        ));
+    }
+    if backing.starts_with(&mountpoint) {
+        return usage(format!(
+            "backing directory {} is inside the mount point {}: it would be hidden by the mount",
+            backing.display(),
+            mountpoint.display()
+        ));
+    }
+    if is_mountpoint(&mountpoint) {
+        return usage(format!("mount point {} is already mounted", mountpoint.display()));
+    }
+    Ok(MountConfig {
+        fsname: fsname.unwrap_or_else(|| backing.display().to_string()),
+        backing,
+        mountpoint,
+        sparse_block,
+        write_size,
+        max_dirty,
+        dirty_age,
+        threads,
+        access,
+        ro,
+        flags,
+        subtype,
+        foreground: a.foreground,
+        verbose: a.verbose,
+        log_file: a.log_file.clone(),
+    })
+}
+
+fn check_dir(what: &str, p: &std::path::Path) -> Result<PathBuf, UsageError> {
+    match std::fs::metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => usage(format!("{what} {} does not exist", p.display())),
+        Err(e) => usage(format!("{what} {}: {e}", p.display())),
+        Ok(m) if !m.is_dir() => usage(format!("{what} {} is not a directory", p.display())),
+        Ok(_) => std::fs::canonicalize(p).or_else(|e| usage(format!("{what} {}: {e}", p.display()))),
+    }
+}
+
+/// Unescapes the octal escapes of /proc/self/mountinfo (`\040` is a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// True if `p` (canonical) is a mount point now.
+pub fn is_mountpoint(p: &std::path::Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| std::path::Path::new(&unescape(m)) == p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("x", "4096").unwrap(), 4096);
+        assert_eq!(parse_size("x", "32K").unwrap(), 32 << 10);
+        assert_eq!(parse_size("x", "32k").unwrap(), 32 << 10);
+        assert_eq!(parse_size("x", "4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("x", "1G").unwrap(), 1 << 30);
+        for bad in ["", "K", "-1", "0", "12Q", "1.5M", "99999999999999999999", "16777216T"] {
+            assert!(parse_size("x", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("x", "5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("x", "500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("x", "2").unwrap(), Duration::from_secs(2));
+        for bad in ["", "0", "5x", "-1s", "abc"] {
+            assert!(parse_duration("x", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fstab_form_becomes_mount() {
+        let v = normalize_args(vec!["sparsefs".into(), "/a".into(), "/b".into(), "-o".into(), "rw".into()]);
+        assert_eq!(v[1], "mount");
+        let v = normalize_args(vec!["sparsefs".into(), "stats".into(), "/b".into()]);
+        assert_eq!(v[1], "stats");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
+    }
+}

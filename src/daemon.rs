@@ -1,0 +1,225 @@
+//! Running a mount: logging, daemonising with a readiness pipe (the command returns
+//! only once the mount is live), signals, and the `umount` and `stats` commands.
+
+use crate::cli::{Access, MountConfig};
+use crate::file::Geometry;
+use crate::fs::{FsConfig, STATS_XATTR, SparseFs};
+use crate::fuse_adapter::Adapter;
+use crate::stats::Stats;
+use crate::sys;
+use fuser::{Config, MountOption, SessionACL};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use tracing::{error, info};
+
+/// Sets up `tracing` on stderr: `-v` levels, `RUST_LOG` overrides.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("sparsefs={level},fuser=warn")));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+}
+
+/// The fuser configuration of a mount.
+pub fn fuse_config(cfg: &MountConfig) -> Config {
+    let mut c = Config::default();
+    let mut o = vec![
+        MountOption::FSName(cfg.fsname.clone()),
+        MountOption::Subtype(cfg.subtype.clone()),
+        MountOption::DefaultPermissions,
+    ];
+    if cfg.ro {
+        o.push(MountOption::RO);
+    }
+    for f in &cfg.flags {
+        o.push(match f.as_str() {
+            "nosuid" => MountOption::NoSuid,
+            "suid" => MountOption::Suid,
+            "nodev" => MountOption::NoDev,
+            "dev" => MountOption::Dev,
+            "noexec" => MountOption::NoExec,
+            "exec" => MountOption::Exec,
+            "noatime" => MountOption::NoAtime,
+            "atime" => MountOption::Atime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            _ => MountOption::DirSync,
+        });
+    }
+    c.mount_options = o;
+    c.acl = match cfg.access {
+        Access::All => SessionACL::All,
+        Access::Root => SessionACL::RootAndOwner,
+        Access::Owner => SessionACL::Owner,
+    };
+    c.n_threads = Some(cfg.threads);
+    c.clone_fd = true;
+    c
+}
+
+/// The core configuration of a mount.
+pub fn fs_config(cfg: &MountConfig) -> FsConfig {
+    FsConfig {
+        backing: cfg.backing.clone(),
+        geo: Geometry { block: cfg.sparse_block, write_size: cfg.write_size, max_dirty_file: (cfg.max_dirty / 4).max(cfg.write_size) },
+        max_dirty: cfg.max_dirty,
+        dirty_age: cfg.dirty_age,
+        creds: sys::geteuid() == 0,
+        owner: sys::geteuid(),
+    }
+}
+
+/// Mounts and serves until unmounted. Returns the exit status.
+pub fn run(cfg: MountConfig) -> i32 {
+    sys::raise_nofile();
+    sys::set_umask(0);
+    if cfg.foreground {
+        return serve(&cfg, None);
+    }
+    let (r, w) = match sys::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sparsefs: error: pipe: {e}");
+            return 1;
+        }
+    };
+    match sys::fork() {
+        Err(e) => {
+            eprintln!("sparsefs: error: fork: {e}");
+            1
+        }
+        Ok(None) => {
+            drop(r);
+            sys::setsid();
+            serve(&cfg, Some(w))
+        }
+        Ok(Some(pid)) => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(r).read_to_string(&mut msg);
+            if msg.starts_with("OK") {
+                0
+            } else {
+                let status = sys::waitpid(pid);
+                let m = msg.trim();
+                if m.is_empty() {
+                    eprintln!("sparsefs: error: the daemon exited (status {status}) before the mount was ready");
+                } else {
+                    eprintln!("sparsefs: error: {m}");
+                }
+                1
+            }
+        }
+    }
+}
+
+fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
+    use std::os::fd::AsFd;
+    let fail = |msg: String| {
+        match &ready {
+            Some(w) => sys::write_fd(w.as_fd(), msg.as_bytes()),
+            None => eprintln!("sparsefs: error: {msg}"),
+        }
+        1
+    };
+    let sigs = sys::block_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    let stats = Arc::new(Stats::default());
+    let fs = match SparseFs::new(fs_config(cfg), stats) {
+        Ok(f) => Arc::new(f),
+        Err(e) => return fail(format!("cannot open backing directory {}: {e}", cfg.backing.display())),
+    };
+    let caps = fs.caps();
+    let mut session = match fuser::Session::new(Adapter::new(fs.clone()), &cfg.mountpoint, &fuse_config(cfg)) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot mount on {}: {e}", cfg.mountpoint.display())),
+    };
+    let mut unmounter = session.unmount_callable();
+    let mp = cfg.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("sparsefs-signals".into())
+        .spawn(move || {
+            let sig = sys::wait_signal(&sigs);
+            info!(signal = sig, "signal: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                error!(error = %e, "unmount failed; detaching");
+                let _ = sys::umount(&mp, true);
+            }
+        })
+        .expect("spawn signal thread");
+    fs.start();
+    info!(
+        backing = %cfg.backing.display(),
+        mountpoint = %cfg.mountpoint.display(),
+        sparse_block = cfg.sparse_block,
+        write_size = cfg.write_size,
+        punch = caps.punch,
+        seek_data = caps.seek,
+        "mounted"
+    );
+    if let Some(w) = ready {
+        let log = cfg.log_file.as_ref().and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+        sys::write_fd(w.as_fd(), b"OK");
+        drop(w);
+        sys::redirect_stdio(log.as_ref().map(|f| f.as_fd()));
+        let _ = std::env::set_current_dir("/");
+    }
+    match session.run() {
+        Ok(()) => 0,
+        Err(e) => {
+            error!(error = %e, "session ended with an error");
+            1
+        }
+    }
+}
+
+/// `sparsefs umount`: unmount (the daemon flushes everything before it exits).
+///
+/// # Errors
+/// A one-line message.
+pub fn umount(mp: &Path, lazy: bool) -> Result<(), String> {
+    let canon = std::fs::canonicalize(mp).map_err(|e| format!("{}: {e}", mp.display()))?;
+    if !crate::cli::is_mountpoint(&canon) {
+        return Err(format!("{} is not mounted", mp.display()));
+    }
+    if sys::geteuid() == 0 {
+        return sys::umount(&canon, lazy).map_err(|e| format!("cannot unmount {}: {e}", mp.display()));
+    }
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let st = cmd.arg(&canon).status().map_err(|e| format!("fusermount3: {e}"))?;
+    if st.success() { Ok(()) } else { Err(format!("cannot unmount {}", mp.display())) }
+}
+
+/// `sparsefs stats`: reads the counters from the running daemon.
+///
+/// # Errors
+/// A one-line message.
+pub fn stats(mp: &Path, json: bool, watch: Option<f64>) -> Result<(), String> {
+    let name = std::ffi::CString::new(STATS_XATTR).expect("no NUL");
+    loop {
+        let raw = sys::getxattr_path(mp, &name).map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES) => format!("{}: only the mount's owner or root may read its stats", mp.display()),
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => format!("{} is not a sparsefs mount", mp.display()),
+            _ => format!("{}: {e}", mp.display()),
+        })?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if json {
+            println!("{text}");
+        } else {
+            print!("{}", crate::stats::table_from_json(&text));
+        }
+        match watch {
+            Some(s) if s > 0.0 => std::thread::sleep(std::time::Duration::from_secs_f64(s)),
+            _ => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,790 @@
+//! The filesystem core: every FUSE operation as a method returning `io::Result`, in
+//! terms of backing inodes, handles and sparse file engines. No fuser types here; the
+//! adapter decodes requests and sends replies.
+
+use crate::backend::counting::Counting;
+use crate::backend::fd::FdFile;
+use crate::backend::{BackendFile, Caps, Whence, probe};
+use crate::file::{Depth, Geometry, SparseFile};
+use crate::inodes::{FileNode, Inode, InodeTable, stamp_of};
+use crate::stats::{Stats, Trigger};
+use crate::sys::{self, DirEntry};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// What a mount is made of (validated by the CLI).
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// The backing directory.
+    pub backing: PathBuf,
+    /// Block and write sizes.
+    pub geo: Geometry,
+    /// Dirty bytes across all files before writers flush.
+    pub max_dirty: u64,
+    /// Age after which dirty data is flushed in the background.
+    pub dirty_age: Duration,
+    /// Switch fsuid/fsgid so created files belong to the caller (daemon is root).
+    pub creds: bool,
+    /// The uid that may read the stats xattr besides root (the mount's owner).
+    pub owner: u32,
+}
+
+/// The virtual xattr on the mount root that carries the live counters (JSON). Hidden
+/// from listxattr; readable by the mount's owner and root only; never stored.
+pub const STATS_XATTR: &str = "user.sparsefs.stats";
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// An open handle.
+enum Handle {
+    File { inode: Arc<Inode>, node: Arc<FileNode>, flags: i32 },
+    Dir { entries: Arc<Vec<DirEntry>> },
+}
+
+/// Attribute changes of a setattr.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// chmod
+    pub mode: Option<u32>,
+    /// chown uid
+    pub uid: Option<u32>,
+    /// chown gid
+    pub gid: Option<u32>,
+    /// truncate
+    pub size: Option<u64>,
+    /// atime: `None` keep, `Some(None)` now, `Some(Some(t))` set
+    pub atime: Option<Option<libc::timespec>>,
+    /// mtime, as atime
+    pub mtime: Option<Option<libc::timespec>>,
+}
+
+/// The caller of an operation.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// uid
+    pub uid: u32,
+    /// gid
+    pub gid: u32,
+}
+
+struct Shared {
+    cfg: FsConfig,
+    caps: Caps,
+    stats: Arc<Stats>,
+    inodes: InodeTable,
+    handles: RwLock<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    dirty: Mutex<HashMap<u64, Arc<FileNode>>>,
+    stop: AtomicBool,
+    wake: Condvar,
+    wake_lock: Mutex<()>,
+}
+
+/// The sparsefs filesystem core.
+pub struct SparseFs {
+    sh: Arc<Shared>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A stat with its FUSE id.
+pub type Entry = (u64, libc::stat);
+
+impl SparseFs {
+    /// Opens the backing directory and probes what it really does.
+    ///
+    /// # Errors
+    /// The backing directory cannot be opened.
+    pub fn new(cfg: FsConfig, stats: Arc<Stats>) -> io::Result<Self> {
+        let c = std::ffi::CString::new(cfg.backing.as_os_str().as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
+        // SAFETY: c is a valid C string; the fd is owned at once.
+        let root = File::from(sys_open_path(&c)?);
+        let root: OwnedFd = root.into();
+        let st = sys::fstat(root.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let caps = probe_dir(root.as_fd());
+        info!(punch = caps.punch, seek = caps.seek, "backend probed");
+        let inodes = InodeTable::new(root, &st);
+        Ok(Self {
+            sh: Arc::new(Shared {
+                cfg,
+                caps,
+                stats,
+                inodes,
+                handles: RwLock::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                dirty: Mutex::new(HashMap::new()),
+                stop: AtomicBool::new(false),
+                wake: Condvar::new(),
+                wake_lock: Mutex::new(()),
+            }),
+            flusher: Mutex::new(None),
+        })
+    }
+
+    /// What the probe found.
+    pub fn caps(&self) -> Caps {
+        self.sh.caps
+    }
+
+    /// The mount's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.sh.stats
+    }
+
+    /// The sparse block size.
+    pub fn block(&self) -> u64 {
+        self.sh.cfg.geo.block
+    }
+
+    /// Starts the background flusher (dirty age and global dirty limit).
+    pub fn start(&self) {
+        let sh = self.sh.clone();
+        let h = std::thread::Builder::new()
+            .name("sparsefs-flush".into())
+            .spawn(move || flusher(&sh))
+            .expect("spawn flusher");
+        *self.flusher.lock() = Some(h);
+    }
+
+    /// Stops the flusher and flushes every file (unmount).
+    pub fn shutdown(&self) {
+        self.sh.stop.store(true, Relaxed);
+        self.sh.wake.notify_all();
+        if let Some(h) = self.flusher.lock().take() {
+            let _ = h.join();
+        }
+        let mut failed = 0;
+        for node in self.sh.inodes.nodes() {
+            if let Err(e) = node.engine.write().flush(Depth::Full, Trigger::Unmount) {
+                error!(error = %e, "flush at unmount failed: data of a file could not be written");
+                failed += 1;
+            }
+        }
+        let s = &self.sh.stats;
+        info!(
+            app_write_bytes = s.app_write_bytes.load(Relaxed),
+            backend_write_bytes = s.bytes(crate::stats::Op::Write),
+            backend_writes = s.calls(crate::stats::Op::Write),
+            zero_bytes_elided = s.zero_bytes_elided.load(Relaxed),
+            punches = s.calls(crate::stats::Op::Punch),
+            failed_files = failed,
+            "unmount summary"
+        );
+    }
+
+    fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
+        self.sh.inodes.get(ino)
+    }
+
+    /// The stat of an inode, with size and blocks from its sparse state.
+    fn stat_of(&self, inode: &Inode) -> io::Result<libc::stat> {
+        let mut st = sys::fstat(inode.fd())?;
+        st.st_ino = inode.ino;
+        st.st_blksize = self.sh.cfg.geo.block as _;
+        if let Some(node) = inode.node() {
+            let open = node.opens.load(Relaxed) > 0;
+            let e = node.engine.read();
+            if open || e.is_dirty() || *node.stamp.lock() == Some(stamp_of(&st)) {
+                st.st_size = e.size() as i64;
+                if e.exact() {
+                    st.st_blocks = e.blocks_512() as i64;
+                } else if e.is_dirty() {
+                    st.st_blocks = st.st_blocks.max(e.blocks_512() as i64);
+                }
+            }
+        }
+        Ok(st)
+    }
+
+    fn entry(&self, fd: OwnedFd) -> io::Result<(Arc<Inode>, libc::stat)> {
+        let st = sys::fstat(fd.as_fd())?;
+        let inode = self.sh.inodes.insert_lookup(fd, &st);
+        let st = self.stat_of(&inode)?;
+        Ok((inode, st))
+    }
+
+    /// lookup(2): a name in a directory. Raises the lookup count.
+    ///
+    /// # Errors
+    /// `ENOENT`, `EINVAL` for names that are not one component, `ENAMETOOLONG`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Entry> {
+        let dir = self.inode(parent)?;
+        let c = sys::component(name)?;
+        let fd = sys::openat(dir.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let (inode, st) = self.entry(fd)?;
+        Ok((inode.ino, st))
+    }
+
+    /// Drops lookups.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.sh.inodes.forget(ino, n);
+    }
+
+    /// getattr.
+    ///
+    /// # Errors
+    /// `ESTALE` for unknown inodes.
+    pub fn getattr(&self, ino: u64) -> io::Result<libc::stat> {
+        let inode = self.inode(ino)?;
+        self.stat_of(&inode)
+    }
+
+    fn node(&self, inode: &Arc<Inode>) -> io::Result<Arc<FileNode>> {
+        let mut slot = inode.file.lock();
+        if let Some(n) = &*slot {
+            return Ok(n.clone());
+        }
+        if inode.kind != libc::S_IFREG {
+            return Err(errno(libc::EINVAL));
+        }
+        let fd = sys::reopen(inode.fd(), libc::O_RDWR)
+            .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))?;
+        let backend: Box<dyn BackendFile> = Box::new(Counting::new(FdFile::new(File::from(fd)), self.sh.stats.clone()));
+        let engine = SparseFile::open(backend, self.sh.cfg.geo, self.sh.caps, self.sh.stats.clone())?;
+        let st = sys::fstat(inode.fd())?;
+        let node = Arc::new(FileNode {
+            engine: RwLock::new(engine),
+            opens: std::sync::atomic::AtomicU32::new(0),
+            stamp: Mutex::new(Some(stamp_of(&st))),
+        });
+        *slot = Some(node.clone());
+        Ok(node)
+    }
+
+    /// Resets a file's sparse state when the backend changed outside this mount since
+    /// we last knew it (close-to-open: checked when nobody has it open).
+    fn refresh_if_stale(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
+        if node.opens.load(Relaxed) > 0 {
+            return Ok(());
+        }
+        let st = sys::fstat(inode.fd())?;
+        let mut stamp = node.stamp.lock();
+        let mut e = node.engine.write();
+        if !e.is_dirty() && *stamp != Some(stamp_of(&st)) {
+            debug!(ino = inode.ino, "backing file changed outside the mount: map dropped");
+            e.reset_from_backend()?;
+            *stamp = Some(stamp_of(&st));
+        }
+        Ok(())
+    }
+
+    fn record_stamp(&self, inode: &Inode, node: &FileNode) {
+        if let Ok(st) = sys::fstat(inode.fd()) {
+            *node.stamp.lock() = Some(stamp_of(&st));
+        }
+    }
+
+    /// setattr: chmod, chown, truncate, utimens. A regular file is flushed first so that
+    /// times set now are not moved by a later flush.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn setattr(&self, ino: u64, a: SetAttr) -> io::Result<libc::stat> {
+        let inode = self.inode(ino)?;
+        let is_reg = inode.kind == libc::S_IFREG;
+        let node = if is_reg && (a.size.is_some() || inode.node().is_some()) { Some(self.node(&inode)?) } else { None };
+        if let Some(n) = &node {
+            self.refresh_if_stale(&inode, n)?;
+            let mut e = n.engine.write();
+            if let Some(size) = a.size {
+                e.truncate(size)?;
+            } else {
+                e.flush(Depth::Full, Trigger::Sync)?;
+            }
+        } else if a.size.is_some() {
+            return Err(errno(if inode.kind == libc::S_IFDIR { libc::EISDIR } else { libc::EINVAL }));
+        }
+        if let Some(mode) = a.mode
+            && inode.kind != libc::S_IFLNK
+        {
+            sys::chmod(inode.fd(), mode & 0o7777)?;
+        }
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::chown(inode.fd(), a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            let ts = |t: Option<Option<libc::timespec>>| match t {
+                None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+                Some(None) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+                Some(Some(t)) => t,
+            };
+            sys::utimens(inode.fd(), &[ts(a.atime), ts(a.mtime)], inode.kind == libc::S_IFLNK)?;
+        }
+        if let Some(n) = &node {
+            self.record_stamp(&inode, n);
+        }
+        self.stat_of(&inode)
+    }
+
+    /// readlink.
+    ///
+    /// # Errors
+    /// `EINVAL` if not a symlink.
+    pub fn readlink(&self, ino: u64) -> io::Result<OsString> {
+        sys::readlink(self.inode(ino)?.fd())
+    }
+
+    /// Runs a creating operation as the caller (so the new node belongs to them), and
+    /// looks the result up.
+    fn create_as(&self, parent: &Inode, name: &OsStr, who: Caller, f: impl Fn(&std::ffi::CStr) -> io::Result<()>) -> io::Result<(Arc<Inode>, libc::stat)> {
+        let c = sys::component(name)?;
+        {
+            let _ids = self.sh.cfg.creds.then(|| sys::FsIds::switch(who.uid, who.gid));
+            f(&c)?;
+        }
+        let fd = sys::openat(parent.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        self.entry(fd)
+    }
+
+    /// mknod (regular files, fifos, sockets, devices).
+    ///
+    /// # Errors
+    /// The backend's errno (`EEXIST`, `EPERM`, ...).
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, umask: u32, rdev: u32, who: Caller) -> io::Result<Entry> {
+        let dir = self.inode(parent)?;
+        let (i, st) = self.create_as(&dir, name, who, |c| sys::mknodat(dir.fd(), c, mode & !umask, rdev as u64))?;
+        Ok((i.ino, st))
+    }
+
+    /// mkdir.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, umask: u32, who: Caller) -> io::Result<Entry> {
+        let dir = self.inode(parent)?;
+        let (i, st) = self.create_as(&dir, name, who, |c| sys::mkdirat(dir.fd(), c, mode & !umask & 0o7777))?;
+        Ok((i.ino, st))
+    }
+
+    /// symlink.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path, who: Caller) -> io::Result<Entry> {
+        let dir = self.inode(parent)?;
+        let (i, st) = self.create_as(&dir, name, who, |c| sys::symlinkat(target.as_os_str(), dir.fd(), c))?;
+        Ok((i.ino, st))
+    }
+
+    /// unlink.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        let dir = self.inode(parent)?;
+        sys::unlinkat(dir.fd(), &sys::component(name)?, 0)
+    }
+
+    /// rmdir.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        let dir = self.inode(parent)?;
+        sys::unlinkat(dir.fd(), &sys::component(name)?, libc::AT_REMOVEDIR)
+    }
+
+    /// rename / renameat2 (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> io::Result<()> {
+        let a = self.inode(parent)?;
+        let b = self.inode(newparent)?;
+        sys::renameat2(a.fd(), &sys::component(name)?, b.fd(), &sys::component(newname)?, flags)
+    }
+
+    /// link.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Entry> {
+        let inode = self.inode(ino)?;
+        let dir = self.inode(newparent)?;
+        let c = sys::component(newname)?;
+        sys::link(inode.fd(), dir.fd(), &c)?;
+        let fd = sys::openat(dir.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let (i, st) = self.entry(fd)?;
+        Ok((i.ino, st))
+    }
+
+    fn new_fh(&self, h: Handle) -> u64 {
+        let fh = self.sh.next_fh.fetch_add(1, Relaxed);
+        self.sh.handles.write().insert(fh, h);
+        fh
+    }
+
+    fn open_node(&self, inode: &Arc<Inode>, flags: i32) -> io::Result<u64> {
+        let node = self.node(inode)?;
+        self.refresh_if_stale(inode, &node)?;
+        node.opens.fetch_add(1, Relaxed);
+        Ok(self.new_fh(Handle::File { inode: inode.clone(), node, flags }))
+    }
+
+    /// open. `O_DIRECT` and other flags stay with the handle; the backend fd is shared
+    /// per inode and opened without them.
+    ///
+    /// # Errors
+    /// `EISDIR`, the backend's errno.
+    pub fn open(&self, ino: u64, flags: i32) -> io::Result<u64> {
+        let inode = self.inode(ino)?;
+        match inode.kind {
+            libc::S_IFREG => self.open_node(&inode, flags),
+            libc::S_IFDIR => Err(errno(libc::EISDIR)),
+            _ => Err(errno(libc::ENXIO)),
+        }
+    }
+
+    /// create (+ open).
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, umask: u32, flags: i32, who: Caller) -> io::Result<(Entry, u64)> {
+        let dir = self.inode(parent)?;
+        let excl = flags & libc::O_EXCL;
+        let (inode, _) = self.create_as(&dir, name, who, |c| {
+            let fd = sys::openat(dir.fd(), c, libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl, mode & !umask & 0o7777)?;
+            drop(fd);
+            Ok(())
+        })?;
+        if inode.kind != libc::S_IFREG {
+            self.forget(inode.ino, 1);
+            return Err(errno(libc::EEXIST));
+        }
+        let fh = self.open_node(&inode, flags)?;
+        if flags & libc::O_TRUNC != 0 {
+            let node = self.node(&inode)?;
+            node.engine.write().truncate(0)?;
+        }
+        let st = self.stat_of(&inode)?;
+        Ok(((inode.ino, st), fh))
+    }
+
+    fn file(&self, fh: u64) -> io::Result<(Arc<Inode>, Arc<FileNode>, i32)> {
+        match self.sh.handles.read().get(&fh) {
+            Some(Handle::File { inode, node, flags }) => Ok((inode.clone(), node.clone(), *flags)),
+            _ => Err(errno(libc::EBADF)),
+        }
+    }
+
+    /// read: holes known to the index are zeros without backend I/O.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn read(&self, fh: u64, off: u64, size: u32) -> io::Result<Vec<u8>> {
+        let (_, node, _) = self.file(fh)?;
+        let e = node.engine.read();
+        e.read(off, size as usize)
+    }
+
+    /// write: buffered in the file's coalescer; `O_SYNC`/`O_DSYNC` handles flush and
+    /// sync before returning.
+    ///
+    /// # Errors
+    /// An error of this or an earlier background flush of the file.
+    pub fn write(&self, ino: u64, fh: u64, off: u64, data: &[u8], flags: i32) -> io::Result<u32> {
+        let (_, node, hflags) = self.file(fh)?;
+        let flags = flags | hflags;
+        {
+            let mut e = node.engine.write();
+            e.write(off, data)?;
+            if flags & libc::O_DSYNC != 0 {
+                let depth = if flags & libc::O_SYNC == libc::O_SYNC { Depth::Sync } else { Depth::DataSync };
+                e.flush(depth, Trigger::Fsync)?;
+            } else if self.sh.stats.dirty_bytes.load(Relaxed) > self.sh.cfg.max_dirty {
+                e.flush(Depth::Data, Trigger::DirtyLimit)?;
+            }
+            if e.is_dirty() {
+                self.sh.dirty.lock().insert(ino, node.clone());
+            }
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// flush (each close of a descriptor): everything reaches the backend, so errors
+    /// reach close(2).
+    ///
+    /// # Errors
+    /// The backend's errno, or one kept from a background flush.
+    pub fn flush(&self, fh: u64) -> io::Result<()> {
+        let (_, node, _) = self.file(fh)?;
+        node.engine.write().flush(Depth::Full, Trigger::Close)
+    }
+
+    /// release (last close of an open): flushes and forgets the handle.
+    ///
+    /// # Errors
+    /// The backend's errno (not seen by close(2); logged).
+    pub fn release(&self, fh: u64) -> io::Result<()> {
+        let h = self.sh.handles.write().remove(&fh);
+        match h {
+            Some(Handle::File { inode, node, .. }) => {
+                let r = node.engine.write().flush(Depth::Full, Trigger::Close);
+                if node.opens.fetch_sub(1, Relaxed) == 1 && r.is_ok() {
+                    self.record_stamp(&inode, &node);
+                }
+                r
+            }
+            Some(Handle::Dir { .. }) | None => Ok(()),
+        }
+    }
+
+    /// fsync / fdatasync: flushed data and the backend file are synced.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        let (_, node, _) = self.file(fh)?;
+        node.engine.write().flush(if datasync { Depth::DataSync } else { Depth::Sync }, Trigger::Fsync)
+    }
+
+    /// lseek SEEK_DATA / SEEK_HOLE from the extent index.
+    ///
+    /// # Errors
+    /// `ENXIO` past the last data (SEEK_DATA) or at/after EOF; `EINVAL` for other whence.
+    pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> io::Result<i64> {
+        let (_, node, _) = self.file(fh)?;
+        if off < 0 {
+            return Err(errno(libc::ENXIO));
+        }
+        let w = match whence {
+            libc::SEEK_DATA => Whence::Data,
+            libc::SEEK_HOLE => Whence::Hole,
+            _ => return Err(errno(libc::EINVAL)),
+        };
+        let mut e = node.engine.write();
+        e.seek(off as u64, w)?.map(|x| x as i64).ok_or_else(|| errno(libc::ENXIO))
+    }
+
+    /// fallocate: mode 0 / KEEP_SIZE passed through; PUNCH_HOLE and ZERO_RANGE made
+    /// real through the index (punch where the backend truly punches, else zeros).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for unsupported modes (never `ENOSYS`), the backend's errno.
+    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> io::Result<()> {
+        let (_, node, _) = self.file(fh)?;
+        let mut e = node.engine.write();
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+            if !keep || mode & !(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) != 0 {
+                return Err(errno(libc::EOPNOTSUPP));
+            }
+            e.make_zero(off, len, true)
+        } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
+            e.make_zero(off, len, keep)
+        } else if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            Err(errno(libc::EOPNOTSUPP))
+        } else {
+            e.allocate(mode, off, len)
+        }
+    }
+
+    /// copy_file_range through the sparse engines: zeros in the source stay holes.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, ino_out: u64, fh_out: u64, off_out: u64, len: u64) -> io::Result<u32> {
+        let len = len.min(1 << 30);
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(1 << 20) as u32;
+            let data = self.read(fh_in, off_in + done, n)?;
+            if data.is_empty() {
+                break;
+            }
+            self.write(ino_out, fh_out, off_out + done, &data, 0)?;
+            done += data.len() as u64;
+        }
+        Ok(done as u32)
+    }
+
+    /// opendir: takes a snapshot of the entries.
+    ///
+    /// # Errors
+    /// `ENOTDIR`, the backend's errno.
+    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
+        let inode = self.inode(ino)?;
+        if inode.kind != libc::S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let mut entries = vec![
+            DirEntry { ino: inode.ino, kind: libc::DT_DIR, name: ".".into() },
+            DirEntry { ino: inode.ino, kind: libc::DT_DIR, name: "..".into() },
+        ];
+        for mut d in sys::read_dir(inode.fd())? {
+            d.ino = self.sh.inodes.ino_for(inode.key.0, d.ino).unwrap_or(d.ino);
+            entries.push(d);
+        }
+        Ok(self.new_fh(Handle::Dir { entries: Arc::new(entries) }))
+    }
+
+    /// The snapshot entries of a directory handle.
+    ///
+    /// # Errors
+    /// `EBADF`.
+    pub fn readdir(&self, fh: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+        match self.sh.handles.read().get(&fh) {
+            Some(Handle::Dir { entries, .. }) => Ok(entries.clone()),
+            _ => Err(errno(libc::EBADF)),
+        }
+    }
+
+    /// releasedir.
+    pub fn releasedir(&self, fh: u64) {
+        self.sh.handles.write().remove(&fh);
+    }
+
+    /// fsyncdir.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> io::Result<()> {
+        let inode = self.inode(ino)?;
+        let d = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        sys::fsync(d.as_fd(), datasync)
+    }
+
+    /// statfs of the backing filesystem.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn statfs(&self, ino: u64) -> io::Result<libc::statvfs> {
+        sys::statvfs(self.inode(ino)?.fd())
+    }
+
+    fn xattr_ok(&self, inode: &Inode) -> io::Result<()> {
+        if inode.kind == libc::S_IFREG || inode.kind == libc::S_IFDIR {
+            Ok(())
+        } else {
+            Err(errno(libc::EPERM))
+        }
+    }
+
+    /// getxattr. On the root, [`STATS_XATTR`] answers the live counters to the owner
+    /// and root (`EACCES` to anyone else).
+    ///
+    /// # Errors
+    /// `ENODATA`, `ERANGE`, `ENOTSUP`, `EACCES`.
+    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32, who: Caller) -> io::Result<Vec<u8>> {
+        if ino == 1 && name == STATS_XATTR {
+            if who.uid != 0 && who.uid != self.sh.cfg.owner {
+                return Err(errno(libc::EACCES));
+            }
+            let v = self.sh.stats.to_json().into_bytes();
+            if size != 0 && (size as usize) < v.len() {
+                return Err(errno(libc::ERANGE));
+            }
+            return Ok(v);
+        }
+        let inode = self.inode(ino)?;
+        if inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR {
+            return Err(errno(libc::ENODATA));
+        }
+        let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
+        sys::getxattr(inode.fd(), &c, size as usize)
+    }
+
+    /// listxattr.
+    ///
+    /// # Errors
+    /// `ERANGE`.
+    pub fn listxattr(&self, ino: u64, size: u32) -> io::Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR {
+            return Ok(Vec::new());
+        }
+        sys::listxattr(inode.fd(), size as usize)
+    }
+
+    /// setxattr.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let inode = self.inode(ino)?;
+        self.xattr_ok(&inode)?;
+        if name == STATS_XATTR {
+            return Err(errno(libc::EPERM));
+        }
+        let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
+        sys::setxattr(inode.fd(), &c, value, flags)
+    }
+
+    /// removexattr.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+        let inode = self.inode(ino)?;
+        self.xattr_ok(&inode)?;
+        let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
+        sys::removexattr(inode.fd(), &c)
+    }
+
+    /// access (only reached without default_permissions).
+    ///
+    /// # Errors
+    /// `EACCES`.
+    pub fn access(&self, ino: u64, mask: i32) -> io::Result<()> {
+        let inode = self.inode(ino)?;
+        if inode.kind == libc::S_IFLNK {
+            return Ok(());
+        }
+        sys::access(inode.fd(), mask)
+    }
+}
+
+fn sys_open_path(c: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    let cwd = std::fs::File::open(".").map(OwnedFd::from)?;
+    let _ = cwd.as_raw_fd();
+    sys::openat(cwd.as_fd(), c, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+/// Probes the backing directory with a scratch file that is unlinked at once.
+fn probe_dir(root: std::os::fd::BorrowedFd<'_>) -> Caps {
+    let name = std::ffi::CString::new(format!(".sparsefs-probe.{}", std::process::id())).expect("no NUL");
+    let Ok(fd) = sys::openat(root, &name, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600) else {
+        warn!("cannot create a probe file in the backing directory: assuming no punch and no SEEK_DATA");
+        return Caps::default();
+    };
+    let f = FdFile::new(File::from(fd));
+    let caps = probe(&f);
+    let _ = sys::unlinkat(root, &name, 0);
+    caps
+}
+
+fn flusher(sh: &Shared) {
+    let tick = (sh.cfg.dirty_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    while !sh.stop.load(Relaxed) {
+        {
+            let mut g = sh.wake_lock.lock();
+            sh.wake.wait_for(&mut g, tick);
+        }
+        let now = Instant::now();
+        let over = sh.stats.dirty_bytes.load(Relaxed) > sh.cfg.max_dirty;
+        let nodes: Vec<(u64, Arc<FileNode>)> = sh.dirty.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (ino, node) in nodes {
+            let mut e = node.engine.write();
+            let old = e.dirty_since().is_some_and(|t| now.duration_since(t) >= sh.cfg.dirty_age);
+            if old || over {
+                e.flush_background(if old { Trigger::Age } else { Trigger::DirtyLimit });
+            }
+            if e.dirty_since().is_none() {
+                sh.dirty.lock().remove(&ino);
+            }
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Safe wrappers for the *at-family syscalls sparsefs resolves everything with: names
+//! are always single components relative to a directory fd, never joined paths.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+fn cvt_retry(mut f: impl FnMut() -> libc::c_int) -> io::Result<libc::c_int> {
+    loop {
+        match cvt(f()) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// Checks that `name` is one path component: not empty, no `/`, not `.` or `..`, no NUL.
+///
+/// # Errors
+/// `EINVAL` for a name that is not a single component (`..` included), `ENAMETOOLONG`
+/// past 255 bytes.
+pub fn component(name: &OsStr) -> io::Result<CString> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    if b.len() > 255 {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The `/proc/self/fd/N` path of an fd, to reopen or act on an `O_PATH` fd.
+pub fn proc_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL")
+}
+
+/// Safe wrapper for openat(2).
+///
+/// # Errors
+/// The errno of openat.
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let fd = cvt_retry(|| {
+        // SAFETY: name is a valid C string; the returned fd is owned below.
+        unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) }
+    })?;
+    // SAFETY: openat returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reopens an `O_PATH` fd with real access `flags` through `/proc/self/fd`.
+///
+/// # Errors
+/// The errno of open.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let p = proc_path(fd.as_raw_fd());
+    let r = cvt_retry(|| {
+        // SAFETY: p is a valid C string.
+        unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) }
+    })?;
+    // SAFETY: open returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Safe wrapper for fstatat(2) with `AT_EMPTY_PATH` (stat of the fd itself).
+///
+/// # Errors
+/// The errno of fstatat.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: st is valid for writes; the empty string is a valid C string.
+    cvt(unsafe {
+        libc::fstatat(fd.as_raw_fd(), c"".as_ptr(), st.as_mut_ptr(), libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    })?;
+    // SAFETY: fstatat succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Safe wrapper for mkdirat(2).
+///
+/// # Errors
+/// The errno of mkdirat.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+/// Safe wrapper for mknodat(2).
+///
+/// # Errors
+/// The errno of mknodat.
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// Safe wrapper for symlinkat(2).
+///
+/// # Errors
+/// The errno of symlinkat.
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let t = CString::new(target.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// Safe wrapper for readlinkat(2) on an `O_PATH` fd of a symlink.
+///
+/// # Errors
+/// The errno of readlinkat.
+pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<OsString> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buf is valid for buf.len() bytes.
+    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(OsString::from_vec(buf))
+}
+
+/// Safe wrapper for unlinkat(2).
+///
+/// # Errors
+/// The errno of unlinkat.
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// Safe wrapper for renameat2(2).
+///
+/// # Errors
+/// The errno of renameat2.
+pub fn renameat2(od: BorrowedFd<'_>, on: &CStr, nd: BorrowedFd<'_>, nn: &CStr, flags: u32) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::renameat2(od.as_raw_fd(), on.as_ptr(), nd.as_raw_fd(), nn.as_ptr(), flags) }).map(drop)
+}
+
+/// Hard-links the file behind an `O_PATH` fd as `name` in `dir`.
+///
+/// # Errors
+/// The errno of linkat.
+pub fn link(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings; AT_EMPTY_PATH links the fd's inode itself.
+    let r = cvt(unsafe { libc::linkat(fd.as_raw_fd(), c"".as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_EMPTY_PATH) });
+    match r {
+        // Without CAP_DAC_READ_SEARCH, go through /proc.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EPERM) => {
+            let p = proc_path(fd.as_raw_fd());
+            // SAFETY: valid C strings.
+            cvt(unsafe { libc::linkat(libc::AT_FDCWD, p.as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_FOLLOW) })
+                .map(drop)
+        }
+        r => r.map(drop),
+    }
+}
+
+/// chmod of the file behind an `O_PATH` fd.
+///
+/// # Errors
+/// The errno of chmod.
+pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let p = proc_path(fd.as_raw_fd());
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+}
+
+/// lchown of the file behind an `O_PATH` fd (`u32::MAX` leaves an id unchanged).
+///
+/// # Errors
+/// The errno of fchownat.
+pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt(unsafe {
+        libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    })
+    .map(drop)
+}
+
+/// utimensat of the file behind an `O_PATH` fd. `times` as for utimensat(2).
+///
+/// # Errors
+/// The errno of utimensat.
+pub fn utimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2], is_symlink: bool) -> io::Result<()> {
+    if is_symlink {
+        // SAFETY: valid C string; times points at two timespecs.
+        return cvt(unsafe { libc::utimensat(fd.as_raw_fd(), c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) }).map(drop);
+    }
+    let p = proc_path(fd.as_raw_fd());
+    // SAFETY: valid C string; times points at two timespecs.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+/// faccessat on the file behind an `O_PATH` fd.
+///
+/// # Errors
+/// The errno of access.
+pub fn access(fd: BorrowedFd<'_>, mask: i32) -> io::Result<()> {
+    let p = proc_path(fd.as_raw_fd());
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::access(p.as_ptr(), mask) }).map(drop)
+}
+
+/// Safe wrapper for fstatvfs(2).
+///
+/// # Errors
+/// The errno of fstatvfs.
+pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let f = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: st is valid for writes.
+    cvt(unsafe { libc::fstatvfs(f.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: initialised by the successful call.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// fsync(2) / fdatasync(2) on an open fd.
+///
+/// # Errors
+/// The errno of fsync.
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    cvt(unsafe { if datasync { libc::fdatasync(fd.as_raw_fd()) } else { libc::fsync(fd.as_raw_fd()) } }).map(drop)
+}
+
+/// One directory entry.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// Backing inode number.
+    pub ino: u64,
+    /// `DT_*` type.
+    pub kind: u8,
+    /// Name.
+    pub name: OsString,
+}
+
+/// Reads a whole directory (a snapshot) from an `O_PATH` fd of it, without `.`/`..`.
+///
+/// # Errors
+/// The errno of open/getdents.
+pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
+    let d = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, d.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        let mut pos = 0usize;
+        while pos < n as usize {
+            // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name NUL-terminated.
+            let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().expect("8 bytes"));
+            let reclen = u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().expect("2 bytes")) as usize;
+            let kind = buf[pos + 18];
+            let name_bytes = &buf[pos + 19..pos + reclen];
+            let len = name_bytes.iter().position(|&c| c == 0).unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push(DirEntry { ino, kind, name: OsString::from_vec(name.to_vec()) });
+            }
+            pos += reclen;
+        }
+    }
+    Ok(out)
+}
+
+fn xattr_path(fd: BorrowedFd<'_>) -> CString {
+    proc_path(fd.as_raw_fd())
+}
+
+fn size_or_err(n: isize) -> io::Result<usize> {
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+/// getxattr on the file behind an `O_PATH` fd; `size == 0` asks for the length.
+///
+/// # Errors
+/// The errno of getxattr (`ENODATA`, `ERANGE`, `ENOTSUP`).
+pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<u8>> {
+    let p = xattr_path(fd);
+    let mut buf = vec![0u8; size];
+    // SAFETY: buf is valid for size bytes (a null pointer with size 0 asks for the length).
+    let n = size_or_err(unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() }, size) })?;
+    if size == 0 {
+        return Ok(vec![0u8; n]);
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// listxattr; `size == 0` asks for the length.
+///
+/// # Errors
+/// The errno of listxattr.
+pub fn listxattr(fd: BorrowedFd<'_>, size: usize) -> io::Result<Vec<u8>> {
+    let p = xattr_path(fd);
+    let mut buf = vec![0u8; size];
+    // SAFETY: buf is valid for size bytes.
+    let n = size_or_err(unsafe { libc::listxattr(p.as_ptr(), if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() }, size) })?;
+    if size == 0 {
+        return Ok(vec![0u8; n]);
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// setxattr.
+///
+/// # Errors
+/// The errno of setxattr.
+pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let p = xattr_path(fd);
+    // SAFETY: value is valid for value.len() bytes.
+    cvt(unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) }).map(drop)
+}
+
+/// removexattr.
+///
+/// # Errors
+/// The errno of removexattr.
+pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let p = xattr_path(fd);
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// Switches this thread's filesystem uid/gid for the guard's lifetime (creation ops
+/// made on behalf of a caller, so new files belong to the caller).
+pub struct FsIds {
+    uid: u32,
+    gid: u32,
+}
+
+impl FsIds {
+    /// Sets fsuid/fsgid of the calling thread only (raw syscalls: glibc would not
+    /// broadcast them, and must not).
+    pub fn switch(uid: u32, gid: u32) -> Self {
+        // SAFETY: per-thread credential syscalls; they cannot fail in a way that matters
+        // (an unchanged id shows up as EACCES/EPERM from the operation itself).
+        let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
+        // SAFETY: as above.
+        let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
+        Self { uid: old_uid, gid: old_gid }
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        // SAFETY: restores the ids saved at switch.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, self.uid);
+            libc::syscall(libc::SYS_setfsgid, self.gid);
+        }
+    }
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit; returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: r is valid for writes.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: r is a valid rlimit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    }
+    r.rlim_cur
+}
+
+/// Turns a C string into an `OsStr` view.
+pub fn os(c: &CStr) -> &OsStr {
+    OsStr::from_bytes(c.to_bytes())
+}
+
+/// Blocks `sigs` in the calling thread (and the threads it starts later), so that one
+/// thread can take them with [`wait_signal`].
+pub fn block_signals(sigs: &[i32]) -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: set is initialised by sigemptyset before use; pthread_sigmask reads it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for &s in sigs {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+        set.assume_init()
+    }
+}
+
+/// Waits for one of the blocked signals in `set`.
+pub fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: set is a valid sigset, sig valid for writes.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+/// fork(2). Only call while the process has a single thread.
+///
+/// # Errors
+/// The errno of fork.
+pub fn fork() -> io::Result<Option<i32>> {
+    // SAFETY: the caller guarantees no other thread exists, so the child is consistent.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// pipe2(O_CLOEXEC): (read end, write end).
+///
+/// # Errors
+/// The errno of pipe2.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is valid for two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two fresh fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts a new session (detaches from the terminal).
+pub fn setsid() {
+    // SAFETY: plain syscall.
+    unsafe { libc::setsid() };
+}
+
+/// Points stdin and stdout at /dev/null, and stderr at `log` (or /dev/null).
+pub fn redirect_stdio(log: Option<BorrowedFd<'_>>) {
+    let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else { return };
+    let n = null.as_raw_fd();
+    // SAFETY: dup2 onto the standard descriptors; both fds are valid.
+    unsafe {
+        libc::dup2(n, 0);
+        libc::dup2(n, 1);
+        libc::dup2(log.map_or(n, |l| l.as_raw_fd()), 2);
+    }
+}
+
+/// Sets the process umask (the daemon uses 0: the kernel applies the caller's).
+pub fn set_umask(m: u32) {
+    // SAFETY: plain syscall.
+    unsafe { libc::umask(m) };
+}
+
+/// The effective uid.
+pub fn geteuid() -> u32 {
+    // SAFETY: plain syscall.
+    unsafe { libc::geteuid() }
+}
+
+/// getxattr(2) by path (follows symlinks), for `sparsefs stats`.
+///
+/// # Errors
+/// The errno of getxattr.
+pub fn getxattr_path(path: &std::path::Path, name: &CStr) -> io::Result<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: buf is valid for its length; strings are valid C strings.
+    let n = size_or_err(unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// umount2(2).
+///
+/// # Errors
+/// The errno of umount2.
+pub fn umount(path: &std::path::Path, lazy: bool) -> io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::umount2(p.as_ptr(), if lazy { libc::MNT_DETACH } else { 0 }) }).map(drop)
+}
+
+/// Writes all of `buf` to a raw fd (readiness pipe).
+pub fn write_fd(fd: BorrowedFd<'_>, buf: &[u8]) {
+    // SAFETY: buf is valid for its length.
+    unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+}
+
+/// waitpid(2) without options; returns the exit status, or 1 if it died otherwise.
+pub fn waitpid(pid: i32) -> i32 {
+    let mut st = 0;
+    // SAFETY: st is valid for writes.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 1 }
+}
+
+/// lseek(2) on a raw fd (SEEK_DATA/SEEK_HOLE for the demo and tests).
+///
+/// # Errors
+/// The errno of lseek (`ENXIO` past the last data).
+pub fn lseek(fd: RawFd, off: i64, whence: i32) -> io::Result<u64> {
+    // SAFETY: plain syscall; an invalid fd yields EBADF.
+    let r = unsafe { libc::lseek(fd, off, whence) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as u64) }
+}
