@@ -161,7 +161,11 @@ pub fn parse_size(what: &str, s: &str) -> Result<u64, UsageError> {
     let t = s.trim();
     let digits = t.bytes().take_while(|b| b.is_ascii_digit()).count();
     let (num, suffix) = t.split_at(digits);
-    let bad = || UsageError(format!("invalid {what} '{s}': expected a size like 4096, 32K, 4M or 1G"));
+    let bad = || {
+        UsageError(format!(
+            "invalid {what} '{s}': expected a size like 4096, 32K, 4M or 1G"
+        ))
+    };
     if num.is_empty() {
         return Err(bad());
     }
@@ -187,9 +191,15 @@ pub fn parse_size(what: &str, s: &str) -> Result<u64, UsageError> {
 /// A message naming the bad value.
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, UsageError> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || UsageError(format!("invalid {what} '{s}': expected a duration like 500ms, 5s or 1m"));
+    let bad = || {
+        UsageError(format!(
+            "invalid {what} '{s}': expected a duration like 500ms, 5s or 1m"
+        ))
+    };
     let n: f64 = num.parse().map_err(|_| bad())?;
     let secs = match unit {
         "ms" => n / 1000.0,
@@ -228,7 +238,11 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut max_dirty = a.max_dirty.clone();
     let mut dirty_age = a.dirty_age.clone();
     let mut threads = a.threads;
-    let mut access = if a.allow_other { Access::All } else { Access::Owner };
+    let mut access = if a.allow_other {
+        Access::All
+    } else {
+        Access::Owner
+    };
     let mut ro = false;
     let mut flags = Vec::new();
     let mut fsname = None;
@@ -238,7 +252,10 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
         };
-        let need = |v: Option<&str>| v.map(str::to_string).ok_or_else(|| UsageError(format!("mount option '{k}' needs a value ({k}=...)")));
+        let need = |v: Option<&str>| {
+            v.map(str::to_string)
+                .ok_or_else(|| UsageError(format!("mount option '{k}' needs a value ({k}=...)")))
+        };
         match k {
             "" => {}
             "sparse_block" => sparse_block = Some(need(v)?),
@@ -246,7 +263,12 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             "max_dirty" => max_dirty = Some(need(v)?),
             "dirty_age" => dirty_age = Some(need(v)?),
             "threads" => {
-                threads = Some(need(v)?.parse().map_err(|_| UsageError(format!("invalid threads '{}': expected a number", v.unwrap_or(""))))?)
+                threads = Some(need(v)?.parse().map_err(|_| {
+                    UsageError(format!(
+                        "invalid threads '{}': expected a number",
+                        v.unwrap_or("")
+                    ))
+                })?)
             }
             "allow_other" => access = Access::All,
             "allow_root" => {
@@ -256,28 +278,46 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             }
             "ro" => ro = true,
             "rw" => ro = false,
-            "nosuid" | "suid" | "nodev" | "dev" | "noexec" | "exec" | "noatime" | "atime" | "sync" | "async" | "dirsync" => flags.push(k.to_string()),
+            "nosuid" | "suid" | "nodev" | "dev" | "noexec" | "exec" | "noatime" | "atime"
+            | "sync" | "async" | "dirsync" => flags.push(k.to_string()),
             "fsname" => fsname = Some(need(v)?),
             "subtype" => subtype = need(v)?,
-            "default_permissions" | "defaults" | "_netdev" | "nofail" | "noauto" | "auto" | "user" | "users" | "nouser" | "relatime" | "strictatime" | "nodiratime" => {}
+            "default_permissions"
+            | "defaults"
+            | "_netdev"
+            | "nofail"
+            | "noauto"
+            | "auto"
+            | "user"
+            | "users"
+            | "nouser"
+            | "relatime"
+            | "strictatime"
+            | "nodiratime" => {}
             _ if k.starts_with("x-") || k.starts_with("comment=") => {}
             _ => return usage(format!("unknown mount option '{opt}'")),
         }
     }
     let sparse_block = parse_size("sparse block", sparse_block.as_deref().unwrap_or("32K"))?;
     if !sparse_block.is_power_of_two() || !(4096..=64 << 20).contains(&sparse_block) {
-        return usage(format!("invalid sparse block {sparse_block}: must be a power of two from 4K to 64M"));
+        return usage(format!(
+            "invalid sparse block {sparse_block}: must be a power of two from 4K to 64M"
+        ));
     }
     let write_size = match write_size {
         Some(w) => parse_size("write size", &w)?,
         None => (4u64 << 20).max(sparse_block),
     };
     if write_size % sparse_block != 0 || write_size > 1 << 30 {
-        return usage(format!("invalid write size {write_size}: must be a multiple of the sparse block ({sparse_block}) and at most 1G"));
+        return usage(format!(
+            "invalid write size {write_size}: must be a multiple of the sparse block ({sparse_block}) and at most 1G"
+        ));
     }
     let max_dirty = parse_size("max dirty", max_dirty.as_deref().unwrap_or("256M"))?;
     if max_dirty < write_size {
-        return usage(format!("invalid max dirty {max_dirty}: must be at least the write size ({write_size})"));
+        return usage(format!(
+            "invalid max dirty {max_dirty}: must be at least the write size ({write_size})"
+        ));
     }
     let dirty_age = parse_duration("dirty age", dirty_age.as_deref().unwrap_or("5s"))?;
     let threads = threads.unwrap_or(4);
@@ -301,7 +341,10 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         ));
     }
     if is_mountpoint(&mountpoint) {
-        return usage(format!("mount point {} is already mounted", mountpoint.display()));
+        return usage(format!(
+            "mount point {} is already mounted",
+            mountpoint.display()
+        ));
     }
     Ok(MountConfig {
         fsname: fsname.unwrap_or_else(|| backing.display().to_string()),
@@ -324,10 +367,14 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
 
 fn check_dir(what: &str, p: &std::path::Path) -> Result<PathBuf, UsageError> {
     match std::fs::metadata(p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => usage(format!("{what} {} does not exist", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            usage(format!("{what} {} does not exist", p.display()))
+        }
         Err(e) => usage(format!("{what} {}: {e}", p.display())),
         Ok(m) if !m.is_dir() => usage(format!("{what} {} is not a directory", p.display())),
-        Ok(_) => std::fs::canonicalize(p).or_else(|e| usage(format!("{what} {}: {e}", p.display()))),
+        Ok(_) => {
+            std::fs::canonicalize(p).or_else(|e| usage(format!("{what} {}: {e}", p.display())))
+        }
     }
 }
 
@@ -337,7 +384,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -350,8 +400,12 @@ fn unescape(s: &str) -> String {
 
 /// True if `p` (canonical) is a mount point now.
 pub fn is_mountpoint(p: &std::path::Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| std::path::Path::new(&unescape(m)) == p)
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| std::path::Path::new(&unescape(m)) == p)
 }
 
 #[cfg(test)]
@@ -365,7 +419,16 @@ mod tests {
         assert_eq!(parse_size("x", "32k").unwrap(), 32 << 10);
         assert_eq!(parse_size("x", "4MiB").unwrap(), 4 << 20);
         assert_eq!(parse_size("x", "1G").unwrap(), 1 << 30);
-        for bad in ["", "K", "-1", "0", "12Q", "1.5M", "99999999999999999999", "16777216T"] {
+        for bad in [
+            "",
+            "K",
+            "-1",
+            "0",
+            "12Q",
+            "1.5M",
+            "99999999999999999999",
+            "16777216T",
+        ] {
             assert!(parse_size("x", bad).is_err(), "{bad}");
         }
     }
@@ -373,7 +436,10 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("x", "5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("x", "500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("x", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
         assert_eq!(parse_duration("x", "2").unwrap(), Duration::from_secs(2));
         for bad in ["", "0", "5x", "-1s", "abc"] {
             assert!(parse_duration("x", bad).is_err(), "{bad}");
@@ -382,7 +448,13 @@ mod tests {
 
     #[test]
     fn fstab_form_becomes_mount() {
-        let v = normalize_args(vec!["sparsefs".into(), "/a".into(), "/b".into(), "-o".into(), "rw".into()]);
+        let v = normalize_args(vec![
+            "sparsefs".into(),
+            "/a".into(),
+            "/b".into(),
+            "-o".into(),
+            "rw".into(),
+        ]);
         assert_eq!(v[1], "mount");
         let v = normalize_args(vec!["sparsefs".into(), "stats".into(), "/b".into()]);
         assert_eq!(v[1], "stats");

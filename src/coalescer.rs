@@ -38,7 +38,10 @@ pub struct Coalescer {
 impl Coalescer {
     /// Buffers of `block` bytes (a power of two).
     pub fn new(block: u64) -> Self {
-        Self { block, blocks: BTreeMap::new() }
+        Self {
+            block,
+            blocks: BTreeMap::new(),
+        }
     }
 
     /// The sparse block size.
@@ -68,7 +71,10 @@ impl Coalescer {
             let n = (bs as usize - in_off).min(data.len() - pos);
             let b = self.blocks.entry(blk).or_insert_with(|| {
                 added += bs;
-                DirtyBlock { buf: vec![0u8; bs as usize].into_boxed_slice(), valid: RangeSet::new() }
+                DirtyBlock {
+                    buf: vec![0u8; bs as usize].into_boxed_slice(),
+                    valid: RangeSet::new(),
+                }
             });
             b.buf[in_off..in_off + n].copy_from_slice(&data[pos..pos + n]);
             b.valid.insert(in_off as u64, (in_off + n) as u64);
@@ -122,7 +128,7 @@ impl Coalescer {
         let bs = self.block;
         let first_gone = size.div_ceil(bs);
         let gone = self.blocks.split_off(&first_gone);
-        if size % bs != 0
+        if !size.is_multiple_of(bs)
             && let Some(b) = self.blocks.get_mut(&(size / bs))
         {
             let cut = (size % bs) as usize;
@@ -135,7 +141,9 @@ impl Coalescer {
     /// Removes and returns the blocks numbered `first..last`.
     pub fn take(&mut self, first: u64, last: u64) -> Vec<(u64, DirtyBlock)> {
         let keys: Vec<u64> = self.blocks.range(first..last).map(|(&k, _)| k).collect();
-        keys.into_iter().map(|k| (k, self.blocks.remove(&k).expect("key listed"))).collect()
+        keys.into_iter()
+            .map(|k| (k, self.blocks.remove(&k).expect("key listed")))
+            .collect()
     }
 
     /// Puts blocks back (after a failed flush), merging with any written since.
@@ -246,7 +254,13 @@ pub struct Plan {
 
 /// Plans the flush of `taken` blocks (ascending) of a file of logical `size` whose data
 /// map is `index`. Pure.
-pub fn plan(taken: &[(u64, DirtyBlock)], bs: u64, write_size: u64, size: u64, index: &RangeSet) -> Plan {
+pub fn plan(
+    taken: &[(u64, DirtyBlock)],
+    bs: u64,
+    write_size: u64,
+    size: u64,
+    index: &RangeSet,
+) -> Plan {
     let mut p = Plan::default();
     let mut pieces: Vec<(u64, Piece)> = Vec::new();
     for (slot, (blk, b)) in taken.iter().enumerate() {
@@ -259,13 +273,31 @@ pub fn plan(taken: &[(u64, DirtyBlock)], bs: u64, write_size: u64, size: u64, in
         if is_complete(*blk, b, bs, size, index) {
             if is_zero(&b.buf[..n]) {
                 p.zeros.insert(base, end);
-                p.zero_bytes += b.valid.overlapping(0, n as u64).map(|(s, e)| e - s).sum::<u64>();
+                p.zero_bytes += b
+                    .valid
+                    .overlapping(0, n as u64)
+                    .map(|(s, e)| e - s)
+                    .sum::<u64>();
             } else {
-                pieces.push((base, Piece { slot, start: 0, len: n }));
+                pieces.push((
+                    base,
+                    Piece {
+                        slot,
+                        start: 0,
+                        len: n,
+                    },
+                ));
             }
         } else {
             for (s, e) in b.valid.overlapping(0, n as u64) {
-                pieces.push((base + s, Piece { slot, start: s as usize, len: (e - s) as usize }));
+                pieces.push((
+                    base + s,
+                    Piece {
+                        slot,
+                        start: s as usize,
+                        len: (e - s) as usize,
+                    },
+                ));
             }
         }
     }
@@ -273,10 +305,17 @@ pub fn plan(taken: &[(u64, DirtyBlock)], bs: u64, write_size: u64, size: u64, in
         while piece.len > 0 {
             let boundary = (abs / write_size + 1) * write_size;
             let take = piece.len.min((boundary - abs) as usize);
-            let part = Piece { slot: piece.slot, start: piece.start, len: take };
+            let part = Piece {
+                slot: piece.slot,
+                start: piece.start,
+                len: take,
+            };
             match p.writes.last_mut() {
                 Some(r) if r.off + r.len() == abs && abs % write_size != 0 => r.pieces.push(part),
-                _ => p.writes.push(Run { off: abs, pieces: vec![part] }),
+                _ => p.writes.push(Run {
+                    off: abs,
+                    pieces: vec![part],
+                }),
             }
             abs += take as u64;
             piece.start += take;
@@ -328,8 +367,21 @@ mod tests {
         index.insert(0, 100);
         let taken = c.take(0, u64::MAX);
         let p = plan(&taken, 8, 64, 100, &index);
-        assert_eq!(p.writes, vec![Run { off: 2, pieces: vec![Piece { slot: 0, start: 2, len: 3 }] }]);
-        assert!(p.zeros.is_empty(), "zeros over unknown neighbours are written, not holed");
+        assert_eq!(
+            p.writes,
+            vec![Run {
+                off: 2,
+                pieces: vec![Piece {
+                    slot: 0,
+                    start: 2,
+                    len: 3
+                }]
+            }]
+        );
+        assert!(
+            p.zeros.is_empty(),
+            "zeros over unknown neighbours are written, not holed"
+        );
     }
 
     #[test]

@@ -21,9 +21,14 @@ pub fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("sparsefs={level},fuser=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("sparsefs={level},fuser=warn"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }
 
 /// The fuser configuration of a mount.
@@ -67,12 +72,69 @@ pub fn fuse_config(cfg: &MountConfig) -> Config {
 pub fn fs_config(cfg: &MountConfig) -> FsConfig {
     FsConfig {
         backing: cfg.backing.clone(),
-        geo: Geometry { block: cfg.sparse_block, write_size: cfg.write_size, max_dirty_file: (cfg.max_dirty / 4).max(cfg.write_size) },
+        geo: Geometry {
+            block: cfg.sparse_block,
+            write_size: cfg.write_size,
+            max_dirty_file: (cfg.max_dirty / 4).max(cfg.write_size),
+        },
         max_dirty: cfg.max_dirty,
         dirty_age: cfg.dirty_age,
         creds: sys::geteuid() == 0,
         owner: sys::geteuid(),
     }
+}
+
+/// Mounts `fs` as `fuse.<subtype>` (root: our own mount(2), so /proc/mounts shows the
+/// type fstab and umount helpers expect; others: fusermount3 through fuser) and returns
+/// the session with a function that unmounts it.
+///
+/// # Errors
+/// The mount's errno.
+#[allow(clippy::type_complexity)]
+pub fn mount(
+    cfg: &MountConfig,
+    fs: Adapter,
+) -> std::io::Result<(
+    fuser::Session<Adapter>,
+    Box<dyn FnMut() -> std::io::Result<()> + Send>,
+)> {
+    let fc = fuse_config(cfg);
+    if sys::geteuid() != 0 {
+        let mut s = fuser::Session::new(fs, &cfg.mountpoint, &fc)?;
+        let mut u = s.unmount_callable();
+        return Ok((s, Box::new(move || u.unmount())));
+    }
+    let mut flags: libc::c_ulong = 0;
+    for f in &cfg.flags {
+        flags |= match f.as_str() {
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "sync" => libc::MS_SYNCHRONOUS,
+            "dirsync" => libc::MS_DIRSYNC,
+            _ => 0,
+        };
+    }
+    if cfg.ro {
+        flags |= libc::MS_RDONLY;
+    }
+    let fd = sys::fuse_mount(
+        &cfg.mountpoint,
+        &cfg.fsname,
+        &cfg.subtype,
+        flags,
+        cfg.access != Access::Owner,
+    )?;
+    let mp = cfg.mountpoint.clone();
+    let s = match fuser::Session::from_fd(fs, fd, fc.acl, fc) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = sys::umount(&mp, true);
+            return Err(e);
+        }
+    };
+    Ok((s, Box::new(move || sys::umount(&mp, false))))
 }
 
 /// Mounts and serves until unmounted. Returns the exit status.
@@ -109,7 +171,9 @@ pub fn run(cfg: MountConfig) -> i32 {
                 let status = sys::waitpid(pid);
                 let m = msg.trim();
                 if m.is_empty() {
-                    eprintln!("sparsefs: error: the daemon exited (status {status}) before the mount was ready");
+                    eprintln!(
+                        "sparsefs: error: the daemon exited (status {status}) before the mount was ready"
+                    );
                 } else {
                     eprintln!("sparsefs: error: {m}");
                 }
@@ -132,24 +196,39 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
     let stats = Arc::new(Stats::default());
     let fs = match SparseFs::new(fs_config(cfg), stats) {
         Ok(f) => Arc::new(f),
-        Err(e) => return fail(format!("cannot open backing directory {}: {e}", cfg.backing.display())),
+        Err(e) => {
+            return fail(format!(
+                "cannot open backing directory {}: {e}",
+                cfg.backing.display()
+            ));
+        }
     };
     let caps = fs.caps();
-    let mut session = match fuser::Session::new(Adapter::new(fs.clone()), &cfg.mountpoint, &fuse_config(cfg)) {
+    let (session, mut unmounter) = match mount(cfg, Adapter::new(fs.clone())) {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot mount on {}: {e}", cfg.mountpoint.display())),
     };
-    let mut unmounter = session.unmount_callable();
     let mp = cfg.mountpoint.clone();
+    let fs2 = fs.clone();
     std::thread::Builder::new()
         .name("sparsefs-signals".into())
         .spawn(move || {
             let sig = sys::wait_signal(&sigs);
             info!(signal = sig, "signal: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                error!(error = %e, "unmount failed; detaching");
+            if let Err(e) = unmounter() {
+                info!(error = %e, "mount busy: detaching it");
                 let _ = sys::umount(&mp, true);
             }
+            // A detached mount with open files keeps the session alive: give it a moment
+            // to end by itself, then flush everything and exit (open files then see
+            // ENOTCONN, as with any FUSE daemon that exits).
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_secs(2) {
+                std::thread::park_timeout(std::time::Duration::from_millis(50));
+            }
+            fs2.freeze();
+            fs2.shutdown();
+            std::process::exit(0);
         })
         .expect("spawn signal thread");
     fs.start();
@@ -163,7 +242,13 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
         "mounted"
     );
     if let Some(w) = ready {
-        let log = cfg.log_file.as_ref().and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+        let log = cfg.log_file.as_ref().and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
         sys::write_fd(w.as_fd(), b"OK");
         drop(w);
         sys::redirect_stdio(log.as_ref().map(|f| f.as_fd()));
@@ -188,15 +273,23 @@ pub fn umount(mp: &Path, lazy: bool) -> Result<(), String> {
         return Err(format!("{} is not mounted", mp.display()));
     }
     if sys::geteuid() == 0 {
-        return sys::umount(&canon, lazy).map_err(|e| format!("cannot unmount {}: {e}", mp.display()));
+        return sys::umount(&canon, lazy)
+            .map_err(|e| format!("cannot unmount {}: {e}", mp.display()));
     }
     let mut cmd = std::process::Command::new("fusermount3");
     cmd.arg("-u");
     if lazy {
         cmd.arg("-z");
     }
-    let st = cmd.arg(&canon).status().map_err(|e| format!("fusermount3: {e}"))?;
-    if st.success() { Ok(()) } else { Err(format!("cannot unmount {}", mp.display())) }
+    let st = cmd
+        .arg(&canon)
+        .status()
+        .map_err(|e| format!("fusermount3: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("cannot unmount {}", mp.display()))
+    }
 }
 
 /// `sparsefs stats`: reads the counters from the running daemon.
@@ -207,8 +300,13 @@ pub fn stats(mp: &Path, json: bool, watch: Option<f64>) -> Result<(), String> {
     let name = std::ffi::CString::new(STATS_XATTR).expect("no NUL");
     loop {
         let raw = sys::getxattr_path(mp, &name).map_err(|e| match e.raw_os_error() {
-            Some(libc::EACCES) => format!("{}: only the mount's owner or root may read its stats", mp.display()),
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => format!("{} is not a sparsefs mount", mp.display()),
+            Some(libc::EACCES) => format!(
+                "{}: only the mount's owner or root may read its stats",
+                mp.display()
+            ),
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
+                format!("{} is not a sparsefs mount", mp.display())
+            }
             _ => format!("{}: {e}", mp.display()),
         })?;
         let text = String::from_utf8_lossy(&raw).into_owned();

@@ -51,7 +51,9 @@ fn sys_seek(fd: i32, off: i64, whence: i32) -> Option<u64> {
 pub fn run(sparse_block: &str) -> Result<(), String> {
     let block = parse_size("sparse block", sparse_block).map_err(|e| e.0)?;
     if !block.is_power_of_two() || !(4096..=64 * MIB).contains(&block) {
-        return Err(format!("invalid sparse block {block}: must be a power of two from 4K to 64M"));
+        return Err(format!(
+            "invalid sparse block {block}: must be a power of two from 4K to 64M"
+        ));
     }
     let dir = std::env::temp_dir().join(format!("sparsefs-demo-{}", std::process::id()));
     let backing = dir.join("backing");
@@ -92,13 +94,18 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
                     x as u8
                 })
                 .collect();
-            f.write_all_at(&data, off).map_err(|e| err("write source image", e))?;
+            f.write_all_at(&data, off)
+                .map_err(|e| err("write source image", e))?;
         }
     }
     let stats = Arc::new(Stats::default());
     let cfg = FsConfig {
         backing: backing.to_path_buf(),
-        geo: Geometry { block, write_size: (4 * MIB).max(block), max_dirty_file: 64 * MIB },
+        geo: Geometry {
+            block,
+            write_size: (4 * MIB).max(block),
+            max_dirty_file: 64 * MIB,
+        },
         max_dirty: 256 * MIB,
         dirty_age: Duration::from_secs(5),
         creds: false,
@@ -107,19 +114,43 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
     let fs = Arc::new(SparseFs::new(cfg, stats.clone()).map_err(|e| err("open backing", e))?);
     let caps = fs.caps();
     let mut fc = fuser::Config::default();
-    fc.mount_options = vec![fuser::MountOption::FSName("sparsefs-demo".into()), fuser::MountOption::Subtype("sparsefs".into()), fuser::MountOption::DefaultPermissions];
+    fc.mount_options = vec![
+        fuser::MountOption::FSName("sparsefs-demo".into()),
+        fuser::MountOption::Subtype("sparsefs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
     fc.n_threads = Some(2);
     fc.clone_fd = true;
-    let session = fuser::Session::new(Adapter::new(fs.clone()), mnt, &fc).map_err(|e| err(&format!("mount on {}", mnt.display()), e))?;
+    let session = fuser::Session::new(Adapter::new(fs.clone()), mnt, &fc)
+        .map_err(|e| err(&format!("mount on {}", mnt.display()), e))?;
     let bg = session.spawn().map_err(|e| err("start session", e))?;
     fs.start();
     println!("sparsefs demo");
-    println!("  backing dir : {}  (probe: punch {}, SEEK_DATA {})", backing.display(), yes(caps.punch), yes(caps.seek));
-    println!("  mount point : {}  (sparse block {} KiB, write size {} MiB)", mnt.display(), block >> 10, (4 * MIB).max(block) / MIB);
-    println!("  source      : a {} MiB VM-like image with {} MiB of data in {} extents", size / MIB, extents.len(), extents.len());
+    println!(
+        "  backing dir : {}  (probe: punch {}, SEEK_DATA {})",
+        backing.display(),
+        yes(caps.punch),
+        yes(caps.seek)
+    );
+    println!(
+        "  mount point : {}  (sparse block {} KiB, write size {} MiB)",
+        mnt.display(),
+        block >> 10,
+        (4 * MIB).max(block) / MIB
+    );
+    println!(
+        "  source      : a {} MiB VM-like image with {} MiB of data in {} extents",
+        size / MIB,
+        extents.len(),
+        extents.len()
+    );
     println!();
     let dst = mnt.join("disk.img");
-    println!("$ dd if={} of={} bs=1M      # dd is not sparse-aware: it writes every zero", src.display(), dst.display());
+    println!(
+        "$ dd if={} of={} bs=1M      # dd is not sparse-aware: it writes every zero",
+        src.display(),
+        dst.display()
+    );
     let t = Instant::now();
     let st = std::process::Command::new("dd")
         .arg(format!("if={}", src.display()))
@@ -137,14 +168,42 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
     let mst = fs::metadata(&dst).map_err(|e| err("stat", e))?;
     let back = fs::metadata(backing.join("disk.img")).map_err(|e| err("stat backing file", e))?;
     println!();
-    println!("application wrote       : {:>6} MiB in {} write calls ({:.2} s)", stats.app_write_bytes.load(Relaxed) / MIB, stats.app_writes.load(Relaxed), secs);
-    println!("reached the backend     : {:>6} MiB in {} pwrite calls, {} punch, {} ftruncate, {} lseek",
-        stats.bytes(Op::Write) / MIB, stats.calls(Op::Write), stats.calls(Op::Punch), stats.calls(Op::Truncate), stats.calls(Op::Lseek));
-    println!("zero bytes elided       : {:>6} MiB", stats.zero_bytes_elided.load(Relaxed) / MIB);
-    println!("allocated on the backend: {:>6} MiB of {} MiB (st_blocks {})", back.blocks() * 512 / MIB, back.len() / MIB, back.blocks());
-    println!("st_blocks via the mount : {} (so cp and tar take their sparse path)", mst.blocks());
-    println!("contents equal to source: {}", if same { "yes" } else { "NO" });
-    println!("SEEK_DATA map through the mount ({} data extents):", map.len());
+    println!(
+        "application wrote       : {:>6} MiB in {} write calls ({:.2} s)",
+        stats.app_write_bytes.load(Relaxed) / MIB,
+        stats.app_writes.load(Relaxed),
+        secs
+    );
+    println!(
+        "reached the backend     : {:>6} MiB in {} pwrite calls, {} punch, {} ftruncate, {} lseek",
+        stats.bytes(Op::Write) / MIB,
+        stats.calls(Op::Write),
+        stats.calls(Op::Punch),
+        stats.calls(Op::Truncate),
+        stats.calls(Op::Lseek)
+    );
+    println!(
+        "zero bytes elided       : {:>6} MiB",
+        stats.zero_bytes_elided.load(Relaxed) / MIB
+    );
+    println!(
+        "allocated on the backend: {:>6} MiB of {} MiB (st_blocks {})",
+        back.blocks() * 512 / MIB,
+        back.len() / MIB,
+        back.blocks()
+    );
+    println!(
+        "st_blocks via the mount : {} (so cp and tar take their sparse path)",
+        mst.blocks()
+    );
+    println!(
+        "contents equal to source: {}",
+        if same { "yes" } else { "NO" }
+    );
+    println!(
+        "SEEK_DATA map through the mount ({} data extents):",
+        map.len()
+    );
     for (d, h) in &map {
         println!("  DATA {:>10} .. {:>10}  ({} KiB)", d, h, (h - d) >> 10);
     }

@@ -110,8 +110,7 @@ impl RangeSet {
 
     /// True if every byte of `[start, end)` is in the set.
     pub fn covers(&self, start: u64, end: u64) -> bool {
-        start >= end
-            || matches!(self.map.range(..=start).next_back(), Some((_, &e)) if e >= end)
+        start >= end || matches!(self.map.range(..=start).next_back(), Some((_, &e)) if e >= end)
     }
 
     /// The first byte `>= x` that is in the set.
@@ -119,7 +118,10 @@ impl RangeSet {
         if self.contains(x) {
             return Some(x);
         }
-        self.map.range((Excluded(x), Unbounded)).next().map(|(&s, _)| s)
+        self.map
+            .range((Excluded(x), Unbounded))
+            .next()
+            .map(|(&s, _)| s)
     }
 
     /// The first byte `>= x` that is not in the set.
@@ -186,7 +188,10 @@ pub struct ExtentIndex {
 impl ExtentIndex {
     /// The map of an empty file, or of one whose layout is known to be all holes.
     pub fn empty() -> Self {
-        Self { data: RangeSet::new(), exact: true }
+        Self {
+            data: RangeSet::new(),
+            exact: true,
+        }
     }
 
     /// The conservative map of a file of `size` bytes whose layout is unknown.

@@ -30,7 +30,11 @@ pub struct Geometry {
 
 impl Default for Geometry {
     fn default() -> Self {
-        Self { block: 32 << 10, write_size: 4 << 20, max_dirty_file: 64 << 20 }
+        Self {
+            block: 32 << 10,
+            write_size: 4 << 20,
+            max_dirty_file: 64 << 20,
+        }
     }
 }
 
@@ -73,9 +77,18 @@ fn zeros() -> &'static [u8] {
 
 impl SparseFile {
     /// A file whose backend holds `backend.size()` bytes of unknown layout.
-    pub fn open(backend: Box<dyn BackendFile>, geo: Geometry, caps: Caps, stats: Arc<Stats>) -> io::Result<Self> {
+    pub fn open(
+        backend: Box<dyn BackendFile>,
+        geo: Geometry,
+        caps: Caps,
+        stats: Arc<Stats>,
+    ) -> io::Result<Self> {
         let size = backend.size()?;
-        let index = if size == 0 { ExtentIndex::empty() } else { ExtentIndex::unknown(size) };
+        let index = if size == 0 {
+            ExtentIndex::empty()
+        } else {
+            ExtentIndex::unknown(size)
+        };
         Ok(Self {
             backend,
             dirty: Coalescer::new(geo.block),
@@ -145,7 +158,11 @@ impl SparseFile {
         let size = self.backend.size()?;
         self.size = size;
         self.backend_size = size;
-        self.index = if size == 0 { ExtentIndex::empty() } else { ExtentIndex::unknown(size) };
+        self.index = if size == 0 {
+            ExtentIndex::empty()
+        } else {
+            ExtentIndex::unknown(size)
+        };
         Ok(())
     }
 
@@ -164,15 +181,21 @@ impl SparseFile {
         if data.is_empty() {
             return Ok(());
         }
-        let end = off.checked_add(data.len() as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let end = off
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
         let added = self.dirty.write(off, data);
         self.stats.dirty_add(added);
-        self.stats.app_write_bytes.fetch_add(data.len() as u64, Relaxed);
+        self.stats
+            .app_write_bytes
+            .fetch_add(data.len() as u64, Relaxed);
         self.stats.app_writes.fetch_add(1, Relaxed);
         self.size = self.size.max(end);
         self.dirty_since.get_or_insert_with(Instant::now);
         let ws = self.geo.write_size;
-        let windows = self.dirty.complete_windows(off / ws..=(end - 1) / ws, ws, self.size, &self.index.data);
+        let windows =
+            self.dirty
+                .complete_windows(off / ws..=(end - 1) / ws, ws, self.size, &self.index.data);
         let per = ws / self.geo.block;
         for w in windows {
             self.stats.flushed(Trigger::Window);
@@ -199,9 +222,17 @@ impl SparseFile {
             self.backend.read_at(slice, s)?;
         }
         self.dirty.overlay(off, &mut buf);
-        self.stats.app_read_bytes.fetch_add(buf.len() as u64, Relaxed);
+        self.stats
+            .app_read_bytes
+            .fetch_add(buf.len() as u64, Relaxed);
         if self.dirty.is_empty() {
-            let holes: u64 = self.index.data.gaps(off, end).iter().map(|&(s, e)| e - s).sum();
+            let holes: u64 = self
+                .index
+                .data
+                .gaps(off, end)
+                .iter()
+                .map(|&(s, e)| e - s)
+                .sum();
             self.stats.hole_read_bytes.fetch_add(holes, Relaxed);
         }
         Ok(buf)
@@ -236,11 +267,17 @@ impl SparseFile {
         let size = self.backend_size;
         let mut pos = 0;
         while pos < size {
-            let Some(d) = self.backend.seek(pos, Whence::Data)? else { break };
+            let Some(d) = self.backend.seek(pos, Whence::Data)? else {
+                break;
+            };
             if d >= size {
                 break;
             }
-            let h = self.backend.seek(d, Whence::Hole)?.unwrap_or(size).min(size);
+            let h = self
+                .backend
+                .seek(d, Whence::Hole)?
+                .unwrap_or(size)
+                .min(size);
             if h <= d {
                 // A backend that answers inconsistently is not trusted: keep all data.
                 return Ok(());
@@ -255,7 +292,10 @@ impl SparseFile {
                 learned.insert(a, b);
             }
         }
-        self.index = ExtentIndex { data: learned, exact: true };
+        self.index = ExtentIndex {
+            data: learned,
+            exact: true,
+        };
         Ok(())
     }
 
@@ -265,16 +305,28 @@ impl SparseFile {
             return Ok(());
         }
         let freed = taken.len() as u64 * self.geo.block;
-        let plan = coalescer::plan(&taken, self.geo.block, self.geo.write_size, self.size, &self.index.data);
+        let plan = coalescer::plan(
+            &taken,
+            self.geo.block,
+            self.geo.write_size,
+            self.size,
+            &self.index.data,
+        );
         // Zero blocks: holes from now on; punch later only where old data may be.
         for (s, e) in plan.zeros.iter() {
-            let old: Vec<(u64, u64)> = self.index.data.overlapping(s, e.min(self.backend_size)).collect();
+            let old: Vec<(u64, u64)> = self
+                .index
+                .data
+                .overlapping(s, e.min(self.backend_size))
+                .collect();
             for (a, b) in old {
                 self.pending_zero.insert(a, b);
             }
             self.index.data.remove(s, e);
         }
-        self.stats.zero_bytes_elided.fetch_add(plan.zero_bytes, Relaxed);
+        self.stats
+            .zero_bytes_elided
+            .fetch_add(plan.zero_bytes, Relaxed);
         for run in &plan.writes {
             let slices: Vec<IoSlice<'_>> = run
                 .pieces
@@ -315,7 +367,8 @@ impl SparseFile {
             let mut pos = start;
             while pos < end {
                 let n = (end - pos).min(zeros().len() as u64);
-                self.backend.write_all_at(&[IoSlice::new(&zeros()[..n as usize])], pos)?;
+                self.backend
+                    .write_all_at(&[IoSlice::new(&zeros()[..n as usize])], pos)?;
                 self.stats.zero_bytes_written.fetch_add(n, Relaxed);
                 pos += n;
             }
@@ -393,7 +446,11 @@ impl SparseFile {
     pub fn make_zero(&mut self, off: u64, len: u64, keep_size: bool) -> io::Result<()> {
         self.flush(Depth::Full, Trigger::Sync)?;
         let end = off.saturating_add(len);
-        let old: Vec<(u64, u64)> = self.index.data.overlapping(off, end.min(self.size)).collect();
+        let old: Vec<(u64, u64)> = self
+            .index
+            .data
+            .overlapping(off, end.min(self.size))
+            .collect();
         for (s, e) in old {
             self.zero_backend(s, e)?;
             self.index.data.remove(s, e);
@@ -412,7 +469,9 @@ impl SparseFile {
         self.flush(Depth::Full, Trigger::Sync)?;
         let r = self.backend.allocate(mode, off, len);
         let r = match r {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+            }
             r => r,
         };
         r?;

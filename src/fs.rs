@@ -48,8 +48,14 @@ fn errno(e: i32) -> io::Error {
 
 /// An open handle.
 enum Handle {
-    File { inode: Arc<Inode>, node: Arc<FileNode>, flags: i32 },
-    Dir { entries: Arc<Vec<DirEntry>> },
+    File {
+        inode: Arc<Inode>,
+        node: Arc<FileNode>,
+        flags: i32,
+    },
+    Dir {
+        entries: Arc<Vec<DirEntry>>,
+    },
 }
 
 /// Attribute changes of a setattr.
@@ -87,6 +93,7 @@ struct Shared {
     next_fh: AtomicU64,
     dirty: Mutex<HashMap<u64, Arc<FileNode>>>,
     stop: AtomicBool,
+    frozen: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<()>,
 }
@@ -106,7 +113,8 @@ impl SparseFs {
     /// # Errors
     /// The backing directory cannot be opened.
     pub fn new(cfg: FsConfig, stats: Arc<Stats>) -> io::Result<Self> {
-        let c = std::ffi::CString::new(cfg.backing.as_os_str().as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
+        let c = std::ffi::CString::new(cfg.backing.as_os_str().as_encoded_bytes())
+            .map_err(|_| errno(libc::EINVAL))?;
         // SAFETY: c is a valid C string; the fd is owned at once.
         let root = File::from(sys_open_path(&c)?);
         let root: OwnedFd = root.into();
@@ -127,6 +135,7 @@ impl SparseFs {
                 next_fh: AtomicU64::new(1),
                 dirty: Mutex::new(HashMap::new()),
                 stop: AtomicBool::new(false),
+                frozen: AtomicBool::new(false),
                 wake: Condvar::new(),
                 wake_lock: Mutex::new(()),
             }),
@@ -157,6 +166,12 @@ impl SparseFs {
             .spawn(move || flusher(&sh))
             .expect("spawn flusher");
         *self.flusher.lock() = Some(h);
+    }
+
+    /// Refuses further writes with `EIO` (the daemon is exiting while files are still
+    /// open: nothing may be acknowledged that the final flush would miss).
+    pub fn freeze(&self) {
+        self.sh.frozen.store(true, Relaxed);
     }
 
     /// Stops the flusher and flushes every file (unmount).
@@ -252,8 +267,16 @@ impl SparseFs {
         }
         let fd = sys::reopen(inode.fd(), libc::O_RDWR)
             .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))?;
-        let backend: Box<dyn BackendFile> = Box::new(Counting::new(FdFile::new(File::from(fd)), self.sh.stats.clone()));
-        let engine = SparseFile::open(backend, self.sh.cfg.geo, self.sh.caps, self.sh.stats.clone())?;
+        let backend: Box<dyn BackendFile> = Box::new(Counting::new(
+            FdFile::new(File::from(fd)),
+            self.sh.stats.clone(),
+        ));
+        let engine = SparseFile::open(
+            backend,
+            self.sh.cfg.geo,
+            self.sh.caps,
+            self.sh.stats.clone(),
+        )?;
         let st = sys::fstat(inode.fd())?;
         let node = Arc::new(FileNode {
             engine: RwLock::new(engine),
@@ -274,11 +297,36 @@ impl SparseFs {
         let mut stamp = node.stamp.lock();
         let mut e = node.engine.write();
         if !e.is_dirty() && *stamp != Some(stamp_of(&st)) {
-            debug!(ino = inode.ino, "backing file changed outside the mount: map dropped");
+            debug!(
+                ino = inode.ino,
+                "backing file changed outside the mount: map dropped"
+            );
             e.reset_from_backend()?;
             *stamp = Some(stamp_of(&st));
         }
         Ok(())
+    }
+
+    /// The known inode behind `name` in `dir`, if it has sparse state: operations that
+    /// change its ctime (rename, link, unlink) re-record its stamp afterwards, so that our
+    /// own changes never make its map look stale.
+    fn known_child(&self, dir: &Inode, name: &std::ffi::CStr) -> Option<Arc<Inode>> {
+        let fd = sys::openat(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
+        let st = sys::fstat(fd.as_fd()).ok()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return None;
+        }
+        let ino = self.sh.inodes.ino_for(st.st_dev, st.st_ino)?;
+        let inode = self.sh.inodes.get(ino).ok()?;
+        (inode.key == (st.st_dev, st.st_ino) && inode.node().is_some()).then_some(inode)
+    }
+
+    fn restamp(&self, inode: Option<Arc<Inode>>) {
+        if let Some(i) = inode
+            && let Some(n) = i.node()
+        {
+            self.record_stamp(&i, &n);
+        }
     }
 
     fn record_stamp(&self, inode: &Inode, node: &FileNode) {
@@ -295,7 +343,11 @@ impl SparseFs {
     pub fn setattr(&self, ino: u64, a: SetAttr) -> io::Result<libc::stat> {
         let inode = self.inode(ino)?;
         let is_reg = inode.kind == libc::S_IFREG;
-        let node = if is_reg && (a.size.is_some() || inode.node().is_some()) { Some(self.node(&inode)?) } else { None };
+        let node = if is_reg && (a.size.is_some() || inode.node().is_some()) {
+            Some(self.node(&inode)?)
+        } else {
+            None
+        };
         if let Some(n) = &node {
             self.refresh_if_stale(&inode, n)?;
             let mut e = n.engine.write();
@@ -305,7 +357,11 @@ impl SparseFs {
                 e.flush(Depth::Full, Trigger::Sync)?;
             }
         } else if a.size.is_some() {
-            return Err(errno(if inode.kind == libc::S_IFDIR { libc::EISDIR } else { libc::EINVAL }));
+            return Err(errno(if inode.kind == libc::S_IFDIR {
+                libc::EISDIR
+            } else {
+                libc::EINVAL
+            }));
         }
         if let Some(mode) = a.mode
             && inode.kind != libc::S_IFLNK
@@ -313,15 +369,29 @@ impl SparseFs {
             sys::chmod(inode.fd(), mode & 0o7777)?;
         }
         if a.uid.is_some() || a.gid.is_some() {
-            sys::chown(inode.fd(), a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+            sys::chown(
+                inode.fd(),
+                a.uid.unwrap_or(u32::MAX),
+                a.gid.unwrap_or(u32::MAX),
+            )?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             let ts = |t: Option<Option<libc::timespec>>| match t {
-                None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-                Some(None) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+                None => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+                Some(None) => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_NOW,
+                },
                 Some(Some(t)) => t,
             };
-            sys::utimens(inode.fd(), &[ts(a.atime), ts(a.mtime)], inode.kind == libc::S_IFLNK)?;
+            sys::utimens(
+                inode.fd(),
+                &[ts(a.atime), ts(a.mtime)],
+                inode.kind == libc::S_IFLNK,
+            )?;
         }
         if let Some(n) = &node {
             self.record_stamp(&inode, n);
@@ -339,10 +409,20 @@ impl SparseFs {
 
     /// Runs a creating operation as the caller (so the new node belongs to them), and
     /// looks the result up.
-    fn create_as(&self, parent: &Inode, name: &OsStr, who: Caller, f: impl Fn(&std::ffi::CStr) -> io::Result<()>) -> io::Result<(Arc<Inode>, libc::stat)> {
+    fn create_as(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+        who: Caller,
+        f: impl Fn(&std::ffi::CStr) -> io::Result<()>,
+    ) -> io::Result<(Arc<Inode>, libc::stat)> {
         let c = sys::component(name)?;
         {
-            let _ids = self.sh.cfg.creds.then(|| sys::FsIds::switch(who.uid, who.gid));
+            let _ids = self
+                .sh
+                .cfg
+                .creds
+                .then(|| sys::FsIds::switch(who.uid, who.gid));
             f(&c)?;
         }
         let fd = sys::openat(parent.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
@@ -353,9 +433,19 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno (`EEXIST`, `EPERM`, ...).
-    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, umask: u32, rdev: u32, who: Caller) -> io::Result<Entry> {
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        who: Caller,
+    ) -> io::Result<Entry> {
         let dir = self.inode(parent)?;
-        let (i, st) = self.create_as(&dir, name, who, |c| sys::mknodat(dir.fd(), c, mode & !umask, rdev as u64))?;
+        let (i, st) = self.create_as(&dir, name, who, |c| {
+            sys::mknodat(dir.fd(), c, mode & !umask, rdev as u64)
+        })?;
         Ok((i.ino, st))
     }
 
@@ -363,9 +453,18 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, umask: u32, who: Caller) -> io::Result<Entry> {
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        who: Caller,
+    ) -> io::Result<Entry> {
         let dir = self.inode(parent)?;
-        let (i, st) = self.create_as(&dir, name, who, |c| sys::mkdirat(dir.fd(), c, mode & !umask & 0o7777))?;
+        let (i, st) = self.create_as(&dir, name, who, |c| {
+            sys::mkdirat(dir.fd(), c, mode & !umask & 0o7777)
+        })?;
         Ok((i.ino, st))
     }
 
@@ -373,9 +472,17 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path, who: Caller) -> io::Result<Entry> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        who: Caller,
+    ) -> io::Result<Entry> {
         let dir = self.inode(parent)?;
-        let (i, st) = self.create_as(&dir, name, who, |c| sys::symlinkat(target.as_os_str(), dir.fd(), c))?;
+        let (i, st) = self.create_as(&dir, name, who, |c| {
+            sys::symlinkat(target.as_os_str(), dir.fd(), c)
+        })?;
         Ok((i.ino, st))
     }
 
@@ -385,7 +492,11 @@ impl SparseFs {
     /// The backend's errno.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
-        sys::unlinkat(dir.fd(), &sys::component(name)?, 0)
+        let c = sys::component(name)?;
+        let child = self.known_child(&dir, &c);
+        sys::unlinkat(dir.fd(), &c, 0)?;
+        self.restamp(child);
+        Ok(())
     }
 
     /// rmdir.
@@ -401,10 +512,27 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> io::Result<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
         let a = self.inode(parent)?;
         let b = self.inode(newparent)?;
-        sys::renameat2(a.fd(), &sys::component(name)?, b.fd(), &sys::component(newname)?, flags)
+        let (on, nn) = (sys::component(name)?, sys::component(newname)?);
+        let moved = self.known_child(&a, &on);
+        let other = if flags & libc::RENAME_EXCHANGE != 0 {
+            self.known_child(&b, &nn)
+        } else {
+            None
+        };
+        sys::renameat2(a.fd(), &on, b.fd(), &nn, flags)?;
+        self.restamp(moved);
+        self.restamp(other);
+        Ok(())
     }
 
     /// link.
@@ -416,6 +544,7 @@ impl SparseFs {
         let dir = self.inode(newparent)?;
         let c = sys::component(newname)?;
         sys::link(inode.fd(), dir.fd(), &c)?;
+        self.restamp(Some(inode.clone()));
         let fd = sys::openat(dir.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (i, st) = self.entry(fd)?;
         Ok((i.ino, st))
@@ -431,7 +560,11 @@ impl SparseFs {
         let node = self.node(inode)?;
         self.refresh_if_stale(inode, &node)?;
         node.opens.fetch_add(1, Relaxed);
-        Ok(self.new_fh(Handle::File { inode: inode.clone(), node, flags }))
+        Ok(self.new_fh(Handle::File {
+            inode: inode.clone(),
+            node,
+            flags,
+        }))
     }
 
     /// open. `O_DIRECT` and other flags stay with the handle; the backend fd is shared
@@ -452,11 +585,24 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, umask: u32, flags: i32, who: Caller) -> io::Result<(Entry, u64)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        who: Caller,
+    ) -> io::Result<(Entry, u64)> {
         let dir = self.inode(parent)?;
         let excl = flags & libc::O_EXCL;
         let (inode, _) = self.create_as(&dir, name, who, |c| {
-            let fd = sys::openat(dir.fd(), c, libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl, mode & !umask & 0o7777)?;
+            let fd = sys::openat(
+                dir.fd(),
+                c,
+                libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl,
+                mode & !umask & 0o7777,
+            )?;
             drop(fd);
             Ok(())
         })?;
@@ -498,11 +644,18 @@ impl SparseFs {
     pub fn write(&self, ino: u64, fh: u64, off: u64, data: &[u8], flags: i32) -> io::Result<u32> {
         let (_, node, hflags) = self.file(fh)?;
         let flags = flags | hflags;
+        if self.sh.frozen.load(Relaxed) {
+            return Err(errno(libc::EIO));
+        }
         {
             let mut e = node.engine.write();
             e.write(off, data)?;
             if flags & libc::O_DSYNC != 0 {
-                let depth = if flags & libc::O_SYNC == libc::O_SYNC { Depth::Sync } else { Depth::DataSync };
+                let depth = if flags & libc::O_SYNC == libc::O_SYNC {
+                    Depth::Sync
+                } else {
+                    Depth::DataSync
+                };
                 e.flush(depth, Trigger::Fsync)?;
             } else if self.sh.stats.dirty_bytes.load(Relaxed) > self.sh.cfg.max_dirty {
                 e.flush(Depth::Data, Trigger::DirtyLimit)?;
@@ -548,7 +701,14 @@ impl SparseFs {
     /// The backend's errno.
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
         let (_, node, _) = self.file(fh)?;
-        node.engine.write().flush(if datasync { Depth::DataSync } else { Depth::Sync }, Trigger::Fsync)
+        node.engine.write().flush(
+            if datasync {
+                Depth::DataSync
+            } else {
+                Depth::Sync
+            },
+            Trigger::Fsync,
+        )
     }
 
     /// lseek SEEK_DATA / SEEK_HOLE from the extent index.
@@ -566,7 +726,9 @@ impl SparseFs {
             _ => return Err(errno(libc::EINVAL)),
         };
         let mut e = node.engine.write();
-        e.seek(off as u64, w)?.map(|x| x as i64).ok_or_else(|| errno(libc::ENXIO))
+        e.seek(off as u64, w)?
+            .map(|x| x as i64)
+            .ok_or_else(|| errno(libc::ENXIO))
     }
 
     /// fallocate: mode 0 / KEEP_SIZE passed through; PUNCH_HOLE and ZERO_RANGE made
@@ -596,7 +758,15 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, ino_out: u64, fh_out: u64, off_out: u64, len: u64) -> io::Result<u32> {
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        ino_out: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> io::Result<u32> {
         let len = len.min(1 << 30);
         let mut done = 0u64;
         while done < len {
@@ -621,14 +791,24 @@ impl SparseFs {
             return Err(errno(libc::ENOTDIR));
         }
         let mut entries = vec![
-            DirEntry { ino: inode.ino, kind: libc::DT_DIR, name: ".".into() },
-            DirEntry { ino: inode.ino, kind: libc::DT_DIR, name: "..".into() },
+            DirEntry {
+                ino: inode.ino,
+                kind: libc::DT_DIR,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: inode.ino,
+                kind: libc::DT_DIR,
+                name: "..".into(),
+            },
         ];
         for mut d in sys::read_dir(inode.fd())? {
             d.ino = self.sh.inodes.ino_for(inode.key.0, d.ino).unwrap_or(d.ino);
             entries.push(d);
         }
-        Ok(self.new_fh(Handle::Dir { entries: Arc::new(entries) }))
+        Ok(self.new_fh(Handle::Dir {
+            entries: Arc::new(entries),
+        }))
     }
 
     /// The snapshot entries of a directory handle.
@@ -720,7 +900,9 @@ impl SparseFs {
             return Err(errno(libc::EPERM));
         }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
-        sys::setxattr(inode.fd(), &c, value, flags)
+        sys::setxattr(inode.fd(), &c, value, flags)?;
+        self.restamp(Some(inode));
+        Ok(())
     }
 
     /// removexattr.
@@ -731,7 +913,9 @@ impl SparseFs {
         let inode = self.inode(ino)?;
         self.xattr_ok(&inode)?;
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
-        sys::removexattr(inode.fd(), &c)
+        sys::removexattr(inode.fd(), &c)?;
+        self.restamp(Some(inode));
+        Ok(())
     }
 
     /// access (only reached without default_permissions).
@@ -755,9 +939,17 @@ fn sys_open_path(c: &std::ffi::CStr) -> io::Result<OwnedFd> {
 
 /// Probes the backing directory with a scratch file that is unlinked at once.
 fn probe_dir(root: std::os::fd::BorrowedFd<'_>) -> Caps {
-    let name = std::ffi::CString::new(format!(".sparsefs-probe.{}", std::process::id())).expect("no NUL");
-    let Ok(fd) = sys::openat(root, &name, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600) else {
-        warn!("cannot create a probe file in the backing directory: assuming no punch and no SEEK_DATA");
+    let name =
+        std::ffi::CString::new(format!(".sparsefs-probe.{}", std::process::id())).expect("no NUL");
+    let Ok(fd) = sys::openat(
+        root,
+        &name,
+        libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+        0o600,
+    ) else {
+        warn!(
+            "cannot create a probe file in the backing directory: assuming no punch and no SEEK_DATA"
+        );
         return Caps::default();
     };
     let f = FdFile::new(File::from(fd));
@@ -775,12 +967,23 @@ fn flusher(sh: &Shared) {
         }
         let now = Instant::now();
         let over = sh.stats.dirty_bytes.load(Relaxed) > sh.cfg.max_dirty;
-        let nodes: Vec<(u64, Arc<FileNode>)> = sh.dirty.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let nodes: Vec<(u64, Arc<FileNode>)> = sh
+            .dirty
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         for (ino, node) in nodes {
             let mut e = node.engine.write();
-            let old = e.dirty_since().is_some_and(|t| now.duration_since(t) >= sh.cfg.dirty_age);
+            let old = e
+                .dirty_since()
+                .is_some_and(|t| now.duration_since(t) >= sh.cfg.dirty_age);
             if old || over {
-                e.flush_background(if old { Trigger::Age } else { Trigger::DirtyLimit });
+                e.flush_background(if old {
+                    Trigger::Age
+                } else {
+                    Trigger::DirtyLimit
+                });
             }
             if e.dirty_since().is_none() {
                 sh.dirty.lock().remove(&ino);

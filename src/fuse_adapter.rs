@@ -102,7 +102,10 @@ fn ts(t: Option<TimeOrNow>) -> Option<Option<libc::timespec>> {
     t.map(|t| match t {
         TimeOrNow::Now => None,
         TimeOrNow::SpecificTime(st) => Some(match st.duration_since(UNIX_EPOCH) {
-            Ok(d) => libc::timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 },
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
             Err(e) => {
                 let d = e.duration();
                 let (mut s, mut n) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
@@ -110,14 +113,20 @@ fn ts(t: Option<TimeOrNow>) -> Option<Option<libc::timespec>> {
                     s -= 1;
                     n += 1_000_000_000;
                 }
-                libc::timespec { tv_sec: s, tv_nsec: n }
+                libc::timespec {
+                    tv_sec: s,
+                    tv_nsec: n,
+                }
             }
         }),
     })
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 fn open_flags(flags: OpenFlags) -> i32 {
@@ -171,7 +180,14 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let a = SetAttr { mode, uid, gid, size, atime: ts(atime), mtime: ts(mtime) };
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: ts(atime),
+            mtime: ts(mtime),
+        };
         match self.fs.setattr(ino.0, a) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => fail!("setattr", reply, e),
@@ -185,14 +201,34 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        match self.fs.mknod(parent.0, name, mode, umask, rdev, caller(req)) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .fs
+            .mknod(parent.0, name, mode, umask, rdev, caller(req))
+        {
             Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
             Err(e) => fail!("mknod", reply, e),
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         match self.fs.mkdir(parent.0, name, mode, umask, caller(req)) {
             Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
             Err(e) => fail!("mkdir", reply, e),
@@ -213,21 +249,47 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         match self.fs.symlink(parent.0, link_name, target, caller(req)) {
             Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
             Err(e) => fail!("symlink", reply, e),
         }
     }
 
-    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
-        match self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
             Ok(()) => reply.ok(),
             Err(e) => fail!("rename", reply, e),
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         match self.fs.link(ino.0, newparent.0, newname) {
             Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
             Err(e) => fail!("link", reply, e),
@@ -241,28 +303,65 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn read(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         match self.fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => fail!("read", reply, e),
         }
     }
 
-    fn write(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         match self.fs.write(ino.0, fh.0, offset, data, flags.0) {
             Ok(n) => reply.written(n),
             Err(e) => fail!("write", reply, e),
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("flush", reply, e),
         }
     }
 
-    fn release(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lo: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => {
@@ -272,7 +371,14 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("fsync", reply, e),
@@ -286,7 +392,14 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         match self.fs.readdir(fh.0) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
@@ -300,12 +413,26 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fsyncdir(ino.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("fsyncdir", reply, e),
@@ -314,12 +441,30 @@ impl Filesystem for Adapter {
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         match self.fs.statfs(ino.0) {
-            Ok(s) => reply.statfs(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_bsize as u32, s.f_namemax as u32, s.f_frsize as u32),
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
             Err(e) => fail!("statfs", reply, e),
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("setxattr", reply, e),
@@ -356,21 +501,56 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
-        match self.fs.create(parent.0, name, mode, umask, flags, caller(req)) {
-            Ok(((_, st), fh)) => reply.created(&TTL, &attr(&st), Generation(0), FileHandle(fh), FopenFlags::empty()),
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .fs
+            .create(parent.0, name, mode, umask, flags, caller(req))
+        {
+            Ok(((_, st), fh)) => reply.created(
+                &TTL,
+                &attr(&st),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => fail!("create", reply, e),
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("fallocate", reply, nosys_to_notsup(e)),
         }
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => fail!("lseek", reply, nosys_to_notsup(e)),
@@ -390,7 +570,10 @@ impl Filesystem for Adapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self.fs.copy_file_range(fh_in.0, offset_in, ino_out.0, fh_out.0, offset_out, len) {
+        match self
+            .fs
+            .copy_file_range(fh_in.0, offset_in, ino_out.0, fh_out.0, offset_out, len)
+        {
             Ok(n) => reply.written(n),
             Err(e) => fail!("copy_file_range", reply, nosys_to_notsup(e)),
         }
@@ -399,5 +582,9 @@ impl Filesystem for Adapter {
 
 /// ENOSYS would switch the operation off for the whole mount: never send it.
 fn nosys_to_notsup(e: io::Error) -> io::Error {
-    if e.raw_os_error() == Some(libc::ENOSYS) { io::Error::from_raw_os_error(libc::EOPNOTSUPP) } else { e }
+    if e.raw_os_error() == Some(libc::ENOSYS) {
+        io::Error::from_raw_os_error(libc::EOPNOTSUPP)
+    } else {
+        e
+    }
 }

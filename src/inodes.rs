@@ -20,7 +20,13 @@ pub type Stamp = (u64, i64, i64, i64, i64);
 
 /// The stamp of a stat: size, mtime and ctime with nanoseconds.
 pub fn stamp_of(st: &libc::stat) -> Stamp {
-    (st.st_size as u64, st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec)
+    (
+        st.st_size as u64,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_ctime,
+        st.st_ctime_nsec,
+    )
 }
 
 /// The sparse state of one regular file, shared by all its handles.
@@ -89,7 +95,11 @@ impl InodeTable {
         let mut maps = Maps::default();
         maps.by_ino.insert(1, inode);
         maps.by_key.insert(key, 1);
-        Self { maps: RwLock::new(maps), root_key: key, next_synthetic: AtomicU64::new(1 << 63) }
+        Self {
+            maps: RwLock::new(maps),
+            root_key: key,
+            next_synthetic: AtomicU64::new(1 << 63),
+        }
     }
 
     /// The FUSE id a backing `(dev, ino)` gets (also used for readdir's `d_ino`).
@@ -111,7 +121,12 @@ impl InodeTable {
     /// # Errors
     /// `ESTALE` for an id the table does not hold.
     pub fn get(&self, ino: u64) -> std::io::Result<Arc<Inode>> {
-        self.maps.read().by_ino.get(&ino).cloned().ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))
+        self.maps
+            .read()
+            .by_ino
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))
     }
 
     /// Returns the inode for `fd`/`st` with its lookup count raised by one; `fd` is
@@ -163,7 +178,12 @@ impl InodeTable {
 
     /// Every regular-file node with sparse state (for flush-all).
     pub fn nodes(&self) -> Vec<Arc<FileNode>> {
-        self.maps.read().by_ino.values().filter_map(|i| i.node()).collect()
+        self.maps
+            .read()
+            .by_ino
+            .values()
+            .filter_map(|i| i.node())
+            .collect()
     }
 
     /// Number of inodes held.

@@ -18,15 +18,15 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod cli;
 pub mod coalescer;
+pub mod daemon;
+pub mod demo;
 pub mod extents;
 pub mod file;
-pub mod stats;
-pub mod zero;
 pub mod fs;
 pub mod fuse_adapter;
 pub mod inodes;
+pub mod stats;
 pub mod sys;
-pub mod cli;
-pub mod daemon;
-pub mod demo;
+pub mod zero;

@@ -11,12 +11,19 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
-            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
             eprintln!("sparsefs: error: {first} (see sparsefs --help)");
             return ExitCode::from(2);
         }
@@ -34,7 +41,11 @@ fn main() -> ExitCode {
             ExitCode::from(sparsefs::daemon::run(cfg) as u8)
         }
         Cmd::Umount { mountpoint, lazy } => report(sparsefs::daemon::umount(&mountpoint, lazy)),
-        Cmd::Stats { mountpoint, json, watch } => report(sparsefs::daemon::stats(&mountpoint, json, watch)),
+        Cmd::Stats {
+            mountpoint,
+            json,
+            watch,
+        } => report(sparsefs::daemon::stats(&mountpoint, json, watch)),
         Cmd::Demo { sparse_block } => {
             sparsefs::daemon::init_logging(0);
             report(sparsefs::demo::run(&sparse_block))

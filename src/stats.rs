@@ -25,13 +25,28 @@ pub enum Op {
 }
 
 /// All ops, in display order.
-pub const OPS: [Op; 7] =
-    [Op::Read, Op::Write, Op::Punch, Op::Allocate, Op::Truncate, Op::Fsync, Op::Lseek];
+pub const OPS: [Op; 7] = [
+    Op::Read,
+    Op::Write,
+    Op::Punch,
+    Op::Allocate,
+    Op::Truncate,
+    Op::Fsync,
+    Op::Lseek,
+];
 
 impl Op {
     /// The name used in tables and JSON.
     pub fn name(self) -> &'static str {
-        ["read", "write", "punch", "allocate", "ftruncate", "fsync", "lseek"][self as usize]
+        [
+            "read",
+            "write",
+            "punch",
+            "allocate",
+            "ftruncate",
+            "fsync",
+            "lseek",
+        ][self as usize]
     }
 }
 
@@ -68,7 +83,15 @@ pub const TRIGGERS: [Trigger; 7] = [
 impl Trigger {
     /// The name used in tables and JSON.
     pub fn name(self) -> &'static str {
-        ["fsync", "close", "window", "dirty_limit", "age", "sync", "unmount"][self as usize]
+        [
+            "fsync",
+            "close",
+            "window",
+            "dirty_limit",
+            "age",
+            "sync",
+            "unmount",
+        ][self as usize]
     }
 }
 
@@ -196,20 +219,65 @@ impl Stats {
     pub fn to_table(&self) -> String {
         let g = |a: &AtomicU64| a.load(Relaxed);
         let mut s = String::new();
-        let _ = writeln!(s, "application writes   {:>16} bytes in {} calls", g(&self.app_write_bytes), g(&self.app_writes));
-        let _ = writeln!(s, "application reads    {:>16} bytes", g(&self.app_read_bytes));
-        let _ = writeln!(s, "zero bytes elided    {:>16} bytes", g(&self.zero_bytes_elided));
-        let _ = writeln!(s, "old data punched     {:>16} bytes", g(&self.bytes_punched));
-        let _ = writeln!(s, "zeros written (no punch) {:>12} bytes", g(&self.zero_bytes_written));
-        let _ = writeln!(s, "reads from holes     {:>16} bytes (no backend I/O)", g(&self.hole_read_bytes));
+        let _ = writeln!(
+            s,
+            "application writes   {:>16} bytes in {} calls",
+            g(&self.app_write_bytes),
+            g(&self.app_writes)
+        );
+        let _ = writeln!(
+            s,
+            "application reads    {:>16} bytes",
+            g(&self.app_read_bytes)
+        );
+        let _ = writeln!(
+            s,
+            "zero bytes elided    {:>16} bytes",
+            g(&self.zero_bytes_elided)
+        );
+        let _ = writeln!(
+            s,
+            "old data punched     {:>16} bytes",
+            g(&self.bytes_punched)
+        );
+        let _ = writeln!(
+            s,
+            "zeros written (no punch) {:>12} bytes",
+            g(&self.zero_bytes_written)
+        );
+        let _ = writeln!(
+            s,
+            "reads from holes     {:>16} bytes (no backend I/O)",
+            g(&self.hole_read_bytes)
+        );
         let _ = writeln!(s, "seeks from index     {:>16}", g(&self.seeks_from_index));
-        let _ = writeln!(s, "dirty now / peak     {:>16} / {} bytes", g(&self.dirty_bytes), g(&self.dirty_peak));
-        let _ = writeln!(s, "backend call          calls            bytes   avg µs  errors");
+        let _ = writeln!(
+            s,
+            "dirty now / peak     {:>16} / {} bytes",
+            g(&self.dirty_bytes),
+            g(&self.dirty_peak)
+        );
+        let _ = writeln!(
+            s,
+            "backend call          calls            bytes   avg µs  errors"
+        );
         for op in OPS {
             let c = &self.ops[op as usize];
             let calls = g(&c.calls);
-            let avg = if calls > 0 { g(&c.nanos) as f64 / calls as f64 / 1000.0 } else { 0.0 };
-            let _ = writeln!(s, "  {:<12} {:>12} {:>16} {:>8.1} {:>7}", op.name(), calls, g(&c.bytes), avg, g(&c.errors));
+            let avg = if calls > 0 {
+                g(&c.nanos) as f64 / calls as f64 / 1000.0
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                s,
+                "  {:<12} {:>12} {:>16} {:>8.1} {:>7}",
+                op.name(),
+                calls,
+                g(&c.bytes),
+                avg,
+                g(&c.errors)
+            );
         }
         let _ = write!(s, "flushes by trigger   ");
         for t in TRIGGERS {
@@ -277,8 +345,16 @@ mod tests {
         s.record(Op::Write, 4096, 10, true);
         s.app_write_bytes.fetch_add(7, Relaxed);
         let t = table_from_json(&s.to_json());
-        assert!(t.lines().any(|l| l.starts_with("app_write_bytes") && l.ends_with(" 7")), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("backend.write.bytes") && l.ends_with(" 4096")), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("app_write_bytes") && l.ends_with(" 7")),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("backend.write.bytes") && l.ends_with(" 4096")),
+            "{t}"
+        );
         assert!(t.lines().any(|l| l.starts_with("flushes.close")), "{t}");
     }
 }

@@ -8,7 +8,11 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 fn cvt_retry(mut f: impl FnMut() -> libc::c_int) -> io::Result<libc::c_int> {
@@ -48,7 +52,14 @@ pub fn proc_path(fd: RawFd) -> CString {
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let fd = cvt_retry(|| {
         // SAFETY: name is a valid C string; the returned fd is owned below.
-        unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) }
+        unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags | libc::O_CLOEXEC,
+                mode,
+            )
+        }
     })?;
     // SAFETY: openat returned a fresh fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -76,7 +87,12 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: st is valid for writes; the empty string is a valid C string.
     cvt(unsafe {
-        libc::fstatat(fd.as_raw_fd(), c"".as_ptr(), st.as_mut_ptr(), libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
     })?;
     // SAFETY: fstatat succeeded, so st is initialised.
     Ok(unsafe { st.assume_init() })
@@ -105,7 +121,8 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Re
 /// # Errors
 /// The errno of symlinkat.
 pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    let t = CString::new(target.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let t =
+        CString::new(target.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid C strings.
     cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
 }
@@ -117,7 +134,14 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result
 pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<OsString> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: buf is valid for buf.len() bytes.
-    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -138,9 +162,24 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> 
 ///
 /// # Errors
 /// The errno of renameat2.
-pub fn renameat2(od: BorrowedFd<'_>, on: &CStr, nd: BorrowedFd<'_>, nn: &CStr, flags: u32) -> io::Result<()> {
+pub fn renameat2(
+    od: BorrowedFd<'_>,
+    on: &CStr,
+    nd: BorrowedFd<'_>,
+    nn: &CStr,
+    flags: u32,
+) -> io::Result<()> {
     // SAFETY: valid C strings.
-    cvt(unsafe { libc::renameat2(od.as_raw_fd(), on.as_ptr(), nd.as_raw_fd(), nn.as_ptr(), flags) }).map(drop)
+    cvt(unsafe {
+        libc::renameat2(
+            od.as_raw_fd(),
+            on.as_ptr(),
+            nd.as_raw_fd(),
+            nn.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
 }
 
 /// Hard-links the file behind an `O_PATH` fd as `name` in `dir`.
@@ -149,14 +188,32 @@ pub fn renameat2(od: BorrowedFd<'_>, on: &CStr, nd: BorrowedFd<'_>, nn: &CStr, f
 /// The errno of linkat.
 pub fn link(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     // SAFETY: valid C strings; AT_EMPTY_PATH links the fd's inode itself.
-    let r = cvt(unsafe { libc::linkat(fd.as_raw_fd(), c"".as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_EMPTY_PATH) });
+    let r = cvt(unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    });
     match r {
         // Without CAP_DAC_READ_SEARCH, go through /proc.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EPERM) => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EPERM) =>
+        {
             let p = proc_path(fd.as_raw_fd());
             // SAFETY: valid C strings.
-            cvt(unsafe { libc::linkat(libc::AT_FDCWD, p.as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_FOLLOW) })
-                .map(drop)
+            cvt(unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    p.as_ptr(),
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            })
+            .map(drop)
         }
         r => r.map(drop),
     }
@@ -179,7 +236,13 @@ pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
     // SAFETY: valid C string.
     cvt(unsafe {
-        libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
     .map(drop)
 }
@@ -188,10 +251,22 @@ pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
 ///
 /// # Errors
 /// The errno of utimensat.
-pub fn utimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2], is_symlink: bool) -> io::Result<()> {
+pub fn utimens(
+    fd: BorrowedFd<'_>,
+    times: &[libc::timespec; 2],
+    is_symlink: bool,
+) -> io::Result<()> {
     if is_symlink {
         // SAFETY: valid C string; times points at two timespecs.
-        return cvt(unsafe { libc::utimensat(fd.as_raw_fd(), c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) }).map(drop);
+        return cvt(unsafe {
+            libc::utimensat(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                times.as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop);
     }
     let p = proc_path(fd.as_raw_fd());
     // SAFETY: valid C string; times points at two timespecs.
@@ -227,7 +302,14 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
 /// The errno of fsync.
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     // SAFETY: plain syscall on a borrowed fd.
-    cvt(unsafe { if datasync { libc::fdatasync(fd.as_raw_fd()) } else { libc::fsync(fd.as_raw_fd()) } }).map(drop)
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
 }
 
 /// One directory entry.
@@ -251,7 +333,14 @@ pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::syscall(libc::SYS_getdents64, d.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                d.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -266,13 +355,21 @@ pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
         while pos < n as usize {
             // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name NUL-terminated.
             let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().expect("8 bytes"));
-            let reclen = u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().expect("2 bytes")) as usize;
+            let reclen =
+                u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().expect("2 bytes")) as usize;
             let kind = buf[pos + 18];
             let name_bytes = &buf[pos + 19..pos + reclen];
-            let len = name_bytes.iter().position(|&c| c == 0).unwrap_or(name_bytes.len());
+            let len = name_bytes
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(name_bytes.len());
             let name = &name_bytes[..len];
             if name != b"." && name != b".." {
-                out.push(DirEntry { ino, kind, name: OsString::from_vec(name.to_vec()) });
+                out.push(DirEntry {
+                    ino,
+                    kind,
+                    name: OsString::from_vec(name.to_vec()),
+                });
             }
             pos += reclen;
         }
@@ -285,7 +382,11 @@ fn xattr_path(fd: BorrowedFd<'_>) -> CString {
 }
 
 fn size_or_err(n: isize) -> io::Result<usize> {
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// getxattr on the file behind an `O_PATH` fd; `size == 0` asks for the length.
@@ -296,7 +397,18 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<
     let p = xattr_path(fd);
     let mut buf = vec![0u8; size];
     // SAFETY: buf is valid for size bytes (a null pointer with size 0 asks for the length).
-    let n = size_or_err(unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() }, size) })?;
+    let n = size_or_err(unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            if size == 0 {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
+            size,
+        )
+    })?;
     if size == 0 {
         return Ok(vec![0u8; n]);
     }
@@ -312,7 +424,17 @@ pub fn listxattr(fd: BorrowedFd<'_>, size: usize) -> io::Result<Vec<u8>> {
     let p = xattr_path(fd);
     let mut buf = vec![0u8; size];
     // SAFETY: buf is valid for size bytes.
-    let n = size_or_err(unsafe { libc::listxattr(p.as_ptr(), if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() }, size) })?;
+    let n = size_or_err(unsafe {
+        libc::listxattr(
+            p.as_ptr(),
+            if size == 0 {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
+            size,
+        )
+    })?;
     if size == 0 {
         return Ok(vec![0u8; n]);
     }
@@ -327,7 +449,16 @@ pub fn listxattr(fd: BorrowedFd<'_>, size: usize) -> io::Result<Vec<u8>> {
 pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
     let p = xattr_path(fd);
     // SAFETY: value is valid for value.len() bytes.
-    cvt(unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) }).map(drop)
+    cvt(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
 }
 
 /// removexattr.
@@ -356,7 +487,10 @@ impl FsIds {
         let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
         // SAFETY: as above.
         let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
-        Self { uid: old_uid, gid: old_gid }
+        Self {
+            uid: old_uid,
+            gid: old_gid,
+        }
     }
 }
 
@@ -372,7 +506,10 @@ impl Drop for FsIds {
 
 /// Raises RLIMIT_NOFILE to its hard limit; returns the new soft limit.
 pub fn raise_nofile() -> u64 {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: r is valid for writes.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
         r.rlim_cur = r.rlim_max;
@@ -443,7 +580,13 @@ pub fn setsid() {
 
 /// Points stdin and stdout at /dev/null, and stderr at `log` (or /dev/null).
 pub fn redirect_stdio(log: Option<BorrowedFd<'_>>) {
-    let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else { return };
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
     let n = null.as_raw_fd();
     // SAFETY: dup2 onto the standard descriptors; both fds are valid.
     unsafe {
@@ -470,10 +613,18 @@ pub fn geteuid() -> u32 {
 /// # Errors
 /// The errno of getxattr.
 pub fn getxattr_path(path: &std::path::Path, name: &CStr) -> io::Result<Vec<u8>> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let p = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf = vec![0u8; 64 * 1024];
     // SAFETY: buf is valid for its length; strings are valid C strings.
-    let n = size_or_err(unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    let n = size_or_err(unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
     buf.truncate(n);
     Ok(buf)
 }
@@ -483,7 +634,8 @@ pub fn getxattr_path(path: &std::path::Path, name: &CStr) -> io::Result<Vec<u8>>
 /// # Errors
 /// The errno of umount2.
 pub fn umount(path: &std::path::Path, lazy: bool) -> io::Result<()> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let p = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid C string.
     cvt(unsafe { libc::umount2(p.as_ptr(), if lazy { libc::MNT_DETACH } else { 0 }) }).map(drop)
 }
@@ -499,7 +651,11 @@ pub fn waitpid(pid: i32) -> i32 {
     let mut st = 0;
     // SAFETY: st is valid for writes.
     unsafe { libc::waitpid(pid, &mut st, 0) };
-    if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 1 }
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        1
+    }
 }
 
 /// lseek(2) on a raw fd (SEEK_DATA/SEEK_HOLE for the demo and tests).
@@ -509,5 +665,60 @@ pub fn waitpid(pid: i32) -> i32 {
 pub fn lseek(fd: RawFd, off: i64, whence: i32) -> io::Result<u64> {
     // SAFETY: plain syscall; an invalid fd yields EBADF.
     let r = unsafe { libc::lseek(fd, off, whence) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as u64) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// Mounts a FUSE filesystem at `mountpoint` with type `fuse.<subtype>` (what fstab,
+/// `df -t` and umount helpers look for) and returns the `/dev/fuse` fd to serve.
+/// Root only; others go through fusermount3.
+///
+/// # Errors
+/// The errno of open("/dev/fuse") or mount(2).
+pub fn fuse_mount(
+    mountpoint: &std::path::Path,
+    fsname: &str,
+    subtype: &str,
+    flags: libc::c_ulong,
+    allow_other: bool,
+) -> io::Result<OwnedFd> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let fd: OwnedFd = dev.into();
+    let st = std::fs::metadata(mountpoint)?;
+    use std::os::unix::fs::MetadataExt;
+    let data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions{}",
+        fd.as_raw_fd(),
+        st.mode() & libc::S_IFMT,
+        geteuid(),
+        // SAFETY: plain syscall.
+        unsafe { libc::getegid() },
+        if allow_other { ",allow_other" } else { "" }
+    );
+    let esc = |s: &str| {
+        CString::new(s.replace(',', "\\,")).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let src = esc(fsname)?;
+    let ty = CString::new(format!("fuse.{subtype}"))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mp = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let d = CString::new(data).expect("no NUL");
+    // SAFETY: all pointers are valid C strings for the duration of the call.
+    cvt(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            mp.as_ptr(),
+            ty.as_ptr(),
+            flags,
+            d.as_ptr().cast(),
+        )
+    })?;
+    Ok(fd)
 }

@@ -27,7 +27,8 @@ impl<B> Counting<B> {
     fn count<T>(&self, op: Op, bytes: u64, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         let t = Instant::now();
         let r = f();
-        self.stats.record(op, bytes, t.elapsed().as_nanos() as u64, r.is_ok());
+        self.stats
+            .record(op, bytes, t.elapsed().as_nanos() as u64, r.is_ok());
         r
     }
 }
@@ -37,7 +38,8 @@ impl<B: BackendFile> BackendFile for Counting<B> {
         let t = Instant::now();
         let r = self.inner.read_at(buf, off);
         let n = *r.as_ref().unwrap_or(&0) as u64;
-        self.stats.record(Op::Read, n, t.elapsed().as_nanos() as u64, r.is_ok());
+        self.stats
+            .record(Op::Read, n, t.elapsed().as_nanos() as u64, r.is_ok());
         r
     }
     fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()> {

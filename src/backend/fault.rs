@@ -24,7 +24,10 @@ pub struct Faulty<B> {
 impl<B> Faulty<B> {
     /// Wraps `inner`; no fault is armed.
     pub fn new(inner: B) -> Self {
-        Self { inner, state: Mutex::new((None, Fault::Errno(libc::EIO), false)) }
+        Self {
+            inner,
+            state: Mutex::new((None, Fault::Errno(libc::EIO), false)),
+        }
     }
 
     /// Arms a fault on the mutating call after `countdown` more succeed; `sticky` keeps
@@ -75,7 +78,8 @@ impl<B: BackendFile> BackendFile for Faulty<B> {
             Some(Fault::Errno(e)) => Err(err(e)),
             Some(Fault::ShortThen(e)) => {
                 let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-                self.inner.write_all_at(&[IoSlice::new(&all[..all.len() / 2])], off)?;
+                self.inner
+                    .write_all_at(&[IoSlice::new(&all[..all.len() / 2])], off)?;
                 Err(err(e))
             }
         }

@@ -48,13 +48,20 @@ impl BackendFile for FdFile {
     }
 
     fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()> {
-        let mut bufs: Vec<&[u8]> = bufs.iter().map(|b| &**b).filter(|b| !b.is_empty()).collect();
+        let mut bufs: Vec<&[u8]> = bufs
+            .iter()
+            .map(|b| &**b)
+            .filter(|b| !b.is_empty())
+            .collect();
         let mut off = off;
         while !bufs.is_empty() {
             let iov: Vec<libc::iovec> = bufs
                 .iter()
                 .take(libc::UIO_MAXIOV as usize)
-                .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() })
+                .map(|b| libc::iovec {
+                    iov_base: b.as_ptr() as *mut _,
+                    iov_len: b.len(),
+                })
                 .collect();
             let fd = self.file.as_raw_fd();
             let n = retry(
@@ -81,7 +88,11 @@ impl BackendFile for FdFile {
     }
 
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
-        self.allocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len)
+        self.allocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
     }
 
     fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
@@ -98,7 +109,11 @@ impl BackendFile for FdFile {
     }
 
     fn sync(&self, datasync: bool) -> io::Result<()> {
-        if datasync { self.file.sync_data() } else { self.file.sync_all() }
+        if datasync {
+            self.file.sync_data()
+        } else {
+            self.file.sync_all()
+        }
     }
 
     fn size(&self) -> io::Result<u64> {
@@ -118,6 +133,10 @@ impl BackendFile for FdFile {
             return Ok(Some(r as u64));
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) }
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
     }
 }

@@ -29,7 +29,11 @@ impl MemFile {
 
     /// A file that answers punch and seek with EOPNOTSUPP where they are off.
     pub fn with_caps(punch: bool, seek: bool) -> Self {
-        Self { inner: Mutex::new(Inner::default()), punch, seek }
+        Self {
+            inner: Mutex::new(Inner::default()),
+            punch,
+            seek,
+        }
     }
 
     /// The file's contents.

@@ -79,8 +79,10 @@ pub fn probe(f: &dyn BackendFile) -> Caps {
     // "all data, hole at EOF"; a broken one errors.
     let far = 16 * 1024 * 1024 + K;
     let ok = f.set_len(0).is_ok()
-        && f.write_all_at(&[IoSlice::new(&pattern[..K as usize])], 0).is_ok()
-        && f.write_all_at(&[IoSlice::new(&pattern[..K as usize])], far).is_ok()
+        && f.write_all_at(&[IoSlice::new(&pattern[..K as usize])], 0)
+            .is_ok()
+        && f.write_all_at(&[IoSlice::new(&pattern[..K as usize])], far)
+            .is_ok()
         && f.sync(true).is_ok();
     if ok {
         let hole = f.seek(0, Whence::Hole);

@@ -12,14 +12,30 @@ use std::sync::Arc;
 /// Shares one MemFile between the engine and the test.
 struct Shared(Arc<Faulty<MemFile>>);
 impl BackendFile for Shared {
-    fn read_at(&self, b: &mut [u8], o: u64) -> io::Result<usize> { self.0.read_at(b, o) }
-    fn write_all_at(&self, b: &[IoSlice<'_>], o: u64) -> io::Result<()> { self.0.write_all_at(b, o) }
-    fn punch_hole(&self, o: u64, l: u64) -> io::Result<()> { self.0.punch_hole(o, l) }
-    fn allocate(&self, m: i32, o: u64, l: u64) -> io::Result<()> { self.0.allocate(m, o, l) }
-    fn set_len(&self, l: u64) -> io::Result<()> { self.0.set_len(l) }
-    fn sync(&self, d: bool) -> io::Result<()> { self.0.sync(d) }
-    fn size(&self) -> io::Result<u64> { self.0.size() }
-    fn seek(&self, o: u64, w: Whence) -> io::Result<Option<u64>> { self.0.seek(o, w) }
+    fn read_at(&self, b: &mut [u8], o: u64) -> io::Result<usize> {
+        self.0.read_at(b, o)
+    }
+    fn write_all_at(&self, b: &[IoSlice<'_>], o: u64) -> io::Result<()> {
+        self.0.write_all_at(b, o)
+    }
+    fn punch_hole(&self, o: u64, l: u64) -> io::Result<()> {
+        self.0.punch_hole(o, l)
+    }
+    fn allocate(&self, m: i32, o: u64, l: u64) -> io::Result<()> {
+        self.0.allocate(m, o, l)
+    }
+    fn set_len(&self, l: u64) -> io::Result<()> {
+        self.0.set_len(l)
+    }
+    fn sync(&self, d: bool) -> io::Result<()> {
+        self.0.sync(d)
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.0.size()
+    }
+    fn seek(&self, o: u64, w: Whence) -> io::Result<Option<u64>> {
+        self.0.seek(o, w)
+    }
 }
 
 struct Rig {
@@ -31,7 +47,9 @@ struct Rig {
 fn rig_with(geo: Geometry, punch: bool, seek: bool, initial: &[u8]) -> Rig {
     let mem = Arc::new(Faulty::new(MemFile::with_caps(punch, seek)));
     if !initial.is_empty() {
-        mem.inner().write_all_at(&[IoSlice::new(initial)], 0).unwrap();
+        mem.inner()
+            .write_all_at(&[IoSlice::new(initial)], 0)
+            .unwrap();
     }
     let stats = Arc::new(Stats::default());
     let backend = Box::new(Counting::new(Shared(mem.clone()), stats.clone()));
@@ -41,7 +59,11 @@ fn rig_with(geo: Geometry, punch: bool, seek: bool, initial: &[u8]) -> Rig {
 }
 
 fn geo(block: u64, write_size: u64) -> Geometry {
-    Geometry { block, write_size, max_dirty_file: 64 * write_size }
+    Geometry {
+        block,
+        write_size,
+        max_dirty_file: 64 * write_size,
+    }
 }
 
 const MIB: u64 = 1 << 20;
@@ -74,7 +96,9 @@ fn scattered_extents_cost_one_write_each_and_no_lseek() {
     let mut off = 0;
     while off < size {
         let is_data = (off % (32 * MIB)) < MIB;
-        r.file.write(off, if is_data { &data } else { &zero }).unwrap();
+        r.file
+            .write(off, if is_data { &data } else { &zero })
+            .unwrap();
         off += chunk as u64;
     }
     r.file.flush(Depth::Full, Trigger::Close).unwrap();
@@ -99,7 +123,11 @@ fn zeros_over_existing_data_are_punched_once_per_run_and_read_back_as_zeros() {
     assert_eq!(r.stats.calls(Op::Punch), 1);
     assert_eq!(r.stats.calls(Op::Write), 0);
     let back = r.mem.inner().contents();
-    assert!(back[MIB as usize..(4 * MIB) as usize].iter().all(|&b| b == 0));
+    assert!(
+        back[MIB as usize..(4 * MIB) as usize]
+            .iter()
+            .all(|&b| b == 0)
+    );
     assert!(back[..MIB as usize].iter().all(|&b| b == 0xEE));
     assert!(!r.mem.inner().allocated().intersects(MIB, 4 * MIB));
 }
@@ -113,7 +141,10 @@ fn zeros_over_data_are_written_when_the_backend_cannot_punch() {
     assert_eq!(r.stats.calls(Op::Punch), 0);
     let back = r.mem.inner().contents();
     assert!(back[..MIB as usize].iter().all(|&b| b == 0));
-    assert_eq!(r.file.read(0, 2 * MIB as usize).unwrap()[..MIB as usize], vec![0u8; MIB as usize][..]);
+    assert_eq!(
+        r.file.read(0, 2 * MIB as usize).unwrap()[..MIB as usize],
+        vec![0u8; MIB as usize][..]
+    );
 }
 
 #[test]
@@ -140,10 +171,17 @@ fn eio_during_flush_reaches_the_caller_and_nothing_is_lost() {
         res = res.and(r.file.write(i as u64 * 8192, c));
     }
     let flushed = r.file.flush(Depth::Sync, Trigger::Fsync);
-    assert!(res.is_err() || flushed.is_err(), "an EIO must surface on write or fsync");
+    assert!(
+        res.is_err() || flushed.is_err(),
+        "an EIO must surface on write or fsync"
+    );
     let e = res.err().or(flushed.err()).unwrap();
     assert_eq!(e.raw_os_error(), Some(libc::EIO));
-    assert_eq!(r.file.read(0, data.len()).unwrap(), data, "reads still see every byte");
+    assert_eq!(
+        r.file.read(0, data.len()).unwrap(),
+        data,
+        "reads still see every byte"
+    );
     r.file.flush(Depth::Sync, Trigger::Fsync).unwrap();
     assert_eq!(r.mem.inner().contents(), data, "a retry writes everything");
 }
@@ -199,7 +237,12 @@ fn check_seek_against_model(f: &mut SparseFile, model: &[u8]) -> Result<(), Test
     while pos < size {
         let d = f.seek(pos, Whence::Data).unwrap();
         let hole_end = d.unwrap_or(size);
-        prop_assert!(model[pos as usize..hole_end as usize].iter().all(|&b| b == 0), "hole [{pos},{hole_end}) holds data");
+        prop_assert!(
+            model[pos as usize..hole_end as usize]
+                .iter()
+                .all(|&b| b == 0),
+            "hole [{pos},{hole_end}) holds data"
+        );
         let Some(d) = d else { break };
         let h = f.seek(d, Whence::Hole).unwrap().unwrap();
         prop_assert!(h > d && h <= size);
@@ -272,8 +315,9 @@ proptest! {
     ) {
         // Block-aligned writes of whole blocks, zero or not, to a new file.
         let block = 4096u64;
-        let rec = Arc::new(parking_lot::Mutex::new(Vec::<(u64, Vec<u8>)>::new()));
-        struct Rec(Arc<parking_lot::Mutex<Vec<(u64, Vec<u8>)>>>, MemFile);
+        type Log = Arc<parking_lot::Mutex<Vec<(u64, Vec<u8>)>>>;
+        let rec: Log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        struct Rec(Log, MemFile);
         impl BackendFile for Rec {
             fn read_at(&self, b: &mut [u8], o: u64) -> io::Result<usize> { self.1.read_at(b, o) }
             fn write_all_at(&self, b: &[IoSlice<'_>], o: u64) -> io::Result<()> {

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command (README): lint gates, unit and property tests, then the real-mount
+# integration tests. Needs root and /dev/fuse for the mounts; with
+# SPARSEFS_REQUIRE_FUSE=1 a test that cannot mount fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+cargo build --release
+install -m 0755 target/release/sparsefs /usr/local/bin/sparsefs 2>/dev/null || true
+cargo test --release -- --test-threads=2

@@ -1,0 +1,1359 @@
+//! Integration tests through real FUSE mounts of the real binary: real tools (dd, cp,
+//! rsync, tar, qemu-img), SEEK_DATA maps, allocation on the backend, errnos, backend
+//! call counts, bad input. One binary; each test mounts its own temp directories.
+//!
+//! A test that cannot mount fails when `SPARSEFS_REQUIRE_FUSE=1` (CI sets it) and says
+//! it skipped otherwise. `SPARSEFS_TEST_BACKINGS` (default `dir,bindfs`) picks the
+//! backings of the matrix tests; `gluster` uses `SPARSEFS_GLUSTER_DIR` (see
+//! scripts/test-gluster.sh).
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const MIB: u64 = 1 << 20;
+const BIN: &str = env!("CARGO_BIN_EXE_sparsefs");
+
+fn fuse_required() -> bool {
+    std::env::var("SPARSEFS_REQUIRE_FUSE").is_ok_and(|v| v == "1")
+}
+
+/// Returns false (test skipped) when FUSE is unavailable and not required.
+fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists() && unsafe_free_is_root();
+    if !ok {
+        assert!(
+            !fuse_required(),
+            "FUSE is required (SPARSEFS_REQUIRE_FUSE=1) but /dev/fuse or root is missing"
+        );
+        eprintln!("skipped: no /dev/fuse or not root");
+    }
+    ok
+}
+
+fn unsafe_free_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    let p = fs::canonicalize(p).unwrap_or(p.to_path_buf());
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(m) == p)
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::yield_now();
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+fn sh(cmd: &str) -> Output {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn sh_status(cmd: &str) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("bash")
+}
+
+fn have(tool: &str) -> bool {
+    let ok = sh_status(&format!("command -v {tool}")).status.success();
+    if !ok {
+        assert!(!fuse_required(), "{tool} is required in CI");
+        eprintln!("skipped: {tool} missing");
+    }
+    ok
+}
+
+/// A backing directory of some kind.
+enum Backing {
+    Dir(TempDir),
+    Bindfs { _src: TempDir, mnt: TempDir },
+    Gluster(PathBuf),
+}
+
+impl Backing {
+    fn new(kind: &str) -> Option<Backing> {
+        match kind {
+            "dir" => Some(Backing::Dir(tempfile::tempdir().unwrap())),
+            "bindfs" => {
+                if !have("bindfs") {
+                    return None;
+                }
+                let src = tempfile::tempdir().unwrap();
+                let mnt = tempfile::tempdir().unwrap();
+                sh(&format!(
+                    "bindfs {} {}",
+                    src.path().display(),
+                    mnt.path().display()
+                ));
+                wait_for("bindfs", Duration::from_secs(10), || {
+                    is_mountpoint(mnt.path())
+                });
+                Some(Backing::Bindfs { _src: src, mnt })
+            }
+            "gluster" => {
+                let base = std::env::var("SPARSEFS_GLUSTER_DIR")
+                    .expect("SPARSEFS_GLUSTER_DIR names a mounted GlusterFS volume");
+                let d = Path::new(&base).join(format!(
+                    "t-{}-{}",
+                    std::process::id(),
+                    rand_u64() % 1_000_000
+                ));
+                fs::create_dir_all(&d).unwrap();
+                Some(Backing::Gluster(d))
+            }
+            other => panic!("unknown backing {other}"),
+        }
+    }
+
+    /// What sparsefs mounts.
+    fn path(&self) -> &Path {
+        match self {
+            Backing::Dir(d) => d.path(),
+            Backing::Bindfs { mnt, .. } => mnt.path(),
+            Backing::Gluster(p) => p,
+        }
+    }
+
+    fn punches(&self) -> bool {
+        !matches!(self, Backing::Bindfs { .. })
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        match self {
+            Backing::Bindfs { mnt, .. } => {
+                let _ = sh_status(&format!(
+                    "fusermount3 -u {} || umount -l {}",
+                    mnt.path().display(),
+                    mnt.path().display()
+                ));
+            }
+            Backing::Gluster(p) => {
+                let _ = fs::remove_dir_all(p);
+            }
+            Backing::Dir(_) => {}
+        }
+    }
+}
+
+fn backings() -> Vec<String> {
+    std::env::var("SPARSEFS_TEST_BACKINGS")
+        .unwrap_or_else(|_| "dir,bindfs".into())
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// A running `sparsefs mount -f`, unmounted (and the daemon reaped) on drop.
+struct Mount {
+    dir: TempDir,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mount {
+    fn new(backing: &Path, args: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::env::temp_dir().join(format!(
+            "sparsefs-test-{}-{}.log",
+            std::process::id(),
+            rand_u64()
+        ));
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(backing)
+            .arg(dir.path())
+            .arg("-f")
+            .args(args)
+            .stderr(File::create(&log).unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sparsefs");
+        let mut m = Mount {
+            dir,
+            child: Some(child),
+            log,
+        };
+        let p = m.dir.path().to_path_buf();
+        let t = Instant::now();
+        while !is_mountpoint(&p) {
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "sparsefs exited ({st}) before mounting: {}",
+                    fs::read_to_string(&m.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "mount did not become ready"
+            );
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        m
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn stats(&self) -> String {
+        let out = sh(&format!("{BIN} stats --json {}", self.path().display()));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn stop(&mut self) -> String {
+        if let Some(mut c) = self.child.take() {
+            let _ = sh_status(&format!(
+                "umount {} 2>/dev/null || umount -l {}",
+                self.dir.path().display(),
+                self.dir.path().display()
+            ));
+            let t = Instant::now();
+            loop {
+                if c.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(30) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("daemon did not exit after unmount");
+                }
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+        }
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = fs::remove_file(&self.log);
+        log
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn json_u64(json: &str, path: &str) -> u64 {
+    // Finds "a":{... "b":N ...} by walking the dotted path with plain string search.
+    let mut rest = json;
+    for key in path.split('.') {
+        let pat = format!("\"{key}\":");
+        let i = rest
+            .find(&pat)
+            .unwrap_or_else(|| panic!("{path} not in {json}"));
+        rest = &rest[i + pat.len()..];
+    }
+    rest.chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+fn rand_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static S: AtomicU64 = AtomicU64::new(0x9E3779B97F4A7C15);
+    let mut x = S.fetch_add(0x9E3779B97F4A7C15, Ordering::Relaxed) ^ std::process::id() as u64;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A sparse VM-like image: `size` bytes, data extents (offset, len) of random bytes.
+fn make_image(path: &Path, size: u64, extents: &[(u64, u64)]) {
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    for (i, &(off, len)) in extents.iter().enumerate() {
+        f.write_all_at(&random_bytes(len as usize, i as u64 + 7), off)
+            .unwrap();
+    }
+}
+
+/// About 3% data in 24 scattered extents of 64 KiB .. 1 MiB (some unaligned).
+fn vm_extents(size: u64) -> Vec<(u64, u64)> {
+    let n = 24u64;
+    (0..n)
+        .map(|i| {
+            let len = [64 << 10, 256 << 10, 1 << 20, 100_000][(i % 4) as usize];
+            let off = (i * size / n + (i * 12_345) % 65_536).min(size - len);
+            (off, len)
+        })
+        .collect()
+}
+
+fn files_equal(a: &Path, b: &Path) -> bool {
+    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
+        return false;
+    }
+    let (mut x, mut y) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+    let mut off = 0;
+    loop {
+        let n = fa.read_at(&mut x, off).unwrap();
+        let m = fb.read_at(&mut y, off).unwrap();
+        if n != m || x[..n] != y[..m] {
+            return false;
+        }
+        if n == 0 {
+            return true;
+        }
+        off += n as u64;
+    }
+}
+
+fn lseek(f: &File, off: i64, whence: i32) -> Result<u64, i32> {
+    // SAFETY: plain syscall on an open fd.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// The SEEK_DATA/SEEK_HOLE map of a file.
+fn seek_map(path: &Path) -> Vec<(u64, u64)> {
+    let f = File::open(path).unwrap();
+    let size = f.metadata().unwrap().len();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        match lseek(&f, pos as i64, libc::SEEK_DATA) {
+            Ok(d) => {
+                let h = lseek(&f, d as i64, libc::SEEK_HOLE).unwrap();
+                assert!(
+                    h > d && h <= size,
+                    "SEEK_HOLE {h} after data {d} in size {size}"
+                );
+                out.push((d, h));
+                pos = h;
+            }
+            Err(e) => {
+                assert_eq!(e, libc::ENXIO);
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn allocated(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Checks a map against the image's extents: every data byte is inside reported data,
+/// every reported hole is zero in `reference`, and data is within one block of ideal
+/// per extent.
+fn check_map(map: &[(u64, u64)], extents: &[(u64, u64)], block: u64, reference: &Path) {
+    for &(off, len) in extents {
+        assert!(
+            map.iter().any(|&(d, h)| d <= off && off + len <= h) || covered(map, off, off + len),
+            "extent {off}+{len} not in data map {map:?}"
+        );
+    }
+    let data: u64 = map.iter().map(|(d, h)| h - d).sum();
+    let ideal: u64 = extents.iter().map(|&(_, l)| l).sum();
+    assert!(
+        data <= ideal + 2 * block * extents.len() as u64,
+        "data map {data} too far above ideal {ideal}"
+    );
+    let f = File::open(reference).unwrap();
+    let size = f.metadata().unwrap().len();
+    let mut pos = 0;
+    for &(d, h) in map.iter().chain(std::iter::once(&(size, size))) {
+        let mut buf = vec![0u8; (d - pos) as usize];
+        f.read_exact_at(&mut buf, pos).unwrap();
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "reported hole [{pos},{d}) holds data"
+        );
+        pos = h;
+    }
+}
+
+fn covered(map: &[(u64, u64)], s: u64, e: u64) -> bool {
+    let mut pos = s;
+    for &(d, h) in map {
+        if d <= pos && h > pos {
+            pos = h;
+        }
+    }
+    pos >= e
+}
+
+// ---------------------------------------------------------------------------------------
+// The sparse engine through real tools
+
+#[test]
+fn dd_of_zeros_leaves_no_allocation_and_reads_back_zeros() {
+    if !fuse_available() {
+        return;
+    }
+    for kind in backings() {
+        for (block, mib) in [("4K", 64u64), ("32K", 1024), ("1M", 64)] {
+            let Some(b) = Backing::new(&kind) else {
+                continue;
+            };
+            let m = Mount::new(b.path(), &["--sparse-block", block]);
+            sh(&format!(
+                "dd if=/dev/zero of={} bs=1M count={mib} status=none",
+                m.p("zeros").display()
+            ));
+            sh(&format!(
+                "cmp -n {} {} /dev/zero",
+                mib * MIB,
+                m.p("zeros").display()
+            ));
+            let stats = m.stats();
+            assert_eq!(
+                json_u64(&stats, "backend.write.calls"),
+                0,
+                "{kind}/{block}: {stats}"
+            );
+            assert_eq!(json_u64(&stats, "zero_bytes_elided"), mib * MIB);
+            assert_eq!(
+                json_u64(&stats, "backend.ftruncate.calls"),
+                1,
+                "one ftruncate for the trailing hole"
+            );
+            assert_eq!(seek_map(&m.p("zeros")), vec![], "{kind}/{block}: all hole");
+            drop(m);
+            let raw = b.path().join("zeros");
+            assert_eq!(fs::metadata(&raw).unwrap().len(), mib * MIB);
+            assert_eq!(allocated(&raw), 0, "{kind}/{block}: backend allocation");
+        }
+    }
+}
+
+#[test]
+fn real_tools_write_a_sparse_image_that_matches_and_stays_sparse() {
+    if !fuse_available() || !have("rsync") || !have("qemu-img") {
+        return;
+    }
+    let src_dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let extents = vm_extents(size);
+    let src = src_dir.path().join("vm.img");
+    make_image(&src, size, &extents);
+    sh(&format!(
+        "cd {} && tar -cf plain.tar vm.img",
+        src_dir.path().display()
+    ));
+    let ideal: u64 = extents.iter().map(|e| e.1).sum();
+    for kind in backings() {
+        for (block, bytes) in [("4K", 4096u64), ("32K", 32768), ("1M", MIB)] {
+            let Some(b) = Backing::new(&kind) else {
+                continue;
+            };
+            let m = Mount::new(b.path(), &["--sparse-block", block]);
+            let mp = m.path().display().to_string();
+            let s = src.display();
+            let cmds = [
+                (
+                    "cp-never",
+                    format!("cp --sparse=never {s} {mp}/cp-never.img"),
+                ),
+                ("rsync-plain", format!("rsync {s} {mp}/rsync-plain.img")),
+                ("rsync-S", format!("rsync -S {s} {mp}/rsync-S.img")),
+                (
+                    "rsync-inplace",
+                    format!("rsync --inplace {s} {mp}/rsync-inplace.img"),
+                ),
+                ("qemu", format!("qemu-img convert -O raw {s} {mp}/qemu.img")),
+                (
+                    "tar",
+                    format!(
+                        "mkdir {mp}/tar && tar -C {mp}/tar -xf {}/plain.tar && mv {mp}/tar/vm.img {mp}/tar.img",
+                        src_dir.path().display()
+                    ),
+                ),
+            ];
+            for (name, cmd) in &cmds {
+                sh(cmd);
+                let out = m.p(&format!("{name}.img"));
+                assert!(
+                    files_equal(&src, &out),
+                    "{kind}/{block}/{name}: contents differ"
+                );
+                check_map(&seek_map(&out), &extents, bytes, &src);
+                let st = fs::metadata(&out).unwrap();
+                let bound = ideal + 2 * bytes * extents.len() as u64;
+                assert!(
+                    st.blocks() * 512 <= bound.min(st.len() - 1),
+                    "{kind}/{block}/{name}: st_blocks {} not honest",
+                    st.blocks()
+                );
+            }
+            let stats = m.stats();
+            assert_eq!(
+                json_u64(&stats, "backend.lseek.calls"),
+                0,
+                "{kind}/{block}: {stats}"
+            );
+            drop(m);
+            for (name, _) in &cmds {
+                let raw = b.path().join(format!("{name}.img"));
+                let alloc = allocated(&raw);
+                let slack = 2 * bytes.max(64 << 10) * extents.len() as u64;
+                assert!(
+                    alloc <= ideal + slack,
+                    "{kind}/{block}/{name}: backend allocation {alloc} vs ideal {ideal}"
+                );
+                assert!(
+                    files_equal(&src, &raw),
+                    "{kind}/{block}/{name}: backend contents differ"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sparse_aware_readers_keep_the_holes_from_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let src_dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let extents = vm_extents(size);
+    let src = src_dir.path().join("vm.img");
+    make_image(&src, size, &extents);
+    let ideal: u64 = extents.iter().map(|e| e.1).sum();
+    for kind in backings() {
+        let Some(b) = Backing::new(&kind) else {
+            continue;
+        };
+        let m = Mount::new(b.path(), &[]);
+        sh(&format!(
+            "dd if={} of={} bs=1M status=none",
+            src.display(),
+            m.p("vm.img").display()
+        ));
+        let out = src_dir.path().join(format!("copy-{kind}.img"));
+        sh(&format!(
+            "cp --sparse=auto {} {}",
+            m.p("vm.img").display(),
+            out.display()
+        ));
+        assert!(files_equal(&src, &out));
+        assert!(
+            allocated(&out) <= ideal + 2 * 32768 * extents.len() as u64,
+            "{kind}: cp --sparse=auto allocated {}",
+            allocated(&out)
+        );
+        let tar = src_dir.path().join(format!("s-{kind}.tar"));
+        sh(&format!(
+            "tar -S -C {} -cf {} vm.img",
+            m.path().display(),
+            tar.display()
+        ));
+        assert!(
+            fs::metadata(&tar).unwrap().len() < ideal * 2,
+            "{kind}: tar -S archive holds zeros"
+        );
+        let stats = m.stats();
+        assert!(
+            json_u64(&stats, "hole_read_bytes") > 0 || json_u64(&stats, "seeks_from_index") > 0,
+            "{stats}"
+        );
+    }
+}
+
+#[test]
+fn zeros_written_over_data_read_back_as_zeros_and_free_the_space() {
+    if !fuse_available() {
+        return;
+    }
+    for kind in backings() {
+        let Some(b) = Backing::new(&kind) else {
+            continue;
+        };
+        let m = Mount::new(b.path(), &[]);
+        let f = m.p("f");
+        let data = random_bytes((16 * MIB) as usize, 3);
+        fs::write(&f, &data).unwrap();
+        sh(&format!(
+            "dd if=/dev/zero of={} bs=1M seek=4 count=8 conv=notrunc status=none",
+            f.display()
+        ));
+        let back = fs::read(&f).unwrap();
+        assert!(
+            back[(4 * MIB) as usize..(12 * MIB) as usize]
+                .iter()
+                .all(|&x| x == 0),
+            "{kind}: zeros read back"
+        );
+        assert_eq!(&back[..(4 * MIB) as usize], &data[..(4 * MIB) as usize]);
+        assert_eq!(
+            seek_map(&f),
+            vec![(0, 4 * MIB), (12 * MIB, 16 * MIB)],
+            "{kind}"
+        );
+        let stats = m.stats();
+        drop(m);
+        let raw = b.path().join("f");
+        let rb = fs::read(&raw).unwrap();
+        assert!(
+            rb[(4 * MIB) as usize..(12 * MIB) as usize]
+                .iter()
+                .all(|&x| x == 0),
+            "{kind}: backend holds zeros"
+        );
+        if b.punches() {
+            assert_eq!(
+                json_u64(&stats, "backend.punch.calls"),
+                1,
+                "{kind}: one punch for one zero run: {stats}"
+            );
+            assert!(
+                allocated(&raw) <= 8 * MIB + 64 * 1024,
+                "{kind}: space freed, allocated {}",
+                allocated(&raw)
+            );
+        }
+    }
+}
+
+#[test]
+fn fallocate_punch_and_zero_range_read_back_as_zeros() {
+    if !fuse_available() || !have("fallocate") {
+        return;
+    }
+    for kind in backings() {
+        let Some(b) = Backing::new(&kind) else {
+            continue;
+        };
+        let m = Mount::new(b.path(), &[]);
+        let f = m.p("f");
+        fs::write(&f, random_bytes((4 * MIB) as usize, 5)).unwrap();
+        sh(&format!(
+            "fallocate --punch-hole -o 1000 -l 100000 {}",
+            f.display()
+        ));
+        sh(&format!(
+            "fallocate --zero-range -o 2000000 -l 50000 {}",
+            f.display()
+        ));
+        let back = fs::read(&f).unwrap();
+        assert!(back[1000..101_000].iter().all(|&x| x == 0));
+        assert!(back[2_000_000..2_050_000].iter().all(|&x| x == 0));
+        assert_eq!(fs::metadata(&f).unwrap().len(), 4 * MIB);
+        drop(m);
+        let rb = fs::read(b.path().join("f")).unwrap();
+        assert!(
+            rb[1000..101_000].iter().all(|&x| x == 0),
+            "{kind}: backend punched"
+        );
+        assert!(
+            rb[2_000_000..2_050_000].iter().all(|&x| x == 0),
+            "{kind}: backend zeroed"
+        );
+    }
+}
+
+#[test]
+fn files_not_written_through_the_mount_are_reported_as_data_unless_the_backend_is_trusted() {
+    if !fuse_available() {
+        return;
+    }
+    for kind in backings() {
+        let Some(b) = Backing::new(&kind) else {
+            continue;
+        };
+        let raw = b.path().join("outside.img");
+        make_image(&raw, 8 * MIB, &[(MIB, 64 << 10)]);
+        let m = Mount::new(b.path(), &[]);
+        let map = seek_map(&m.p("outside.img"));
+        if kind == "bindfs" {
+            assert_eq!(map, vec![(0, 8 * MIB)], "bindfs cannot tell: all data");
+        } else {
+            assert!(
+                covered(&map, MIB, MIB + (64 << 10)),
+                "{kind}: data kept in {map:?}"
+            );
+        }
+        assert!(files_equal(&raw, &m.p("outside.img")));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Durability and errors
+
+#[test]
+fn enospc_on_the_backend_reaches_the_writer() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "mount -t tmpfs -o size=8m tmpfs {}",
+        b.path().display()
+    ));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = sh_status(&format!("umount -l {}", self.0.display()));
+        }
+    }
+    let _u = Unmount(b.path().to_path_buf());
+    let m = Mount::new(b.path(), &[]);
+    let src = b.path().join("..").join(format!("rand-{}", rand_u64()));
+    fs::write(&src, random_bytes((16 * MIB) as usize, 9)).unwrap();
+    let out = sh_status(&format!(
+        "dd if={} of={} bs=1M conv=fsync status=none",
+        src.display(),
+        m.p("big").display()
+    ));
+    let _ = fs::remove_file(&src);
+    assert!(
+        !out.status.success(),
+        "dd must fail when the backend is full"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left on device"), "dd said: {err}");
+    // The mount keeps working after the error.
+    fs::remove_file(m.p("big")).unwrap();
+    fs::write(m.p("small"), b"ok").unwrap();
+    assert_eq!(fs::read(m.p("small")).unwrap(), b"ok");
+}
+
+#[test]
+fn fsync_puts_data_on_the_backend_before_returning() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &["--dirty-age", "1h"]);
+    let data = random_bytes(3 * 1000 * 1000 + 17, 11);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(m.p("f"))
+        .unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(
+        fs::read(b.path().join("f")).unwrap(),
+        data,
+        "fsynced data is on the backend while the file is open"
+    );
+    let stats = m.stats();
+    assert!(json_u64(&stats, "backend.fsync.calls") >= 1);
+}
+
+#[test]
+fn sigterm_flushes_and_unmounts() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(b.path(), &["--dirty-age", "1h"]);
+    let data = random_bytes(5 * 1000 * 1000, 12);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(m.p("f"))
+        .unwrap();
+    f.write_all(&data).unwrap();
+    let pid = m.child.as_ref().unwrap().id();
+    sh(&format!("kill -TERM {pid}"));
+    let mut c = m.child.take().unwrap();
+    let t = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "daemon did not exit on SIGTERM"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    drop(f);
+    assert!(!is_mountpoint(m.path()));
+    assert_eq!(
+        fs::read(b.path().join("f")).unwrap(),
+        data,
+        "dirty data flushed at unmount"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Passthrough semantics
+
+#[test]
+fn metadata_operations_pass_through() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    // mkdir, create, write, read, rename, unlink, rmdir
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/a"), b"hello").unwrap();
+    assert_eq!(fs::read(b.path().join("d/a")).unwrap(), b"hello");
+    fs::rename(m.p("d/a"), m.p("d/b")).unwrap();
+    assert!(!b.path().join("d/a").exists() && b.path().join("d/b").exists());
+    // chmod, chown, utimens, truncate
+    fs::set_permissions(m.p("d/b"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(
+        fs::metadata(b.path().join("d/b")).unwrap().mode() & 0o7777,
+        0o640
+    );
+    sh(&format!("chown 65534:65534 {}", m.p("d/b").display()));
+    assert_eq!(fs::metadata(b.path().join("d/b")).unwrap().uid(), 65534);
+    sh(&format!(
+        "touch -d '2001-02-03 04:05:06' {}",
+        m.p("d/b").display()
+    ));
+    assert_eq!(
+        fs::metadata(b.path().join("d/b")).unwrap().mtime(),
+        fs::metadata(m.p("d/b")).unwrap().mtime()
+    );
+    assert_eq!(
+        fs::metadata(m.p("d/b")).unwrap().mtime(),
+        local_epoch("2001-02-03 04:05:06")
+    );
+    sh(&format!("truncate -s 3 {}", m.p("d/b").display()));
+    assert_eq!(fs::read(m.p("d/b")).unwrap(), b"hel");
+    // symlink, readlink, hard link sharing one inode
+    std::os::unix::fs::symlink("d/b", m.p("ln")).unwrap();
+    assert_eq!(fs::read_link(m.p("ln")).unwrap(), Path::new("d/b"));
+    assert_eq!(fs::read(m.p("ln")).unwrap(), b"hel");
+    fs::hard_link(m.p("d/b"), m.p("hard")).unwrap();
+    let (s1, s2) = (
+        fs::metadata(m.p("d/b")).unwrap(),
+        fs::metadata(m.p("hard")).unwrap(),
+    );
+    assert_eq!(s1.ino(), s2.ino());
+    assert_eq!(s1.nlink(), 2);
+    OpenOptions::new()
+        .append(true)
+        .open(m.p("hard"))
+        .unwrap()
+        .write_all(b"LO")
+        .unwrap();
+    assert_eq!(fs::read(m.p("d/b")).unwrap(), b"helLO");
+    // st_ino is the backing inode number (stable across remounts)
+    assert_eq!(s1.ino(), fs::metadata(b.path().join("d/b")).unwrap().ino());
+    // fifo
+    sh(&format!("mkfifo {}", m.p("fifo").display()));
+    assert!(
+        fs::symlink_metadata(b.path().join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo_like()
+    );
+    // xattrs
+    sh(&format!(
+        "setfattr -n user.k -v v1 {}",
+        m.p("d/b").display()
+    ));
+    let out = sh(&format!(
+        "getfattr --only-values -n user.k {}",
+        m.p("d/b").display()
+    ));
+    assert_eq!(out.stdout, b"v1");
+    let out = sh(&format!("getfattr -d {}", m.p("d/b").display()));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("user.k"));
+    sh(&format!("setfattr -x user.k {}", m.p("d/b").display()));
+    assert!(
+        !sh_status(&format!("getfattr -n user.k {}", m.p("d/b").display()))
+            .status
+            .success()
+    );
+    // readdir: names and the same inode numbers as lookup
+    let out = sh(&format!("ls -ai {}", m.p("d").display()));
+    let ls = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(ls.contains(&format!("{} b", s1.ino())), "{ls}");
+    // statfs forwarded
+    let (a, c) = (statvfs(m.path()), statvfs(b.path()));
+    assert_eq!(a.0, c.0, "f_blocks");
+    // rmdir / unlink
+    fs::remove_file(m.p("d/b")).unwrap();
+    fs::remove_file(m.p("hard")).unwrap();
+    fs::remove_dir(m.p("d")).unwrap();
+    assert!(!b.path().join("d").exists());
+    // ENOTEMPTY, EEXIST, ENOENT errnos pass through
+    fs::create_dir_all(m.p("e/f")).unwrap();
+    assert_eq!(
+        fs::remove_dir(m.p("e")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    assert_eq!(
+        fs::create_dir(m.p("e")).unwrap_err().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    assert_eq!(
+        fs::metadata(m.p("nope")).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    let long = "x".repeat(256);
+    assert_eq!(
+        fs::write(m.p(&long), b"").unwrap_err().raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
+}
+
+trait FifoLike {
+    fn is_fifo_like(&self) -> bool;
+}
+impl FifoLike for fs::FileType {
+    fn is_fifo_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_fifo()
+    }
+}
+
+fn local_epoch(t: &str) -> i64 {
+    let out = sh(&format!("date -d '{t}' +%s"));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn statvfs(p: &Path) -> (u64, u64) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut s: libc::statvfs = unsafe_zeroed();
+    // SAFETY: valid C string; s valid for writes.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    (s.f_blocks, s.f_bsize)
+}
+
+fn unsafe_zeroed<T: Copy>() -> T {
+    // SAFETY: only used for plain C structs where all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+fn renameat2(a: &Path, b: &Path, flags: u32) -> Result<(), i32> {
+    let (ca, cb) = (
+        CString::new(a.as_os_str().as_bytes()).unwrap(),
+        CString::new(b.as_os_str().as_bytes()).unwrap(),
+    );
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+#[test]
+fn rename_noreplace_and_exchange_work() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    fs::write(m.p("a"), b"A").unwrap();
+    fs::write(m.p("b"), b"B").unwrap();
+    assert_eq!(
+        renameat2(&m.p("a"), &m.p("b"), libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST)
+    );
+    renameat2(&m.p("a"), &m.p("b"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"B");
+    assert_eq!(fs::read(m.p("b")).unwrap(), b"A");
+    renameat2(&m.p("a"), &m.p("c"), libc::RENAME_NOREPLACE).unwrap();
+    assert_eq!(fs::read(b.path().join("c")).unwrap(), b"B");
+}
+
+#[test]
+fn unlinked_open_files_keep_working() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(m.p("tmp"))
+        .unwrap();
+    f.write_all(b"before").unwrap();
+    fs::remove_file(m.p("tmp")).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 6, "fstat after unlink");
+    f.write_all(b"-after").unwrap();
+    let mut buf = vec![0u8; 12];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"before-after");
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn o_direct_opens_work() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    sh(&format!(
+        "dd if=/dev/urandom of={} bs=1M count=4 oflag=direct status=none",
+        m.p("d").display()
+    ));
+    sh(&format!(
+        "dd if={} of=/dev/null bs=1M iflag=direct status=none",
+        m.p("d").display()
+    ));
+    assert_eq!(fs::metadata(b.path().join("d")).unwrap().len(), 4 * MIB);
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.p("d"))
+        .unwrap();
+    drop(f);
+}
+
+#[test]
+fn paths_near_path_max_and_big_directories_work() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    // ~3900 bytes of path below the mount point, created and read through it.
+    let comp = "d".repeat(200);
+    let mut rel = PathBuf::new();
+    for _ in 0..19 {
+        rel.push(&comp);
+    }
+    sh(&format!(
+        "cd {} && for i in $(seq 19); do mkdir {comp} && cd {comp}; done && echo deep > f",
+        m.path().display()
+    ));
+    assert_eq!(
+        fs::read_to_string(b.path().join(&rel).join("f")).unwrap(),
+        "deep\n"
+    );
+    // 20k entries made on the backend, listed through the mount.
+    let big = b.path().join("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..20_000 {
+        File::create(big.join(format!("f{i}"))).unwrap();
+    }
+    let out = sh(&format!("ls -f {} | wc -l", m.p("big").display()));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20002");
+}
+
+#[test]
+fn allow_other_files_belong_to_the_caller_and_permissions_hold() {
+    if !fuse_available() || !have("setpriv") {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    fs::set_permissions(b.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(b.path().join("secret"), b"root only").unwrap();
+    fs::set_permissions(b.path().join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    let m = Mount::new(b.path(), &["-o", "allow_other"]);
+    // The test's temp dir is 0700: open the mount point's path for others.
+    fs::set_permissions(
+        m.path().parent().unwrap(),
+        fs::Permissions::from_mode(0o755),
+    )
+    .ok();
+    let nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+    sh(&format!(
+        "{nobody} bash -c 'echo hi > {0}/mine && mkdir {0}/mydir && ln -s x {0}/mylink'",
+        m.path().display()
+    ));
+    for n in ["mine", "mydir", "mylink"] {
+        let st = fs::symlink_metadata(b.path().join(n)).unwrap();
+        assert_eq!(
+            (st.uid(), st.gid()),
+            (65534, 65534),
+            "{n} owned by the caller"
+        );
+    }
+    let out = sh_status(&format!("{nobody} cat {}/secret", m.path().display()));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied")
+    );
+    let out = sh_status(&format!("{nobody} chmod 666 {}/secret", m.path().display()));
+    assert!(!out.status.success());
+    let out = sh_status(&format!("{nobody} {BIN} stats {}", m.path().display()));
+    assert!(!out.status.success(), "stats refused to a non-owner");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only the mount's owner or root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Command line
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn bad_input_gets_one_line_exit_2_and_mounts_nothing() {
+    let b = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let bp = b.path().display().to_string();
+    let mp = mnt.path().display().to_string();
+    let file = b.path().join("file");
+    fs::write(&file, b"").unwrap();
+    let inside = b.path().join("sub");
+    fs::create_dir(&inside).unwrap();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["mount".into(), "/nonexistent-sparsefs".into(), mp.clone()],
+            "backing directory /nonexistent-sparsefs does not exist".into(),
+        ),
+        (
+            vec!["mount".into(), file.display().to_string(), mp.clone()],
+            format!("backing directory {} is not a directory", file.display()),
+        ),
+        (
+            vec!["mount".into(), bp.clone(), "/nonexistent-mnt".into()],
+            "mount point /nonexistent-mnt does not exist".into(),
+        ),
+        (
+            vec!["mount".into(), bp.clone(), inside.display().to_string()],
+            "is inside the backing directory".into(),
+        ),
+        (
+            vec!["mount".into(), inside.display().to_string(), bp.clone()],
+            "is inside the mount point".into(),
+        ),
+        (
+            vec![
+                "mount".into(),
+                bp.clone(),
+                mp.clone(),
+                "--sparse-block".into(),
+                "3K".into(),
+            ],
+            "invalid sparse block 3072: must be a power of two from 4K to 64M".into(),
+        ),
+        (
+            vec![
+                "mount".into(),
+                bp.clone(),
+                mp.clone(),
+                "--sparse-block".into(),
+                "12Q".into(),
+            ],
+            "invalid sparse block '12Q'".into(),
+        ),
+        (
+            vec![
+                "mount".into(),
+                bp.clone(),
+                mp.clone(),
+                "--write-size".into(),
+                "48K".into(),
+            ],
+            "invalid write size 49152: must be a multiple of the sparse block".into(),
+        ),
+        (
+            vec![
+                "mount".into(),
+                bp.clone(),
+                mp.clone(),
+                "-o".into(),
+                "frobnicate".into(),
+            ],
+            "unknown mount option 'frobnicate'".into(),
+        ),
+        (
+            vec![bp.clone(), mp.clone(), "-o".into(), "sparse_block=".into()],
+            "invalid sparse block ''".into(),
+        ),
+        (
+            vec![
+                "mount".into(),
+                bp.clone(),
+                mp.clone(),
+                "--dirty-age".into(),
+                "soon".into(),
+            ],
+            "invalid dirty age 'soon'".into(),
+        ),
+        (
+            vec![
+                "mount".into(),
+                bp.clone(),
+                mp.clone(),
+                "--no-such-flag".into(),
+            ],
+            "unexpected argument '--no-such-flag'".into(),
+        ),
+    ];
+    let before: Vec<_> = fs::read_dir(b.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    for (args, want) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.starts_with("sparsefs: error: ") && err.contains(&want),
+            "{args:?}: got {err:?}, want {want:?}"
+        );
+        assert!(!is_mountpoint(mnt.path()), "{args:?}: nothing mounted");
+    }
+    let after: Vec<_> = fs::read_dir(b.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "nothing changed in the backing directory");
+}
+
+#[test]
+fn an_already_mounted_mount_point_is_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    let out = run(&[
+        "mount",
+        &b.path().display().to_string(),
+        &m.path().display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is already mounted"));
+}
+
+#[test]
+fn background_mount_returns_when_live_and_umount_command_flushes() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "mount",
+        &b.path().display().to_string(),
+        &mnt.path().display().to_string(),
+        "--dirty-age",
+        "1h",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        is_mountpoint(mnt.path()),
+        "mounted when the command returns"
+    );
+    let data = random_bytes(3 * 1000 * 1000, 4);
+    fs::write(mnt.path().join("f"), &data).unwrap();
+    let out = run(&["umount", &mnt.path().display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("unmount", Duration::from_secs(10), || {
+        !is_mountpoint(mnt.path())
+    });
+    assert_eq!(fs::read(b.path().join("f")).unwrap(), data);
+}
+
+#[test]
+fn fstab_style_mount_through_mount_fuse3_works() {
+    if !fuse_available() || !have("mount.fuse3") {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let bindir = Path::new(BIN).parent().unwrap().display().to_string();
+    // mount(8) runs helpers with a fixed PATH; mount.fuse3 is what `mount -t
+    // fuse.sparsefs` and fstab lines end in, so call it as mount(8) would.
+    sh(&format!(
+        "PATH={bindir}:$PATH mount.fuse3 sparsefs#{} {} -o sparse_block=64K,write_size=1M,nosuid,nodev",
+        b.path().display(),
+        mnt.path().display()
+    ));
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(&mnt.path().display().to_string()))
+        .expect("mounted")
+        .to_string();
+    sh(&format!(
+        "dd if=/dev/zero of={}/z bs=1M count=8 status=none",
+        mnt.path().display()
+    ));
+    let st = fs::metadata(mnt.path().join("z")).unwrap();
+    assert_eq!(st.blksize(), 65536, "sparse_block option applied");
+    sh(&format!("umount {}", mnt.path().display()));
+    wait_for("unmount", Duration::from_secs(10), || {
+        !is_mountpoint(mnt.path())
+    });
+    assert!(line.contains("fuse.sparsefs"), "{line}");
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    assert_eq!(allocated(&b.path().join("z")), 0);
+}
