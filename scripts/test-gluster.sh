@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Reruns the sparse-engine integration tests over a real GlusterFS volume on loopback,
+# sharded so that SEEK_DATA fails (as on GPFS, BeeGFS, CephFS kernel client, NFSv3).
+# Uses ../shared/backends/gluster-up.sh; tears the volume down on exit.
+#   SPARSEFS_GLUSTER_DIR=/mounted/volume scripts/test-gluster.sh   # reuse a running volume
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=${SPARSEFS_SHARED:-$(cd .. && pwd)/shared}
+if [ -z "${SPARSEFS_GLUSTER_DIR:-}" ]; then
+  base=$(mktemp -d /tmp/sparsefs-test-gl.XXXXXX)
+  trap 'BASE=$base "$shared/backends/gluster-down.sh" >/dev/null 2>&1 || true; rm -rf "$base"' EXIT
+  SPARSEFS_GLUSTER_DIR=$(SHARD=1 BASE=$base "$shared/backends/gluster-up.sh")
+fi
+export SPARSEFS_GLUSTER_DIR SPARSEFS_TEST_BACKINGS=gluster
+cargo test --release --test mount -- --test-threads=1 \
+  dd_of_zeros real_tools sparse_aware zeros_written fallocate files_not_written
