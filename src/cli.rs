@@ -325,6 +325,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         return usage(format!("invalid threads {threads}: must be from 1 to 256"));
     }
     let backing = check_dir("backing directory", &a.backing)?;
+    reclaim_stale(&a.mountpoint);
     let mountpoint = check_dir("mount point", &a.mountpoint)?;
     if mountpoint.starts_with(&backing) {
         return usage(format!(
@@ -396,6 +397,43 @@ fn unescape(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A FUSE mount whose daemon died (kill -9, OOM) leaves its mount point answering
+/// ENOTCONN. Such a dead mount is detached so a new mount can take its place; the
+/// warning says so. Live mounts are left alone.
+fn reclaim_stale(p: &std::path::Path) {
+    // statfs is never answered from the kernel's attribute cache, unlike stat.
+    let Err(e) = crate::sys::statfs_path(p) else {
+        return;
+    };
+    if e.raw_os_error() != Some(107) {
+        return; // not ENOTCONN
+    }
+    let Ok(abs) = std::path::absolute(p) else {
+        return;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let fuse = info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let ty = f
+            .iter()
+            .skip_while(|x| **x != "-")
+            .nth(1)
+            .copied()
+            .unwrap_or("");
+        f.get(4)
+            .is_some_and(|m| std::path::Path::new(&unescape(m)) == abs)
+            && ty.starts_with("fuse")
+    });
+    if fuse && crate::sys::umount(&abs, true).is_ok() {
+        eprintln!(
+            "sparsefs: warning: {} was a dead FUSE mount (its daemon is gone); detached it",
+            abs.display()
+        );
+    }
 }
 
 /// True if `p` (canonical) is a mount point now.

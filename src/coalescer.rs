@@ -146,6 +146,24 @@ impl Coalescer {
             .collect()
     }
 
+    /// Removes and returns the complete blocks numbered below `last`.
+    pub fn take_complete_before(
+        &mut self,
+        last: u64,
+        size: u64,
+        index: &RangeSet,
+    ) -> Vec<(u64, DirtyBlock)> {
+        let keys: Vec<u64> = self
+            .blocks
+            .range(..last)
+            .filter(|(k, b)| is_complete(**k, b, self.block, size, index))
+            .map(|(&k, _)| k)
+            .collect();
+        keys.into_iter()
+            .map(|k| (k, self.blocks.remove(&k).expect("key listed")))
+            .collect()
+    }
+
     /// Puts blocks back (after a failed flush), merging with any written since.
     pub fn restore(&mut self, blocks: Vec<(u64, DirtyBlock)>) -> u64 {
         let mut added = 0;

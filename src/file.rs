@@ -68,6 +68,12 @@ pub struct SparseFile {
     /// The first error of a background flush, returned by the next write/flush/fsync.
     error: Option<io::Error>,
     dirty_since: Option<Instant>,
+    /// End of the last application write: a write that starts at or after it, in a later
+    /// write-size window, means a stream moved on (rsync -S, tar, checkpoint writers
+    /// seek over holes), so the complete blocks behind it are final and are flushed.
+    last_end: u64,
+    /// When the application last wrote.
+    last_write: Option<Instant>,
 }
 
 fn zeros() -> &'static [u8] {
@@ -101,6 +107,8 @@ impl SparseFile {
             pending_zero: RangeSet::new(),
             error: None,
             dirty_since: None,
+            last_end: 0,
+            last_write: None,
         })
     }
 
@@ -192,11 +200,22 @@ impl SparseFile {
         self.stats.app_writes.fetch_add(1, Relaxed);
         self.size = self.size.max(end);
         self.dirty_since.get_or_insert_with(Instant::now);
+        self.last_write = Some(Instant::now());
         let ws = self.geo.write_size;
+        let per = ws / self.geo.block;
+        if off >= self.last_end && off / ws > self.last_end / ws {
+            let behind =
+                self.dirty
+                    .take_complete_before(off / ws * per, self.size, &self.index.data);
+            if !behind.is_empty() {
+                self.stats.flushed(Trigger::Window);
+                self.flush_taken(behind)?;
+            }
+        }
+        self.last_end = end;
         let windows =
             self.dirty
                 .complete_windows(off / ws..=(end - 1) / ws, ws, self.size, &self.index.data);
-        let per = ws / self.geo.block;
         for w in windows {
             self.stats.flushed(Trigger::Window);
             self.flush_blocks(w * per, (w + 1) * per)?;
@@ -301,6 +320,10 @@ impl SparseFile {
 
     fn flush_blocks(&mut self, first: u64, last: u64) -> io::Result<()> {
         let taken = self.dirty.take(first, last);
+        self.flush_taken(taken)
+    }
+
+    fn flush_taken(&mut self, taken: Vec<(u64, DirtyBlock)>) -> io::Result<()> {
         if taken.is_empty() {
             return Ok(());
         }
@@ -412,8 +435,26 @@ impl SparseFile {
 
     /// Runs a flush from a background thread: an error is kept for the next
     /// write/flush/fsync of this file instead of being lost.
-    pub fn flush_background(&mut self, trigger: Trigger) {
-        if let Err(e) = self.flush(Depth::Background, trigger)
+    ///
+    /// While the file is still being written (a write within `idle`), the write-size
+    /// window at the head of the stream stays buffered, so an extent being streamed is
+    /// not split into two backend writes; everything behind it is flushed.
+    pub fn flush_background(&mut self, trigger: Trigger, idle: std::time::Duration) {
+        let busy = self.last_write.is_some_and(|t| t.elapsed() < idle);
+        let r = if busy {
+            let ws = self.geo.write_size;
+            let head = self.last_end.saturating_sub(1) / ws * (ws / self.geo.block);
+            let behind = self.dirty.take(0, head);
+            let r = self.flush_taken(behind);
+            if r.is_ok() && !self.dirty.is_empty() {
+                // the head window: looked at again after another `idle`
+                self.dirty_since = Some(Instant::now());
+            }
+            r
+        } else {
+            self.flush(Depth::Background, trigger)
+        };
+        if let Err(e) = r
             && self.error.is_none()
         {
             tracing::warn!(error = %e, "background flush failed; reported on next write/fsync/close");
@@ -421,22 +462,26 @@ impl SparseFile {
         }
     }
 
-    /// `ftruncate` to `size`.
+    /// `ftruncate` to `size`. Shrinking cuts the buffers and shrinks the backend at
+    /// once (so old bytes can never reappear if the file grows again); growing only
+    /// moves the logical size: the next full flush sets the backend size with one call.
     pub fn truncate(&mut self, size: u64) -> io::Result<()> {
         if size < self.size {
             let freed = self.dirty.truncate(size);
             self.stats.dirty_sub(freed);
         }
-        self.flush(Depth::Full, Trigger::Sync)?;
-        if size != self.backend_size {
+        if size < self.backend_size {
             self.backend.set_len(size)?;
+            self.backend_size = size;
         }
-        self.backend_size = size;
         self.size = size;
         self.index.data.truncate(size);
         self.pending_zero.truncate(size);
         if size == 0 {
             self.index.exact = true;
+        }
+        if self.dirty.is_empty() && size != self.backend_size {
+            self.dirty_since.get_or_insert_with(Instant::now);
         }
         Ok(())
     }

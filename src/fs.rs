@@ -822,6 +822,16 @@ impl SparseFs {
         }
     }
 
+    /// readdirplus support: looks an entry of a snapshot up (raising its lookup count,
+    /// as the kernel expects for every entry it is given with attributes). `.` and `..`
+    /// are not looked up (the kernel skips them). `None` for an entry that vanished.
+    pub fn lookup_entry(&self, dir: u64, e: &DirEntry) -> Option<Entry> {
+        if e.name == "." || e.name == ".." {
+            return None;
+        }
+        self.lookup(dir, &e.name).ok()
+    }
+
     /// releasedir.
     pub fn releasedir(&self, fh: u64) {
         self.sh.handles.write().remove(&fh);
@@ -979,11 +989,11 @@ fn flusher(sh: &Shared) {
                 .dirty_since()
                 .is_some_and(|t| now.duration_since(t) >= sh.cfg.dirty_age);
             if old || over {
-                e.flush_background(if old {
-                    Trigger::Age
+                if over {
+                    e.flush_background(Trigger::DirtyLimit, Duration::ZERO);
                 } else {
-                    Trigger::DirtyLimit
-                });
+                    e.flush_background(Trigger::Age, sh.cfg.dirty_age);
+                }
             }
             if e.dirty_since().is_none() {
                 sh.dirty.lock().remove(&ino);

@@ -4,9 +4,9 @@
 use crate::fs::{Caller, SetAttr, SparseFs};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::io;
@@ -98,6 +98,13 @@ fn attr(st: &libc::stat) -> FileAttr {
     }
 }
 
+/// The attributes given for `.`/`..` and vanished entries (no lookup is taken).
+fn dot_stat(dt: u8) -> libc::stat {
+    let mut st = crate::sys::zeroed_stat();
+    st.st_mode = (dt as u32) << 12;
+    st
+}
+
 fn ts(t: Option<TimeOrNow>) -> Option<Option<libc::timespec>> {
     t.map(|t| match t {
         TimeOrNow::Now => None,
@@ -137,6 +144,14 @@ impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(128 << 10);
+        // readdirplus when the kernel finds it useful (ls -l), plain readdir otherwise
+        // (ls -f of a huge directory); directory operations may run in parallel.
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
         Ok(())
     }
 
@@ -410,6 +425,47 @@ impl Filesystem for Adapter {
                 reply.ok();
             }
             Err(e) => fail!("readdir", reply, e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.fs.readdir(fh.0) {
+            Ok(entries) => {
+                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                    let looked = self.fs.lookup_entry(ino.0, e);
+                    let (node, st) = match &looked {
+                        Some((n, st)) => (*n, attr(st)),
+                        None => {
+                            let mut a = attr(&dot_stat(e.kind));
+                            a.ino = INodeNo(e.ino);
+                            (0, a)
+                        }
+                    };
+                    if reply.add(
+                        INodeNo(node),
+                        (i + 1) as u64,
+                        &e.name,
+                        &TTL,
+                        &st,
+                        Generation(0),
+                    ) {
+                        // Did not fit: the kernel never saw it, so undo its lookup.
+                        if looked.is_some() {
+                            self.fs.forget(node, 1);
+                        }
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => fail!("readdirplus", reply, e),
         }
     }
 

@@ -722,3 +722,22 @@ pub fn fuse_mount(
     })?;
     Ok(fd)
 }
+
+/// An all-zero `stat` (a valid value of the C struct).
+pub fn zeroed_stat() -> libc::stat {
+    // SAFETY: libc::stat is a plain C struct for which all-zero bytes are valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// statfs(2) by path; on FUSE it always reaches the daemon (never cached), so it tells a
+/// dead mount (ENOTCONN) from a live one.
+///
+/// # Errors
+/// The errno of statfs.
+pub fn statfs_path(path: &std::path::Path) -> io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: valid C string; st valid for writes.
+    cvt(unsafe { libc::statfs(p.as_ptr(), st.as_mut_ptr()) }).map(drop)
+}

@@ -1357,3 +1357,267 @@ fn fstab_style_mount_through_mount_fuse3_works() {
     assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
     assert_eq!(allocated(&b.path().join("z")), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Call budgets, crashes, concurrency
+
+fn daemon_pid(m: &Mount) -> u32 {
+    m.child.as_ref().unwrap().id()
+}
+
+/// Counts of the daemon's syscalls from `strace -c` output.
+fn strace_counts(path: &Path) -> std::collections::HashMap<String, u64> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut out = std::collections::HashMap::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // % time, seconds, usecs/call, calls, [errors], syscall
+        if f.len() >= 5 && f[0].parse::<f64>().is_ok() {
+            let name = f[f.len() - 1].to_string();
+            if let Ok(calls) = f[3].parse::<u64>() {
+                out.insert(name, calls);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rsync_s_of_a_2g_image_costs_one_pwrite_per_extent_counted_by_stats_and_strace() {
+    if !fuse_available() || !have("rsync") || !have("strace") {
+        return;
+    }
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("img");
+    let extents: Vec<(u64, u64)> = (0..64u64)
+        .map(|i| (i * 32 * MIB + (i % 7) * MIB, MIB))
+        .collect();
+    make_image(&src, 2048 * MIB, &extents);
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    let trace = src_dir.path().join("strace.txt");
+    let mut st = Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(&trace)
+        .args(["-p", &daemon_pid(&m).to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // strace says "Process N attached" on stderr once it is in place.
+    let mut err = st.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("attached") {
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut err, &mut buf).unwrap();
+        assert!(
+            n > 0 && t.elapsed() < Duration::from_secs(20),
+            "strace did not attach"
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    sh(&format!(
+        "rsync -S {} {}/img",
+        src.display(),
+        m.path().display()
+    ));
+    let stats = m.stats();
+    sh(&format!("kill -INT {}", st.id()));
+    st.wait().unwrap();
+    let calls = strace_counts(&trace);
+    let writes = ["pwrite64", "pwritev", "pwritev2", "write"]
+        .iter()
+        .filter_map(|k| calls.get(*k))
+        .sum::<u64>();
+    // "write" also counts the daemon's FUSE replies; pwrite*/lseek/ftruncate are backend only.
+    let pwrites = ["pwrite64", "pwritev", "pwritev2"]
+        .iter()
+        .filter_map(|k| calls.get(*k))
+        .sum::<u64>();
+    assert_eq!(json_u64(&stats, "backend.write.calls"), 64, "{stats}");
+    assert_eq!(pwrites, 64, "strace: {calls:?}");
+    assert!(writes >= pwrites);
+    assert_eq!(json_u64(&stats, "backend.lseek.calls"), 0);
+    assert_eq!(
+        calls.get("lseek").copied().unwrap_or(0),
+        0,
+        "strace: {calls:?}"
+    );
+    assert_eq!(json_u64(&stats, "backend.ftruncate.calls"), 1, "{stats}");
+    assert_eq!(
+        calls.get("ftruncate").copied().unwrap_or(0),
+        1,
+        "strace: {calls:?}"
+    );
+    assert_eq!(calls.get("fallocate").copied().unwrap_or(0), 0);
+    drop(m);
+    assert!(files_equal(&src, &b.path().join("img")));
+    assert_eq!(allocated(&b.path().join("img")), 64 * MIB);
+}
+
+#[test]
+fn kill_9_keeps_fsynced_bytes_and_the_mount_point_is_reclaimed() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(b.path(), &["--dirty-age", "1h"]);
+    for round in 0..3u64 {
+        let synced = random_bytes(2 * 1000 * 1000 + 333, 100 + round);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(m.p("synced"))
+            .unwrap();
+        f.write_all(&synced).unwrap();
+        f.sync_all().unwrap();
+        let pending = random_bytes(3 * MIB as usize, 200 + round);
+        let mut g = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(m.p("pending"))
+            .unwrap();
+        g.write_all(&pending).unwrap();
+        let mut c = m.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+        drop(f);
+        drop(g);
+        assert_eq!(
+            fs::read(b.path().join("synced")).unwrap(),
+            synced,
+            "round {round}: fsynced bytes intact"
+        );
+        let p = fs::read(b.path().join("pending")).unwrap();
+        for (i, &x) in p.iter().enumerate() {
+            assert!(
+                x == 0 || x == pending[i],
+                "round {round}: byte {i} was never written"
+            );
+        }
+        // The dead mount point is reclaimed by the next mount.
+        let dir = m.dir.path().to_path_buf();
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(b.path())
+            .arg(&dir)
+            .args(["-f", "--dirty-age", "1h"])
+            .stderr(File::create(&m.log).unwrap())
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+        let log = m.log.clone();
+        let t = Instant::now();
+        while fs::metadata(dir.join("synced")).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "remount: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        assert_eq!(fs::read(m.p("synced")).unwrap(), synced);
+    }
+}
+
+#[test]
+fn concurrent_writers_readers_and_seekers_match_a_serial_model() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &["--sparse-block", "4K", "--write-size", "64K"]);
+    let path = m.p("shared");
+    let chunk = 300_001usize; // unaligned on purpose
+    let writers = 4;
+    let per = 12;
+    File::create(&path).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|s| {
+        for w in 0..writers {
+            let path = path.clone();
+            s.spawn(move || {
+                let f = OpenOptions::new().write(true).open(&path).unwrap();
+                for k in 0..per {
+                    let idx = k * writers + w;
+                    // every third chunk is zeros: becomes holes
+                    let data = if idx % 3 == 0 {
+                        vec![0u8; chunk]
+                    } else {
+                        random_bytes(chunk, idx as u64 + 1)
+                    };
+                    f.write_all_at(&data, (idx * chunk) as u64).unwrap();
+                }
+            });
+        }
+        for _ in 0..2 {
+            let (path, stop) = (path.clone(), stop.clone());
+            s.spawn(move || {
+                let mut buf = vec![0u8; 200_000];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let f = File::open(&path).unwrap();
+                    let _ = f.read_at(&mut buf, rand_u64() % (writers * per * chunk) as u64);
+                    let _ = lseek(&f, (rand_u64() % 4_000_000) as i64, libc::SEEK_DATA);
+                    let _ = lseek(&f, (rand_u64() % 4_000_000) as i64, libc::SEEK_HOLE);
+                }
+            });
+        }
+        let (p2, stop2) = (m.p("trunc"), stop.clone());
+        s.spawn(move || {
+            let f = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .open(&p2)
+                .unwrap();
+            let mut n = 0u64;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) && n < 2000 {
+                f.write_all_at(&random_bytes(10_000, n), n * 777).unwrap();
+                f.set_len(n * 500).unwrap();
+                n += 1;
+            }
+        });
+        // writers finish on their own; then stop the others
+        let t = Instant::now();
+        while Instant::now().duration_since(t) < Duration::from_secs(60) {
+            let done =
+                fs::metadata(&path).map(|m| m.len()).unwrap_or(0) >= (writers * per * chunk) as u64;
+            if done {
+                break;
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let mut model = vec![0u8; writers * per * chunk];
+    for idx in 0..writers * per {
+        if idx % 3 != 0 {
+            model[idx * chunk..(idx + 1) * chunk]
+                .copy_from_slice(&random_bytes(chunk, idx as u64 + 1));
+        }
+    }
+    assert!(
+        fs::read(&path).unwrap() == model,
+        "contents match the serial model"
+    );
+    let map = seek_map(&path);
+    let mut pos = 0u64;
+    for &(d, h) in map
+        .iter()
+        .chain(std::iter::once(&(model.len() as u64, model.len() as u64)))
+    {
+        assert!(
+            model[pos as usize..d as usize].iter().all(|&x| x == 0),
+            "hole [{pos},{d}) holds data"
+        );
+        pos = h;
+    }
+    drop(m);
+    assert!(
+        fs::read(b.path().join("shared")).unwrap() == model,
+        "backend matches after unmount"
+    );
+}

@@ -202,7 +202,8 @@ fn background_flush_error_is_returned_by_the_next_fsync() {
     let mut r = rig_with(geo(4096, 16384), true, true, &[]);
     r.file.write(0, &[1u8; 100]).unwrap();
     r.mem.arm(0, Fault::Errno(libc::EIO), false);
-    r.file.flush_background(Trigger::Age);
+    r.file
+        .flush_background(Trigger::Age, std::time::Duration::ZERO);
     let e = r.file.flush(Depth::Sync, Trigger::Fsync).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO));
     r.file.flush(Depth::Sync, Trigger::Fsync).unwrap();
