@@ -329,9 +329,12 @@ impl SparseFs {
         }
     }
 
+    /// Records the backend's current stamp as "known to match". The stat is taken under
+    /// the stamp lock, so of two racing recorders the later stat is the one kept.
     fn record_stamp(&self, inode: &Inode, node: &FileNode) {
+        let mut stamp = node.stamp.lock();
         if let Ok(st) = sys::fstat(inode.fd()) {
-            *node.stamp.lock() = Some(stamp_of(&st));
+            *stamp = Some(stamp_of(&st));
         }
     }
 

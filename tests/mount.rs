@@ -1452,7 +1452,12 @@ fn rsync_s_of_a_2g_image_costs_one_pwrite_per_extent_counted_by_stats_and_strace
     assert_eq!(calls.get("fallocate").copied().unwrap_or(0), 0);
     drop(m);
     assert!(files_equal(&src, &b.path().join("img")));
-    assert_eq!(allocated(&b.path().join("img")), 64 * MIB);
+    // ext4 may add a block of extent-tree metadata to st_blocks
+    let alloc = allocated(&b.path().join("img"));
+    assert!(
+        (64 * MIB..=64 * MIB + 64 * 1024).contains(&alloc),
+        "allocated {alloc}"
+    );
 }
 
 #[test]

@@ -201,7 +201,7 @@ for backing in "${BACKINGS[@]}"; do
             secs=0
             if [ $result = pass ]; then
                 t0=$(date +%s%N)
-                NO_COLOR=1 "$FSX" -v -f "$cfg" -N "$n" -S "$seed" -P "$d/art" "$f" \
+                NO_COLOR=1 run_child "$FSX" -v -f "$cfg" -N "$n" -S "$seed" -P "$d/art" "$f" \
                     >"$d/fsx.out" 2>"$flog"
                 frc=$?
                 t1=$(date +%s%N)
@@ -224,7 +224,7 @@ for backing in "${BACKINGS[@]}"; do
                     result=FAIL; detail="seekcheck through mount: $(head -1 "$d/seekcheck.err")"
                 fi
                 if [ $REF = 1 ]; then
-                    NO_COLOR=1 "$FSX" -q -f "$cfg" -N "$n" -S "$seed" -P "$REFDIR" "$REFDIR/ref" \
+                    NO_COLOR=1 run_child "$FSX" -q -f "$cfg" -N "$n" -S "$seed" -P "$REFDIR" "$REFDIR/ref" \
                         >/dev/null 2>"$d/ref.log"
                     if [ $? != 0 ]; then
                         [ $result = pass ] && { result=error; detail="reference fsx on tmpfs failed"; }

@@ -37,8 +37,25 @@ MOUNTS=()      # mount points to unmount on exit, in order of mounting
 DAEMON_PID=""
 GL_DIRS=()
 
+CHILD_PID=""   # the exerciser running now (fsx, fio): killed first on interrupt
+
+# run_child CMD...: run in the background and wait, so that INT/TERM interrupt the wait
+# at once (bash runs traps only between foreground commands). Returns CMD's status.
+run_child() {
+    "$@" &
+    CHILD_PID=$!
+    wait "$CHILD_PID"
+    local rc=$?
+    CHILD_PID=""
+    return $rc
+}
+
 cleanup() {
     local i
+    if [ -n "$CHILD_PID" ] && kill -0 "$CHILD_PID" 2>/dev/null; then
+        kill -TERM "$CHILD_PID" 2>/dev/null
+        wait "$CHILD_PID" 2>/dev/null
+    fi
     for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
         local m="${MOUNTS[$i]}"
         if mountpoint -q "$m"; then
