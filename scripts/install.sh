@@ -9,3 +9,8 @@ fi
 cargo build --release
 install -m 0755 target/release/sparsefs /usr/local/bin/sparsefs
 echo "installed /usr/local/bin/sparsefs ($(sparsefs --version))"
+# Man page and shell completions.
+mkdir -p /usr/local/share/man/man8 /usr/share/bash-completion/completions
+sparsefs man > /usr/local/share/man/man8/sparsefs.8
+sparsefs completions bash > /usr/share/bash-completion/completions/sparsefs
+echo "installed man page (man 8 sparsefs) and bash completions"

@@ -40,6 +40,15 @@ pub enum Cmd {
         #[arg(long, value_name = "SECS")]
         watch: Option<f64>,
     },
+    /// Print the man page (roff) on stdout: `sparsefs man > /usr/local/share/man/man8/sparsefs.8`.
+    #[command(hide = true)]
+    Man,
+    /// Print shell completions: `sparsefs completions bash > /etc/bash_completion.d/sparsefs`.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Mount a temporary directory, write a sparse VM-like image through it with dd,
     /// and show what reached the backend; cleans up after itself.
     Demo {
@@ -217,7 +226,15 @@ pub fn parse_duration(what: &str, s: &str) -> Result<Duration, UsageError> {
 /// Rewrites the mount.fuse3/fstab form (`sparsefs SRC DIR -o ...`) to
 /// `sparsefs mount SRC DIR -o ...`; other argument lists are returned unchanged.
 pub fn normalize_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const SUBCOMMANDS: [&str; 5] = ["mount", "umount", "stats", "demo", "help"];
+    const SUBCOMMANDS: [&str; 7] = [
+        "mount",
+        "umount",
+        "stats",
+        "demo",
+        "help",
+        "man",
+        "completions",
+    ];
     match args.get(1).and_then(|a| a.to_str()) {
         Some(a) if !a.starts_with('-') && !SUBCOMMANDS.contains(&a) => {
             let mut v = vec![args[0].clone(), "mount".into()];

@@ -46,6 +46,24 @@ fn main() -> ExitCode {
             json,
             watch,
         } => report(sparsefs::daemon::stats(&mountpoint, json, watch)),
+        Cmd::Man => {
+            use clap::CommandFactory;
+            let man = clap_mangen::Man::new(Cli::command()).section("8");
+            report(
+                man.render(&mut std::io::stdout())
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sparsefs",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Cmd::Demo { sparse_block } => {
             sparsefs::daemon::init_logging(0);
             report(sparsefs::demo::run(&sparse_block))

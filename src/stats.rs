@@ -214,84 +214,11 @@ impl Stats {
         s.push_str("}}");
         s
     }
-
-    /// A human table.
-    pub fn to_table(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Relaxed);
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "application writes   {:>16} bytes in {} calls",
-            g(&self.app_write_bytes),
-            g(&self.app_writes)
-        );
-        let _ = writeln!(
-            s,
-            "application reads    {:>16} bytes",
-            g(&self.app_read_bytes)
-        );
-        let _ = writeln!(
-            s,
-            "zero bytes elided    {:>16} bytes",
-            g(&self.zero_bytes_elided)
-        );
-        let _ = writeln!(
-            s,
-            "old data punched     {:>16} bytes",
-            g(&self.bytes_punched)
-        );
-        let _ = writeln!(
-            s,
-            "zeros written (no punch) {:>12} bytes",
-            g(&self.zero_bytes_written)
-        );
-        let _ = writeln!(
-            s,
-            "reads from holes     {:>16} bytes (no backend I/O)",
-            g(&self.hole_read_bytes)
-        );
-        let _ = writeln!(s, "seeks from index     {:>16}", g(&self.seeks_from_index));
-        let _ = writeln!(
-            s,
-            "dirty now / peak     {:>16} / {} bytes",
-            g(&self.dirty_bytes),
-            g(&self.dirty_peak)
-        );
-        let _ = writeln!(
-            s,
-            "backend call          calls            bytes   avg µs  errors"
-        );
-        for op in OPS {
-            let c = &self.ops[op as usize];
-            let calls = g(&c.calls);
-            let avg = if calls > 0 {
-                g(&c.nanos) as f64 / calls as f64 / 1000.0
-            } else {
-                0.0
-            };
-            let _ = writeln!(
-                s,
-                "  {:<12} {:>12} {:>16} {:>8.1} {:>7}",
-                op.name(),
-                calls,
-                g(&c.bytes),
-                avg,
-                g(&c.errors)
-            );
-        }
-        let _ = write!(s, "flushes by trigger   ");
-        for t in TRIGGERS {
-            let _ = write!(s, " {}={}", t.name(), g(&self.flushes[t as usize]));
-        }
-        s.push('\n');
-        s
-    }
 }
 
-/// Renders the JSON of [`Stats::to_json`] (as read from a daemon) as an aligned table,
-/// one counter per line, nested keys joined with dots.
-pub fn table_from_json(json: &str) -> String {
-    let mut out = String::new();
+/// Flattens the JSON of [`Stats::to_json`] into `(dotted.key, value)` pairs.
+pub fn flatten_json(json: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
     let mut path: Vec<String> = Vec::new();
     let mut key = String::new();
     let mut chars = json.chars().peekable();
@@ -307,9 +234,6 @@ pub fn table_from_json(json: &str) -> String {
                 }
             }
             ':' => {
-                while chars.peek() == Some(&' ') {
-                    chars.next();
-                }
                 if chars.peek() == Some(&'{') {
                     path.push(key.clone());
                 } else {
@@ -321,9 +245,9 @@ pub fn table_from_json(json: &str) -> String {
                         v.push(d);
                         chars.next();
                     }
-                    let mut full: Vec<&str> = path.iter().map(String::as_str).collect();
-                    full.push(&key);
-                    let _ = writeln!(out, "{:<32} {:>16}", full.join("."), v);
+                    let mut full = path.clone();
+                    full.push(key.clone());
+                    out.push((full.join("."), v.trim().parse().unwrap_or(0)));
                 }
             }
             '}' => {
@@ -335,6 +259,91 @@ pub fn table_from_json(json: &str) -> String {
     out
 }
 
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Renders the JSON of [`Stats::to_json`] (as read from a daemon) as a table for people.
+pub fn table_from_json(json: &str) -> String {
+    let m: std::collections::HashMap<String, u64> = flatten_json(json).into_iter().collect();
+    let g = |k: &str| m.get(k).copied().unwrap_or(0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "application writes    {:>12} in {} calls",
+        human(g("app_write_bytes")),
+        g("app_writes")
+    );
+    let _ = writeln!(
+        s,
+        "application reads     {:>12}",
+        human(g("app_read_bytes"))
+    );
+    let _ = writeln!(
+        s,
+        "zero bytes elided     {:>12}",
+        human(g("zero_bytes_elided"))
+    );
+    let _ = writeln!(s, "old data punched      {:>12}", human(g("bytes_punched")));
+    let _ = writeln!(
+        s,
+        "zeros written         {:>12}  (backend cannot punch)",
+        human(g("zero_bytes_written"))
+    );
+    let _ = writeln!(
+        s,
+        "reads served by holes {:>12}  (no backend I/O)",
+        human(g("hole_read_bytes"))
+    );
+    let _ = writeln!(s, "seeks from the index  {:>12}", g("seeks_from_index"));
+    let _ = writeln!(
+        s,
+        "dirty now / peak      {:>12} / {}",
+        human(g("dirty_bytes")),
+        human(g("dirty_peak"))
+    );
+    let _ = writeln!(
+        s,
+        "backend calls            calls        bytes   avg µs  errors"
+    );
+    for op in OPS {
+        let n = op.name();
+        let calls = g(&format!("backend.{n}.calls"));
+        let nanos = g(&format!("backend.{n}.nanos"));
+        let avg = if calls > 0 {
+            nanos as f64 / calls as f64 / 1000.0
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            s,
+            "  {:<14} {:>12} {:>12} {:>8.1} {:>7}",
+            n,
+            calls,
+            human(g(&format!("backend.{n}.bytes"))),
+            avg,
+            g(&format!("backend.{n}.errors"))
+        );
+    }
+    let _ = write!(s, "flushes by trigger   ");
+    for t in TRIGGERS {
+        let _ = write!(s, " {}={}", t.name(), g(&format!("flushes.{}", t.name())));
+    }
+    s.push('\n');
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,17 +353,19 @@ mod tests {
         let s = Stats::default();
         s.record(Op::Write, 4096, 10, true);
         s.app_write_bytes.fetch_add(7, Relaxed);
+        let flat = flatten_json(&s.to_json());
+        assert!(flat.contains(&("app_write_bytes".into(), 7)), "{flat:?}");
+        assert!(
+            flat.contains(&("backend.write.bytes".into(), 4096)),
+            "{flat:?}"
+        );
+        assert!(flat.contains(&("flushes.close".into(), 0)), "{flat:?}");
         let t = table_from_json(&s.to_json());
+        assert!(t.contains("7 B in 0 calls"), "{t}");
         assert!(
             t.lines()
-                .any(|l| l.starts_with("app_write_bytes") && l.ends_with(" 7")),
+                .any(|l| l.trim_start().starts_with("write") && l.contains("4.0 KiB")),
             "{t}"
         );
-        assert!(
-            t.lines()
-                .any(|l| l.starts_with("backend.write.bytes") && l.ends_with(" 4096")),
-            "{t}"
-        );
-        assert!(t.lines().any(|l| l.starts_with("flushes.close")), "{t}");
     }
 }
