@@ -67,6 +67,7 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
+    /// map_store=xattr|sidecar|none,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
     /// subtype=NAME, and fstab-only ones that are ignored (defaults, _netdev, nofail,
     /// noauto, auto, user, users, x-*).
@@ -84,6 +85,11 @@ pub struct MountArgs {
     /// Flush dirty data older than this (default 5s; e.g. 500ms, 5s, 1m).
     #[arg(long, value_name = "DURATION")]
     pub dirty_age: Option<String>,
+    /// Where extent maps persist across mounts and nodes: xattr (default; the sidecar
+    /// where xattrs are refused), sidecar (a hidden directory under the backing root), or
+    /// none (in memory only).
+    #[arg(long, value_name = "STORE")]
+    pub map_store: Option<String>,
     /// Request-handling threads (default 4).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -129,6 +135,8 @@ pub struct MountConfig {
     pub dirty_age: Duration,
     /// Threads.
     pub threads: usize,
+    /// Extent map persistence.
+    pub map_store: crate::fs::MapStore,
     /// Access.
     pub access: Access,
     /// Read-only.
@@ -255,6 +263,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut max_dirty = a.max_dirty.clone();
     let mut dirty_age = a.dirty_age.clone();
     let mut threads = a.threads;
+    let mut map_store = a.map_store.clone();
     let mut access = if a.allow_other {
         Access::All
     } else {
@@ -279,6 +288,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             "write_size" => write_size = Some(need(v)?),
             "max_dirty" => max_dirty = Some(need(v)?),
             "dirty_age" => dirty_age = Some(need(v)?),
+            "map_store" => map_store = Some(need(v)?),
             "threads" => {
                 threads = Some(need(v)?.parse().map_err(|_| {
                     UsageError(format!(
@@ -312,6 +322,11 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             | "strictatime"
             | "nodiratime" => {}
             _ if k.starts_with("x-") || k.starts_with("comment=") => {}
+            "remount" => {
+                return usage(
+                    "remount is not supported by FUSE filesystems: unmount and mount again",
+                );
+            }
             _ => return usage(format!("unknown mount option '{opt}'")),
         }
     }
@@ -337,6 +352,16 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         ));
     }
     let dirty_age = parse_duration("dirty age", dirty_age.as_deref().unwrap_or("5s"))?;
+    let map_store = match map_store.as_deref().unwrap_or("xattr") {
+        "xattr" => crate::fs::MapStore::Xattr,
+        "sidecar" => crate::fs::MapStore::Sidecar,
+        "none" => crate::fs::MapStore::None,
+        other => {
+            return usage(format!(
+                "invalid map store '{other}': expected xattr, sidecar or none"
+            ));
+        }
+    };
     let threads = threads.unwrap_or(4);
     if !(1..=256).contains(&threads) {
         return usage(format!("invalid threads {threads}: must be from 1 to 256"));
@@ -373,6 +398,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         max_dirty,
         dirty_age,
         threads,
+        map_store,
         access,
         ro,
         flags,

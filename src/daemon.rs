@@ -81,6 +81,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
         dirty_age: cfg.dirty_age,
         creds: sys::geteuid() == 0,
         owner: sys::geteuid(),
+        map_store: cfg.map_store,
     }
 }
 

@@ -110,6 +110,7 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
         dirty_age: Duration::from_secs(5),
         creds: false,
         owner: sys::geteuid(),
+        map_store: crate::fs::MapStore::None,
     };
     let fs = Arc::new(SparseFs::new(cfg, stats.clone()).map_err(|e| err("open backing", e))?);
     let caps = fs.caps();

@@ -74,6 +74,8 @@ pub struct SparseFile {
     last_end: u64,
     /// When the application last wrote.
     last_write: Option<Instant>,
+    /// The same, as wall-clock time for stat.
+    last_write_time: Option<std::time::SystemTime>,
 }
 
 fn zeros() -> &'static [u8] {
@@ -109,6 +111,7 @@ impl SparseFile {
             dirty_since: None,
             last_end: 0,
             last_write: None,
+            last_write_time: None,
         })
     }
 
@@ -159,6 +162,24 @@ impl SparseFile {
         m
     }
 
+    /// The data map of the backend as the index knows it (meaningful when not dirty).
+    pub fn index_data(&self) -> &RangeSet {
+        &self.index.data
+    }
+
+    /// Takes a map found in the backend's persisted store (already validated against the
+    /// file's stamp). Only when nothing is buffered.
+    pub fn adopt_map(&mut self, data: RangeSet) {
+        if !self.is_dirty() {
+            let mut d = data;
+            d.truncate(self.size);
+            self.index = ExtentIndex {
+                data: d,
+                exact: true,
+            };
+        }
+    }
+
     /// Drops what is known and starts over from the backend (the file was changed
     /// outside this mount). Only valid when nothing is dirty.
     pub fn reset_from_backend(&mut self) -> io::Result<()> {
@@ -201,6 +222,7 @@ impl SparseFile {
         self.size = self.size.max(end);
         self.dirty_since.get_or_insert_with(Instant::now);
         self.last_write = Some(Instant::now());
+        self.last_write_time = Some(std::time::SystemTime::now());
         let ws = self.geo.write_size;
         let per = ws / self.geo.block;
         if off >= self.last_end && off / ws > self.last_end / ws {
@@ -462,15 +484,16 @@ impl SparseFile {
         }
     }
 
-    /// `ftruncate` to `size`. Shrinking cuts the buffers and shrinks the backend at
-    /// once (so old bytes can never reappear if the file grows again); growing only
-    /// moves the logical size: the next full flush sets the backend size with one call.
+    /// `ftruncate` to `size`: buffers past it are cut and the backend takes the new size
+    /// at once (one call; a later full flush then has no size to set), so times and
+    /// size on the backend change as they would on a local file, and old bytes can never
+    /// reappear if the file grows again.
     pub fn truncate(&mut self, size: u64) -> io::Result<()> {
         if size < self.size {
             let freed = self.dirty.truncate(size);
             self.stats.dirty_sub(freed);
         }
-        if size < self.backend_size {
+        if size != self.backend_size {
             self.backend.set_len(size)?;
             self.backend_size = size;
         }
@@ -480,10 +503,17 @@ impl SparseFile {
         if size == 0 {
             self.index.exact = true;
         }
-        if self.dirty.is_empty() && size != self.backend_size {
-            self.dirty_since.get_or_insert_with(Instant::now);
-        }
         Ok(())
+    }
+
+    /// When the application last wrote, while that write is not yet on the backend
+    /// (stat reports it as mtime/ctime, as a local file would).
+    pub fn unflushed_write_time(&self) -> Option<std::time::SystemTime> {
+        if self.is_dirty() {
+            self.last_write_time
+        } else {
+            None
+        }
     }
 
     /// `fallocate(PUNCH_HOLE)` or `ZERO_RANGE`: the range reads as zeros; `ZERO_RANGE`

@@ -36,7 +36,28 @@ pub struct FsConfig {
     pub creds: bool,
     /// The uid that may read the stats xattr besides root (the mount's owner).
     pub owner: u32,
+    /// Where extent maps are persisted.
+    pub map_store: MapStore,
 }
+
+/// Where extent maps outlive the mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapStore {
+    /// In the `user.sparsefs.extents` xattr of the backing file; in the sidecar where the
+    /// backend refuses it (no user xattrs, map too large).
+    Xattr,
+    /// Always in the sidecar directory `.sparsefs-maps` under the backing root.
+    Sidecar,
+    /// Nowhere: maps live in memory only.
+    None,
+}
+
+/// The xattr holding a file's persisted extent map on the backend. Hidden from
+/// listxattr/getxattr through the mount and refused to setxattr/removexattr.
+pub const MAP_XATTR: &str = "user.sparsefs.extents";
+/// The sidecar directory (under the backing root) for maps the backend cannot keep in
+/// xattrs. Hidden from the mount's root directory.
+pub const SIDECAR_DIR: &str = ".sparsefs-maps";
 
 /// The virtual xattr on the mount root that carries the live counters (JSON). Hidden
 /// from listxattr; readable by the mount's owner and root only; never stored.
@@ -214,6 +235,17 @@ impl SparseFs {
             let e = node.engine.read();
             if open || e.is_dirty() || *node.stamp.lock() == Some(stamp_of(&st)) {
                 st.st_size = e.size() as i64;
+                if let Some(t) = e.unflushed_write_time()
+                    && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+                {
+                    let (s, ns) = (d.as_secs() as i64, d.subsec_nanos() as i64);
+                    if (s, ns) > (st.st_mtime, st.st_mtime_nsec) {
+                        (st.st_mtime, st.st_mtime_nsec) = (s, ns);
+                    }
+                    if (s, ns) > (st.st_ctime, st.st_ctime_nsec) {
+                        (st.st_ctime, st.st_ctime_nsec) = (s, ns);
+                    }
+                }
                 if e.exact() {
                     st.st_blocks = e.blocks_512() as i64;
                 } else if e.is_dirty() {
@@ -236,6 +268,9 @@ impl SparseFs {
     /// # Errors
     /// `ENOENT`, `EINVAL` for names that are not one component, `ENAMETOOLONG`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Entry> {
+        if parent == 1 && name == SIDECAR_DIR {
+            return Err(errno(libc::ENOENT));
+        }
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
         let fd = sys::openat(dir.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
@@ -277,11 +312,15 @@ impl SparseFs {
             self.sh.caps,
             self.sh.stats.clone(),
         )?;
-        let st = sys::fstat(inode.fd())?;
+        let st = sys::fstat_fresh(inode.fd())?;
+        let mut engine = engine;
+        let persisted = self.load_map(inode, &mut engine, &st);
         let node = Arc::new(FileNode {
             engine: RwLock::new(engine),
             opens: std::sync::atomic::AtomicU32::new(0),
             stamp: Mutex::new(Some(stamp_of(&st))),
+            changed: AtomicBool::new(false),
+            persisted: AtomicBool::new(persisted),
         });
         *slot = Some(node.clone());
         Ok(node)
@@ -293,7 +332,7 @@ impl SparseFs {
         if node.opens.load(Relaxed) > 0 {
             return Ok(());
         }
-        let st = sys::fstat(inode.fd())?;
+        let st = sys::fstat_fresh(inode.fd())?;
         let mut stamp = node.stamp.lock();
         let mut e = node.engine.write();
         if !e.is_dirty() && *stamp != Some(stamp_of(&st)) {
@@ -302,7 +341,197 @@ impl SparseFs {
                 "backing file changed outside the mount: map dropped"
             );
             e.reset_from_backend()?;
+            let p = self.load_map(inode, &mut e, &st);
+            node.persisted.store(p, Relaxed);
             *stamp = Some(stamp_of(&st));
+        }
+        Ok(())
+    }
+
+    fn sidecar_dir(&self, create: bool) -> io::Result<OwnedFd> {
+        let root = self.inode(1)?;
+        let name = std::ffi::CString::new(SIDECAR_DIR).expect("no NUL");
+        match sys::openat(
+            root.fd(),
+            &name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
+                let _ = sys::mkdirat(root.fd(), &name, 0o700);
+                sys::openat(
+                    root.fd(),
+                    &name,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+            }
+            r => r,
+        }
+    }
+
+    /// Sidecar records are keyed by inode number alone: st_dev differs between the nodes
+    /// of a cluster, the inode number of a shared filesystem does not.
+    fn sidecar_name(st: &libc::stat) -> std::ffi::CString {
+        std::ffi::CString::new(st.st_ino.to_string()).expect("no NUL")
+    }
+
+    fn read_sidecar(&self, st: &libc::stat) -> Option<Vec<u8>> {
+        let dir = self.sidecar_dir(false).ok()?;
+        let f = sys::openat(
+            dir.as_fd(),
+            &Self::sidecar_name(st),
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        )
+        .ok()?;
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut File::from(f), &mut v).ok()?;
+        Some(v)
+    }
+
+    fn write_sidecar(&self, st: &libc::stat, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.sidecar_dir(true)?;
+        let tmp = std::ffi::CString::new(format!("{}.tmp{}", st.st_ino, std::process::id()))
+            .expect("no NUL");
+        let f = sys::openat(
+            dir.as_fd(),
+            &tmp,
+            libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_NOFOLLOW,
+            0o600,
+        )?;
+        std::io::Write::write_all(&mut File::from(f), bytes)?;
+        sys::renameat2(dir.as_fd(), &tmp, dir.as_fd(), &Self::sidecar_name(st), 0)
+    }
+
+    /// Loads a persisted map for a clean file of unknown layout, if one is stored and
+    /// still describes the backing file exactly. Returns whether a record exists.
+    ///
+    /// The sidecar record carries the file's exact stamp (size, mtime and ctime to the
+    /// ns, inode) taken after the map was stored; writing the sidecar does not touch the
+    /// file, so any later change of the file, even one that restores its mtime, moves its
+    /// ctime and the map is refused. The ranges are in the record itself, or (xattr
+    /// store) in the file's `user.sparsefs.extents`, whose content stamp must agree.
+    fn load_map(&self, inode: &Inode, e: &mut SparseFile, st: &libc::stat) -> bool {
+        use crate::mapfile::{FLAG_MAP_IN_XATTR, MapStamp, decode};
+        if self.sh.cfg.map_store == MapStore::None || e.size() == 0 || e.exact() {
+            return false;
+        }
+        let Some(rec) = self.read_sidecar(st) else {
+            return false;
+        };
+        let now = MapStamp::of(st);
+        let (mut data, stamp, flags) = match decode(&rec) {
+            Ok(x) => x,
+            Err(err) => {
+                warn!(ino = inode.ino, error = %err, "persisted extent map refused: file treated as data");
+                return true;
+            }
+        };
+        if stamp != now {
+            debug!(
+                ino = inode.ino,
+                "persisted extent map is stale (file changed since): file treated as data"
+            );
+            return true;
+        }
+        if flags & FLAG_MAP_IN_XATTR != 0 {
+            let name = std::ffi::CString::new(MAP_XATTR).expect("no NUL");
+            let xa = sys::getxattr(inode.fd(), &name, 1 << 20)
+                .map_err(|e| e.to_string())
+                .and_then(|b| decode(&b).map_err(|e| e.to_string()));
+            match xa {
+                Ok((d, xs, _)) if xs.same_content(&now) => data = d,
+                Ok(_) => {
+                    debug!(
+                        ino = inode.ino,
+                        "extent map xattr does not match its stamp: file treated as data"
+                    );
+                    return true;
+                }
+                Err(err) => {
+                    warn!(ino = inode.ino, error = %err, "persisted extent map refused: file treated as data");
+                    return true;
+                }
+            }
+        }
+        debug!(
+            ino = inode.ino,
+            extents = data.len(),
+            "persisted extent map loaded"
+        );
+        e.adopt_map(data);
+        true
+    }
+
+    /// Persists a clean file's exact map with the backend's stamp (see [`Self::load_map`]).
+    /// A file without holes needs no map: an old record is removed. Failures only cost
+    /// the knowledge, never correctness: logged.
+    fn store_map(&self, inode: &Inode, node: &FileNode, e: &SparseFile) {
+        use crate::mapfile::{FLAG_MAP_IN_XATTR, MapStamp, encode};
+        if self.sh.cfg.map_store == MapStore::None || !e.exact() || e.is_dirty() {
+            return;
+        }
+        let Ok(st) = sys::fstat(inode.fd()) else {
+            return;
+        };
+        let name = std::ffi::CString::new(MAP_XATTR).expect("no NUL");
+        if e.index_data().total() >= e.size() {
+            if node.persisted.swap(false, Relaxed) {
+                let _ = sys::removexattr(inode.fd(), &name);
+                if let Ok(dir) = self.sidecar_dir(false) {
+                    let _ = sys::unlinkat(dir.as_fd(), &Self::sidecar_name(&st), 0);
+                }
+            }
+            return;
+        }
+        let mut in_xattr = false;
+        let mut st_final = st;
+        if self.sh.cfg.map_store == MapStore::Xattr {
+            let bytes = encode(e.index_data(), &MapStamp::of(&st), 0);
+            match sys::setxattr(inode.fd(), &name, &bytes, 0)
+                .and_then(|()| sys::fstat_fresh(inode.fd()))
+            {
+                Ok(after) => {
+                    in_xattr = true;
+                    st_final = after;
+                }
+                Err(err) => {
+                    debug!(ino = inode.ino, error = %err, "extent map not kept in an xattr: sidecar")
+                }
+            }
+        }
+        let rec = if in_xattr {
+            encode(
+                &crate::extents::RangeSet::new(),
+                &MapStamp::of(&st_final),
+                FLAG_MAP_IN_XATTR,
+            )
+        } else {
+            encode(e.index_data(), &MapStamp::of(&st_final), 0)
+        };
+        match self.write_sidecar(&st_final, &rec) {
+            Ok(()) => node.persisted.store(true, Relaxed),
+            Err(err) => warn!(ino = inode.ino, error = %err, "extent map not persisted"),
+        }
+    }
+
+    /// A name that may be created through the mount (the sidecar directory may not).
+    fn name_ok(&self, parent: u64, name: &OsStr) -> io::Result<std::ffi::CString> {
+        if parent == 1 && name == SIDECAR_DIR {
+            return Err(errno(libc::EPERM));
+        }
+        sys::component(name)
+    }
+
+    /// Flushes a file for close and persists its map if it changed.
+    fn close_flush(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
+        let mut e = node.engine.write();
+        e.flush(Depth::Full, Trigger::Close)?;
+        if node.changed.swap(false, Relaxed) {
+            self.store_map(inode, node, &e);
+            drop(e);
+            self.record_stamp(inode, node);
         }
         Ok(())
     }
@@ -333,7 +562,7 @@ impl SparseFs {
     /// the stamp lock, so of two racing recorders the later stat is the one kept.
     fn record_stamp(&self, inode: &Inode, node: &FileNode) {
         let mut stamp = node.stamp.lock();
-        if let Ok(st) = sys::fstat(inode.fd()) {
+        if let Ok(st) = sys::fstat_fresh(inode.fd()) {
             *stamp = Some(stamp_of(&st));
         }
     }
@@ -355,6 +584,7 @@ impl SparseFs {
             self.refresh_if_stale(&inode, n)?;
             let mut e = n.engine.write();
             if let Some(size) = a.size {
+                n.changed.store(true, Relaxed);
                 e.truncate(size)?;
             } else {
                 e.flush(Depth::Full, Trigger::Sync)?;
@@ -419,7 +649,7 @@ impl SparseFs {
         who: Caller,
         f: impl Fn(&std::ffi::CStr) -> io::Result<()>,
     ) -> io::Result<(Arc<Inode>, libc::stat)> {
-        let c = sys::component(name)?;
+        let c = self.name_ok(parent.ino, name)?;
         {
             let _ids = self
                 .sh
@@ -525,7 +755,10 @@ impl SparseFs {
     ) -> io::Result<()> {
         let a = self.inode(parent)?;
         let b = self.inode(newparent)?;
-        let (on, nn) = (sys::component(name)?, sys::component(newname)?);
+        let (on, nn) = (
+            self.name_ok(parent, name)?,
+            self.name_ok(newparent, newname)?,
+        );
         let moved = self.known_child(&a, &on);
         let other = if flags & libc::RENAME_EXCHANGE != 0 {
             self.known_child(&b, &nn)
@@ -545,7 +778,7 @@ impl SparseFs {
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Entry> {
         let inode = self.inode(ino)?;
         let dir = self.inode(newparent)?;
-        let c = sys::component(newname)?;
+        let c = self.name_ok(newparent, newname)?;
         sys::link(inode.fd(), dir.fd(), &c)?;
         self.restamp(Some(inode.clone()));
         let fd = sys::openat(dir.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
@@ -650,6 +883,7 @@ impl SparseFs {
         if self.sh.frozen.load(Relaxed) {
             return Err(errno(libc::EIO));
         }
+        node.changed.store(true, Relaxed);
         {
             let mut e = node.engine.write();
             e.write(off, data)?;
@@ -676,8 +910,8 @@ impl SparseFs {
     /// # Errors
     /// The backend's errno, or one kept from a background flush.
     pub fn flush(&self, fh: u64) -> io::Result<()> {
-        let (_, node, _) = self.file(fh)?;
-        node.engine.write().flush(Depth::Full, Trigger::Close)
+        let (inode, node, _) = self.file(fh)?;
+        self.close_flush(&inode, &node)
     }
 
     /// release (last close of an open): flushes and forgets the handle.
@@ -688,7 +922,7 @@ impl SparseFs {
         let h = self.sh.handles.write().remove(&fh);
         match h {
             Some(Handle::File { inode, node, .. }) => {
-                let r = node.engine.write().flush(Depth::Full, Trigger::Close);
+                let r = self.close_flush(&inode, &node);
                 if node.opens.fetch_sub(1, Relaxed) == 1 && r.is_ok() {
                     self.record_stamp(&inode, &node);
                 }
@@ -741,6 +975,7 @@ impl SparseFs {
     /// `EOPNOTSUPP` for unsupported modes (never `ENOSYS`), the backend's errno.
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> io::Result<()> {
         let (_, node, _) = self.file(fh)?;
+        node.changed.store(true, Relaxed);
         let mut e = node.engine.write();
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
@@ -806,6 +1041,9 @@ impl SparseFs {
             },
         ];
         for mut d in sys::read_dir(inode.fd())? {
+            if inode.ino == 1 && d.name == SIDECAR_DIR {
+                continue;
+            }
             d.ino = self.sh.inodes.ino_for(inode.key.0, d.ino).unwrap_or(d.ino);
             entries.push(d);
         }
@@ -883,7 +1121,7 @@ impl SparseFs {
             return Ok(v);
         }
         let inode = self.inode(ino)?;
-        if inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR {
+        if (inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR) || name == MAP_XATTR {
             return Err(errno(libc::ENODATA));
         }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
@@ -899,7 +1137,23 @@ impl SparseFs {
         if inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR {
             return Ok(Vec::new());
         }
-        sys::listxattr(inode.fd(), size as usize)
+        // Our own map xattr is not listed: fetch the whole list and filter it.
+        let n = sys::listxattr(inode.fd(), 0)?.len();
+        let all = sys::listxattr(inode.fd(), n.max(1))?;
+        let hidden = format!("{MAP_XATTR}\0");
+        let mut out = Vec::with_capacity(all.len());
+        for item in all.split_inclusive(|&b| b == 0) {
+            if item != hidden.as_bytes() {
+                out.extend_from_slice(item);
+            }
+        }
+        if size != 0 && (size as usize) < out.len() {
+            return Err(errno(libc::ERANGE));
+        }
+        if size == 0 {
+            return Ok(vec![0; out.len()]);
+        }
+        Ok(out)
     }
 
     /// setxattr.
@@ -909,7 +1163,7 @@ impl SparseFs {
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
         let inode = self.inode(ino)?;
         self.xattr_ok(&inode)?;
-        if name == STATS_XATTR {
+        if name == STATS_XATTR || name == MAP_XATTR {
             return Err(errno(libc::EPERM));
         }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
@@ -923,6 +1177,9 @@ impl SparseFs {
     /// # Errors
     /// The backend's errno.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+        if name == MAP_XATTR {
+            return Err(errno(libc::EPERM));
+        }
         let inode = self.inode(ino)?;
         self.xattr_ok(&inode)?;
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;

@@ -39,6 +39,10 @@ pub struct FileNode {
     pub opens: AtomicU32,
     /// The backend's stamp when the state was last known to match it.
     pub stamp: Mutex<Option<Stamp>>,
+    /// The map changed since it was last persisted.
+    pub changed: std::sync::atomic::AtomicBool,
+    /// A persisted map may exist for this file (so one without holes removes it).
+    pub persisted: std::sync::atomic::AtomicBool,
 }
 
 /// One backing inode.

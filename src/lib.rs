@@ -27,6 +27,7 @@ pub mod file;
 pub mod fs;
 pub mod fuse_adapter;
 pub mod inodes;
+pub mod mapfile;
 pub mod stats;
 pub mod sys;
 pub mod zero;

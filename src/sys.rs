@@ -741,3 +741,47 @@ pub fn statfs_path(path: &std::path::Path) -> io::Result<()> {
     // SAFETY: valid C string; st valid for writes.
     cvt(unsafe { libc::statfs(p.as_ptr(), st.as_mut_ptr()) }).map(drop)
 }
+
+/// fstat that asks the filesystem for fresh attributes (`statx` with
+/// `AT_STATX_FORCE_SYNC`): on NFS and FUSE-based backends (GlusterFS, bindfs) a plain
+/// fstat may answer from an attribute cache and miss a change made by another node.
+/// Falls back to [`fstat`] where statx is missing.
+///
+/// # Errors
+/// The errno of statx/fstat.
+pub fn fstat_fresh(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut sx = MaybeUninit::<libc::statx>::uninit();
+    // SAFETY: valid C string; sx is valid for writes.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BASIC_STATS,
+            sx.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return fstat(fd);
+    }
+    // SAFETY: statx succeeded, so sx is initialised.
+    let sx = unsafe { sx.assume_init() };
+    let mut st = zeroed_stat();
+    st.st_dev = libc::makedev(sx.stx_dev_major, sx.stx_dev_minor);
+    st.st_ino = sx.stx_ino;
+    st.st_mode = sx.stx_mode as u32;
+    st.st_nlink = sx.stx_nlink as _;
+    st.st_uid = sx.stx_uid;
+    st.st_gid = sx.stx_gid;
+    st.st_rdev = libc::makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
+    st.st_size = sx.stx_size as i64;
+    st.st_blksize = sx.stx_blksize as _;
+    st.st_blocks = sx.stx_blocks as i64;
+    st.st_atime = sx.stx_atime.tv_sec;
+    st.st_atime_nsec = sx.stx_atime.tv_nsec as i64;
+    st.st_mtime = sx.stx_mtime.tv_sec;
+    st.st_mtime_nsec = sx.stx_mtime.tv_nsec as i64;
+    st.st_ctime = sx.stx_ctime.tv_sec;
+    st.st_ctime_nsec = sx.stx_ctime.tv_nsec as i64;
+    Ok(st)
+}

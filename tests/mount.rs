@@ -153,6 +153,14 @@ impl Backing {
         }
     }
 
+    /// Where the files really are (bindfs's source directory), for changes made "outside".
+    fn underlying(&self) -> &Path {
+        match self {
+            Backing::Bindfs { _src, .. } => _src.path(),
+            _ => self.path(),
+        }
+    }
+
     fn punches(&self) -> bool {
         !matches!(self, Backing::Bindfs { .. })
     }
@@ -1625,4 +1633,259 @@ fn concurrent_writers_readers_and_seekers_match_a_serial_model() {
         fs::read(b.path().join("shared")).unwrap() == model,
         "backend matches after unmount"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Extent maps that outlive the mount
+
+fn image_through_mount(m: &Mount, name: &str, size: u64, extents: &[(u64, u64)]) -> PathBuf {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("src.img");
+    make_image(&src, size, extents);
+    sh(&format!(
+        "cp --sparse=never {} {}",
+        src.display(),
+        m.p(name).display()
+    ));
+    let keep = std::env::temp_dir().join(format!(
+        "sparsefs-ref-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    fs::rename(&src, &keep).unwrap_or_else(|_| {
+        fs::copy(&src, &keep).unwrap();
+    });
+    keep
+}
+
+#[test]
+fn maps_persist_across_remounts_on_backends_without_seek_data() {
+    if !fuse_available() {
+        return;
+    }
+    for kind in backings() {
+        for store in ["xattr", "sidecar"] {
+            let Some(b) = Backing::new(&kind) else {
+                continue;
+            };
+            let size = 64 * MIB;
+            let extents = vm_extents(size);
+            let ideal: u64 = extents.iter().map(|e| e.1).sum();
+            let m = Mount::new(b.path(), &["--map-store", store]);
+            let reference = image_through_mount(&m, "vm.img", size, &extents);
+            let before = seek_map(&m.p("vm.img"));
+            drop(m);
+            let m = Mount::new(b.path(), &["--map-store", store]);
+            let after = seek_map(&m.p("vm.img"));
+            assert_eq!(
+                after, before,
+                "{kind}/{store}: the map survives the remount"
+            );
+            check_map(&after, &extents, 32768, &reference);
+            let st = fs::metadata(m.p("vm.img")).unwrap();
+            assert!(
+                st.blocks() * 512 < size / 4,
+                "{kind}/{store}: st_blocks {} after remount",
+                st.blocks()
+            );
+            sh(&format!("cat {} > /dev/null", m.p("vm.img").display()));
+            let stats = m.stats();
+            let read = json_u64(&stats, "backend.read.bytes");
+            assert!(
+                read <= ideal + 2 * 32768 * extents.len() as u64,
+                "{kind}/{store}: read {read} bytes from the backend for {ideal} of data"
+            );
+            let out = tempfile::tempdir().unwrap();
+            sh(&format!(
+                "cp --sparse=auto {} {}/c.img",
+                m.p("vm.img").display(),
+                out.path().display()
+            ));
+            assert!(files_equal(&reference, &out.path().join("c.img")));
+            assert!(
+                allocated(&out.path().join("c.img")) <= ideal + 2 * 32768 * extents.len() as u64
+            );
+            // our metadata is invisible through the mount
+            let ls =
+                String::from_utf8(sh(&format!("ls -a {}", m.path().display())).stdout).unwrap();
+            assert!(!ls.contains(".sparsefs-maps"), "{ls}");
+            let xa = String::from_utf8(
+                sh(&format!(
+                    "getfattr -d -m - {} 2>&1",
+                    m.p("vm.img").display()
+                ))
+                .stdout,
+            )
+            .unwrap();
+            assert!(!xa.contains("sparsefs"), "{xa}");
+            let set = sh_status(&format!(
+                "setfattr -n user.sparsefs.extents -v x {}",
+                m.p("vm.img").display()
+            ));
+            assert!(
+                !set.status.success(),
+                "our xattr cannot be set through the mount"
+            );
+            if store == "sidecar" {
+                assert!(b.path().join(".sparsefs-maps").is_dir());
+            }
+            drop(m);
+            let _ = fs::remove_file(&reference);
+        }
+    }
+}
+
+#[test]
+fn a_map_is_never_used_for_a_file_changed_outside_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    for kind in backings() {
+        let Some(b) = Backing::new(&kind) else {
+            continue;
+        };
+        let size = 16 * MIB;
+        let m = Mount::new(b.path(), &[]);
+        let reference = image_through_mount(&m, "f.img", size, &[(0, 65536), (8 * MIB, 65536)]);
+        drop(m);
+        let raw = b.underlying().join("f.img");
+        // Write into a hole directly on the backend, then put the old mtime back.
+        let mtime = fs::metadata(&raw).unwrap().mtime();
+        let mtime_ns = fs::metadata(&raw).unwrap().mtime_nsec();
+        sh(&format!(
+            "printf 'EXTERNAL' | dd of={} bs=1 seek={} conv=notrunc status=none",
+            raw.display(),
+            4 * MIB
+        ));
+        sh(&format!(
+            "touch -m -d @{mtime}.{mtime_ns:09} {}",
+            raw.display()
+        ));
+        assert_eq!(
+            fs::metadata(&raw).unwrap().mtime_nsec(),
+            mtime_ns,
+            "{kind}: mtime restored"
+        );
+        let m = Mount::new(b.path(), &[]);
+        let mut buf = [0u8; 8];
+        File::open(m.p("f.img"))
+            .unwrap()
+            .read_exact_at(&mut buf, 4 * MIB)
+            .unwrap();
+        assert_eq!(
+            &buf, b"EXTERNAL",
+            "{kind}: the stale map was not used for reads"
+        );
+        let map = seek_map(&m.p("f.img"));
+        assert!(
+            covered(&map, 4 * MIB, 4 * MIB + 8),
+            "{kind}: no hole over the external data: {map:?}"
+        );
+        let _ = fs::remove_file(&reference);
+    }
+}
+
+#[test]
+fn corrupt_or_foreign_maps_are_refused_with_a_warning() {
+    if !fuse_available() || !have("setfattr") {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    let reference = image_through_mount(&m, "f.img", 8 * MIB, &[(MIB, 65536)]);
+    drop(m);
+    let raw = b.path().join("f.img");
+    let good = sh(&format!(
+        "getfattr --only-values -n user.sparsefs.extents {}",
+        raw.display()
+    ))
+    .stdout;
+    assert!(
+        good.starts_with(b"SPFS"),
+        "the ranges were stored in the xattr"
+    );
+    let ino = fs::metadata(&raw).unwrap().ino();
+    let rec_path = b.path().join(".sparsefs-maps").join(ino.to_string());
+    let rec = fs::read(&rec_path).expect("the exact stamp is in the sidecar record");
+    let variants: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", rec[..rec.len() / 2].to_vec()),
+        ("flipped", {
+            let mut g = rec.clone();
+            let n = g.len();
+            g[n / 2] ^= 1;
+            g
+        }),
+        ("foreign version", {
+            let mut g = rec.clone();
+            g[4] = 9;
+            g
+        }),
+    ];
+    for (what, bytes) in variants {
+        fs::write(&rec_path, &bytes).unwrap();
+        let mut m = Mount::new(b.path(), &["-v"]);
+        let map = seek_map(&m.p("f.img"));
+        assert!(files_equal(&reference, &m.p("f.img")));
+        let log = m.stop();
+        // refused: all data, or learned again from a backend whose SEEK_DATA is trusted
+        assert!(covered(&map, MIB, MIB + 65536), "{what}: {map:?}");
+        assert!(
+            log.contains("persisted extent map refused"),
+            "{what}: warning logged: {log}"
+        );
+    }
+    // A damaged xattr (setting it also moves the file's ctime) is never trusted either.
+    fs::write(&rec_path, &rec).unwrap();
+    sh(&format!(
+        "setfattr -n user.sparsefs.extents -v 0x00 {}",
+        raw.display()
+    ));
+    let m = Mount::new(b.path(), &[]);
+    assert!(covered(&seek_map(&m.p("f.img")), MIB, MIB + 65536));
+    assert!(files_equal(&reference, &m.p("f.img")));
+    drop(m);
+    let _ = fs::remove_file(&reference);
+}
+
+#[test]
+fn two_mounts_of_one_backend_see_each_others_holes_close_to_open() {
+    if !fuse_available() {
+        return;
+    }
+    for kind in backings() {
+        let Some(b) = Backing::new(&kind) else {
+            continue;
+        };
+        let a = Mount::new(b.path(), &[]);
+        let nb = Mount::new(b.path(), &[]);
+        let size = 32 * MIB;
+        let ref1 = image_through_mount(&a, "shared.img", size, &[(MIB, MIB), (20 * MIB, 65536)]);
+        // B opens after A closed: A's holes, and reads move only data.
+        assert!(
+            files_equal(&ref1, &nb.p("shared.img")),
+            "{kind}: B reads A's data"
+        );
+        let map_b = seek_map(&nb.p("shared.img"));
+        assert_eq!(
+            map_b,
+            vec![(MIB, 2 * MIB), (20 * MIB, 20 * MIB + 65536)],
+            "{kind}: B sees A's holes"
+        );
+        // B rewrites with another layout; A's next open sees it.
+        let ref2 = image_through_mount(&nb, "shared.img", size, &[(5 * MIB, MIB)]);
+        wait_for("attribute cache", Duration::from_secs(3), || {
+            fs::metadata(a.p("shared.img")).is_ok()
+        });
+        std::thread::park_timeout(Duration::from_millis(1100)); // kernel attr/entry TTL
+        assert!(
+            files_equal(&ref2, &a.p("shared.img")),
+            "{kind}: A reads B's rewrite"
+        );
+        assert_eq!(
+            seek_map(&a.p("shared.img")),
+            vec![(5 * MIB, 6 * MIB)],
+            "{kind}: A sees B's holes"
+        );
+        let _ = (fs::remove_file(&ref1), fs::remove_file(&ref2));
+    }
 }

@@ -3,8 +3,10 @@
 #
 #   scripts/reliability/fsx.sh [--quick] [--backing dir|bindfs|gluster]... [--block 4K,32K,1M]
 #                              [--ops N] [--chunk N] [--seed S] [--flen BYTES] [--opmax BYTES]
+#                              [--align BYTES]
 #                              [--skip-op [BACKING:]OP]... [--mount-opt ARG]... [--time-budget SECS]
 #                              [--out DIR] [--gluster DIR] [--no-ref] [--stop-on-fail]
+#                              [--no-vary-mount]
 #
 # For every backing x sparse block it creates the backing (a temp dir; bindfs over a temp
 # dir; a subdirectory rel-* of the GlusterFS mount), mounts sparsefs on it in the
@@ -12,8 +14,11 @@
 # inside the mount with read, write, mapread, mapwrite, truncate, fsync, fdatasync,
 # posix_fallocate, punch_hole, copy_file_range, close_open, invalidate and posix_fadvise
 # (DONTNEED drops the page cache, so reads reach the daemon), unaligned, on a file of a few
-# MiB. fsx 0.3.2 has no zero_range operation. Each fsx run (a "chunk" of at most --chunk
-# ops) has its own printed seed. After each chunk:
+# MiB. fsx 0.3.2 has no zero_range operation (zrx.sh covers it). Each fsx run (a "chunk" of
+# at most --chunk ops, default 30000) has its own printed seed and, unless --no-vary-mount,
+# one of four mount variants in turn: defaults; --dirty-age 50ms (age flushes race the
+# writes); --write-size BLOCK --max-dirty BLOCK (a flush on nearly every write);
+# --threads 1 --dirty-age 200ms. After each chunk:
 #   1. seekcheck.py through the mount: SEEK_DATA/SEEK_HOLE map consistent, holes read as 0;
 #   2. the same seed and config run by fsx on tmpfs gives the reference final image: the
 #      file through the mount must hash the same (skip with --no-ref);
@@ -42,6 +47,7 @@ CHUNK=""
 SEED=""
 FLEN=5242880        # 5 MiB: 160 x 32K blocks, 5 x 1M blocks, crosses 4M write windows
 OPMAX=524288        # ops up to 512 KiB, unaligned: cross 4K/32K boundaries, straddle 1M ones
+ALIGN=1             # --align 4096 etc.: offsets/sizes on exact block boundaries instead
 SKIP_OPS=()
 MOUNT_OPTS=()
 TIME_BUDGET=0
@@ -49,6 +55,7 @@ OUT=""
 GLUSTER=/tmp/gl/mnt
 REF=1
 STOP_ON_FAIL=0
+VARY=1
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,6 +67,7 @@ while [ $# -gt 0 ]; do
         --seed) SEED="$2"; shift ;;
         --flen) FLEN="$2"; shift ;;
         --opmax) OPMAX="$2"; shift ;;
+        --align) ALIGN="$2"; shift ;;
         --skip-op) SKIP_OPS+=("$2"); shift ;;
         --mount-opt) MOUNT_OPTS+=("$2"); shift ;;
         --time-budget) TIME_BUDGET="$2"; shift ;;
@@ -67,6 +75,7 @@ while [ $# -gt 0 ]; do
         --gluster) GLUSTER="$2"; shift ;;
         --no-ref) REF=0 ;;
         --stop-on-fail) STOP_ON_FAIL=1 ;;
+        --no-vary-mount) VARY=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "fsx.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -77,7 +86,7 @@ IFS=, read -r -a BLOCK_LIST <<<"$BLOCKS"
 if [ -z "$OPS" ]; then
     if [ $QUICK = 1 ]; then OPS=20000; else OPS=1000000; fi
 fi
-[ -n "$CHUNK" ] || CHUNK=50000
+[ -n "$CHUNK" ] || CHUNK=30000
 [ -n "$SEED" ] || SEED=$(( $(od -An -N3 -tu4 /dev/urandom) ))
 OUT="${OUT:-/tmp/rel/results/fsx-$(date +%Y%m%d-%H%M%S)}"
 
@@ -115,6 +124,9 @@ write_config() { # FILE BACKING
     declare -A w=([read]=10 [write]=10 [mapread]=5 [mapwrite]=5 [truncate]=2 [fsync]=1
         [fdatasync]=1 [posix_fallocate]=2 [punch_hole]=4 [copy_file_range]=4 [close_open]=1
         [invalidate]=1 [posix_fadvise]=2)
+    # fsx 0.3.2 trims posix_fallocate lengths to the alignment, often to 0, and
+    # posix_fallocate(len 0) is EINVAL on every file system
+    [ "$ALIGN" -gt 1 ] && w[posix_fallocate]=0
     for s in "${SKIP_OPS[@]}"; do
         case "$s" in
             *:*) [ "${s%%:*}" = "$bk" ] && w[${s#*:}]=0 ;;
@@ -127,7 +139,7 @@ write_config() { # FILE BACKING
         echo "[opsize]"
         echo "min = 0"
         echo "max = $OPMAX"
-        echo "align = 1"
+        echo "align = $ALIGN"
         echo "[weights]"
         for k in read write mapread mapwrite truncate fsync fdatasync posix_fallocate \
             punch_hole copy_file_range close_open invalidate posix_fadvise; do
@@ -146,18 +158,19 @@ fsx_log_sums() {
          /\[INFO +fsx\] +[0-9]+ / { if ($3 + 0 > n) n = $3 + 0 }
          / (read|mapread) +0x/ { r += hex($(NF-1)) }
          / (write|mapwrite) +0x/ { w += hex($(NF-1)) }
-         END { printf "%d %d %d\n", n, r, w }' "$1" 2>/dev/null || echo "0 0 0"
+         END { printf "%.0f %.0f %.0f\n", n, r, w }' "$1" 2>/dev/null || echo "0 0 0"
 }
 
 RESULTS="$OUT/results.tsv"
-printf 'backing\tblock\tchunk\tseed\tops\tresult\tsecs\tops_per_s\tbytes_verified\tdetail\n' >"$RESULTS"
+printf 'backing\tblock\tchunk\tseed\tmount_opts\tops\tresult\tsecs\tops_per_s\tbytes_verified\tdetail\n' >"$RESULTS"
+BASE_MOUNT_OPTS=("${MOUNT_OPTS[@]}")
 
 NCOMBO=$(( ${#BACKINGS[@]} * ${#BLOCK_LIST[@]} ))
 PER=$(( (OPS + NCOMBO - 1) / NCOMBO ))
 START=$(date +%s)
 log "sparsefs=$SPARSEFS fsx=$FSX out=$OUT"
 log "total ops=$OPS over $NCOMBO combinations ($PER each, chunks of <= $CHUNK); base seed $SEED"
-log "flen=$FLEN opmax=$OPMAX skip-ops=[${SKIP_OPS[*]}] mount-opts=[${MOUNT_OPTS[*]}]"
+log "flen=$FLEN opmax=$OPMAX align=$ALIGN skip-ops=[${SKIP_OPS[*]}] mount-opts=[${MOUNT_OPTS[*]}]"
 
 run=0
 FAILS=0
@@ -182,6 +195,16 @@ for backing in "${BACKINGS[@]}"; do
             run=$((run + 1))
             seed=$(( SEED + run ))
             tag="$backing-$blk-s$seed"
+            variant=""
+            if [ $VARY = 1 ]; then
+                case $(( (run - 1) % 4 )) in
+                    1) variant="--dirty-age 50ms" ;;
+                    2) variant="--write-size $blk --max-dirty $blk" ;;
+                    3) variant="--threads 1 --dirty-age 200ms" ;;
+                esac
+            fi
+            # shellcheck disable=SC2206
+            MOUNT_OPTS=("${BASE_MOUNT_OPTS[@]}" $variant)
             d="$WORK/$tag"
             mkdir -p "$d/mnt" "$d/art"
             cfg="$d/fsx.toml"
@@ -191,7 +214,7 @@ for backing in "${BACKINGS[@]}"; do
             result=pass
             detail=""
             sc=""
-            log "RUN $tag: backing=$backing block=$blk chunk=$chunk_no ops=$n seed=$seed"
+            log "RUN $tag: backing=$backing block=$blk chunk=$chunk_no ops=$n seed=$seed mount-opts=[${MOUNT_OPTS[*]}]"
             if ! make_backing "$backing" "$d"; then
                 result=error; detail="cannot create $backing backing"
             elif ! mount_sparsefs "$BACKING" "$d/mnt" "$blk" "$dlog"; then
@@ -211,6 +234,15 @@ for backing in "${BACKINGS[@]}"; do
                     detail="fsx exit $frc: $(grep -m1 -E 'miscompare|error|panicked|short|Size error|failed' "$flog" | sed 's/\[ERROR fsx\] //')"
                     [ -n "$detail" ] || detail="fsx exit $frc: $(tail -1 "$flog")"
                     cp "$f" "$d/art/fsx.file.actual" 2>/dev/null
+                    # control: the same seed and config on tmpfs, without sparsefs
+                    if NO_COLOR=1 run_child "$FSX" -q -f "$cfg" -N "$n" -S "$seed" -P "$REFDIR" \
+                        "$REFDIR/ref" >/dev/null 2>"$d/art/control-tmpfs.log"; then
+                        detail="$detail [passes on tmpfs]"
+                    else
+                        result=error
+                        detail="$detail [fails on tmpfs too: fsx/config, not sparsefs]"
+                    fi
+                    rm -f "$REFDIR/ref" "$REFDIR/ref.fsxgood"
                 fi
             fi
             read -r ran rbytes wbytes <<<"$(fsx_log_sums "$flog")"
@@ -270,8 +302,8 @@ for backing in "${BACKINGS[@]}"; do
                 fi
             fi
             ops_s=$(awk -v n="$ran" -v s="$secs" 'BEGIN { printf "%d", (s > 0 ? n / s : 0) }')
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$backing" "$blk" "$chunk_no" \
-                "$seed" "$ran" "$result" "$secs" "$ops_s" "$rbytes" "$detail" >>"$RESULTS"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$backing" "$blk" "$chunk_no" \
+                "$seed" "${MOUNT_OPTS[*]}" "$ran" "$result" "$secs" "$ops_s" "$rbytes" "$detail" >>"$RESULTS"
             log "  -> $result: $ran ops in ${secs}s ($ops_s ops/s), $rbytes bytes verified by reads${detail:+; $detail}"
             [ -n "${sc:-}" ] && log "     map: $sc"
             SUM_OPS[$key]=$(( SUM_OPS[$key] + ran ))
