@@ -40,6 +40,38 @@ pub enum Cmd {
         #[arg(long, value_name = "SECS")]
         watch: Option<f64>,
     },
+    /// Print a file's DATA/HOLE runs as SEEK_DATA/SEEK_HOLE report them (through a mount:
+    /// as sparsefs sees them).
+    Map {
+        /// Files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// JSON, one object per file.
+        #[arg(long, conflicts_with = "records")]
+        json: bool,
+        /// Plain `DATA n` / `HOLE n` records in file order.
+        #[arg(long)]
+        records: bool,
+    },
+    /// Learn the extent maps of existing files on a backing directory (read once, find
+    /// zero blocks) and store them where mounts find them; --dig also punches the zeros.
+    Scan {
+        /// Files or directories (recursed) under the backing root.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The sparsefs backing root (default: the first path, if a directory).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Zero-detection block (as --sparse-block of the mount).
+        #[arg(long, default_value = "32K")]
+        block: String,
+        /// Punch the zero blocks found on the backend.
+        #[arg(long)]
+        dig: bool,
+        /// Report what would be found; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the man page (roff) on stdout: `sparsefs man > /usr/local/share/man/man8/sparsefs.8`.
     #[command(hide = true)]
     Man,
@@ -234,17 +266,11 @@ pub fn parse_duration(what: &str, s: &str) -> Result<Duration, UsageError> {
 /// Rewrites the mount.fuse3/fstab form (`sparsefs SRC DIR -o ...`) to
 /// `sparsefs mount SRC DIR -o ...`; other argument lists are returned unchanged.
 pub fn normalize_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const SUBCOMMANDS: [&str; 7] = [
-        "mount",
-        "umount",
-        "stats",
-        "demo",
-        "help",
-        "man",
-        "completions",
-    ];
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let is_sub = |a: &str| a == "help" || cmd.get_subcommands().any(|c| c.get_name() == a);
     match args.get(1).and_then(|a| a.to_str()) {
-        Some(a) if !a.starts_with('-') && !SUBCOMMANDS.contains(&a) => {
+        Some(a) if !a.starts_with('-') && !is_sub(a) => {
             let mut v = vec![args[0].clone(), "mount".into()];
             v.extend(args.into_iter().skip(1));
             v

@@ -40,24 +40,9 @@ pub struct FsConfig {
     pub map_store: MapStore,
 }
 
-/// Where extent maps outlive the mount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapStore {
-    /// In the `user.sparsefs.extents` xattr of the backing file; in the sidecar where the
-    /// backend refuses it (no user xattrs, map too large).
-    Xattr,
-    /// Always in the sidecar directory `.sparsefs-maps` under the backing root.
-    Sidecar,
-    /// Nowhere: maps live in memory only.
-    None,
-}
+pub use crate::persist::MapStore;
 
-/// The xattr holding a file's persisted extent map on the backend. Hidden from
-/// listxattr/getxattr through the mount and refused to setxattr/removexattr.
-pub const MAP_XATTR: &str = "user.sparsefs.extents";
-/// The sidecar directory (under the backing root) for maps the backend cannot keep in
-/// xattrs. Hidden from the mount's root directory.
-pub const SIDECAR_DIR: &str = ".sparsefs-maps";
+pub use crate::persist::{Loaded, MAP_XATTR, Persist, SIDECAR_DIR};
 
 /// The virtual xattr on the mount root that carries the live counters (JSON). Hidden
 /// from listxattr; readable by the mount's owner and root only; never stored.
@@ -348,169 +333,59 @@ impl SparseFs {
         Ok(())
     }
 
-    fn sidecar_dir(&self, create: bool) -> io::Result<OwnedFd> {
-        let root = self.inode(1)?;
-        let name = std::ffi::CString::new(SIDECAR_DIR).expect("no NUL");
-        match sys::openat(
-            root.fd(),
-            &name,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        ) {
-            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
-                let _ = sys::mkdirat(root.fd(), &name, 0o700);
-                sys::openat(
-                    root.fd(),
-                    &name,
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )
-            }
-            r => r,
-        }
+    fn persist(&self) -> io::Result<Persist<'_>> {
+        Ok(Persist::new(
+            self.sh.inodes.root_fd(),
+            self.sh.cfg.map_store,
+        ))
     }
 
-    /// Sidecar records are keyed by inode number alone: st_dev differs between the nodes
-    /// of a cluster, the inode number of a shared filesystem does not.
-    fn sidecar_name(st: &libc::stat) -> std::ffi::CString {
-        std::ffi::CString::new(st.st_ino.to_string()).expect("no NUL")
-    }
-
-    fn read_sidecar(&self, st: &libc::stat) -> Option<Vec<u8>> {
-        let dir = self.sidecar_dir(false).ok()?;
-        let f = sys::openat(
-            dir.as_fd(),
-            &Self::sidecar_name(st),
-            libc::O_RDONLY | libc::O_NOFOLLOW,
-            0,
-        )
-        .ok()?;
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut File::from(f), &mut v).ok()?;
-        Some(v)
-    }
-
-    fn write_sidecar(&self, st: &libc::stat, bytes: &[u8]) -> io::Result<()> {
-        let dir = self.sidecar_dir(true)?;
-        let tmp = std::ffi::CString::new(format!("{}.tmp{}", st.st_ino, std::process::id()))
-            .expect("no NUL");
-        let f = sys::openat(
-            dir.as_fd(),
-            &tmp,
-            libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_NOFOLLOW,
-            0o600,
-        )?;
-        std::io::Write::write_all(&mut File::from(f), bytes)?;
-        sys::renameat2(dir.as_fd(), &tmp, dir.as_fd(), &Self::sidecar_name(st), 0)
-    }
-
-    /// Loads a persisted map for a clean file of unknown layout, if one is stored and
-    /// still describes the backing file exactly. Returns whether a record exists.
-    ///
-    /// The sidecar record carries the file's exact stamp (size, mtime and ctime to the
-    /// ns, inode) taken after the map was stored; writing the sidecar does not touch the
-    /// file, so any later change of the file, even one that restores its mtime, moves its
-    /// ctime and the map is refused. The ranges are in the record itself, or (xattr
-    /// store) in the file's `user.sparsefs.extents`, whose content stamp must agree.
+    /// Loads a persisted map for a clean file of unknown layout (see [`Persist::load`]).
+    /// Returns whether a record exists.
     fn load_map(&self, inode: &Inode, e: &mut SparseFile, st: &libc::stat) -> bool {
-        use crate::mapfile::{FLAG_MAP_IN_XATTR, MapStamp, decode};
         if self.sh.cfg.map_store == MapStore::None || e.size() == 0 || e.exact() {
             return false;
         }
-        let Some(rec) = self.read_sidecar(st) else {
-            return false;
-        };
-        let now = MapStamp::of(st);
-        let (mut data, stamp, flags) = match decode(&rec) {
-            Ok(x) => x,
-            Err(err) => {
+        let Ok(p) = self.persist() else { return false };
+        match p.load(inode.fd(), st) {
+            Loaded::None => false,
+            Loaded::Stale => {
+                debug!(
+                    ino = inode.ino,
+                    "persisted extent map is stale (file changed since): file treated as data"
+                );
+                true
+            }
+            Loaded::Refused(err) => {
                 warn!(ino = inode.ino, error = %err, "persisted extent map refused: file treated as data");
-                return true;
+                true
             }
-        };
-        if stamp != now {
-            debug!(
-                ino = inode.ino,
-                "persisted extent map is stale (file changed since): file treated as data"
-            );
-            return true;
-        }
-        if flags & FLAG_MAP_IN_XATTR != 0 {
-            let name = std::ffi::CString::new(MAP_XATTR).expect("no NUL");
-            let xa = sys::getxattr(inode.fd(), &name, 1 << 20)
-                .map_err(|e| e.to_string())
-                .and_then(|b| decode(&b).map_err(|e| e.to_string()));
-            match xa {
-                Ok((d, xs, _)) if xs.same_content(&now) => data = d,
-                Ok(_) => {
-                    debug!(
-                        ino = inode.ino,
-                        "extent map xattr does not match its stamp: file treated as data"
-                    );
-                    return true;
-                }
-                Err(err) => {
-                    warn!(ino = inode.ino, error = %err, "persisted extent map refused: file treated as data");
-                    return true;
-                }
+            Loaded::Map(data) => {
+                debug!(
+                    ino = inode.ino,
+                    extents = data.len(),
+                    "persisted extent map loaded"
+                );
+                e.adopt_map(data);
+                true
             }
         }
-        debug!(
-            ino = inode.ino,
-            extents = data.len(),
-            "persisted extent map loaded"
-        );
-        e.adopt_map(data);
-        true
     }
 
-    /// Persists a clean file's exact map with the backend's stamp (see [`Self::load_map`]).
-    /// A file without holes needs no map: an old record is removed. Failures only cost
-    /// the knowledge, never correctness: logged.
+    /// Persists a clean file's exact map; a file without holes has its record removed.
+    /// Failures only cost the knowledge, never correctness: logged.
     fn store_map(&self, inode: &Inode, node: &FileNode, e: &SparseFile) {
-        use crate::mapfile::{FLAG_MAP_IN_XATTR, MapStamp, encode};
         if self.sh.cfg.map_store == MapStore::None || !e.exact() || e.is_dirty() {
             return;
         }
-        let Ok(st) = sys::fstat(inode.fd()) else {
-            return;
-        };
-        let name = std::ffi::CString::new(MAP_XATTR).expect("no NUL");
+        let Ok(p) = self.persist() else { return };
         if e.index_data().total() >= e.size() {
             if node.persisted.swap(false, Relaxed) {
-                let _ = sys::removexattr(inode.fd(), &name);
-                if let Ok(dir) = self.sidecar_dir(false) {
-                    let _ = sys::unlinkat(dir.as_fd(), &Self::sidecar_name(&st), 0);
-                }
+                p.remove(inode.fd());
             }
             return;
         }
-        let mut in_xattr = false;
-        let mut st_final = st;
-        if self.sh.cfg.map_store == MapStore::Xattr {
-            let bytes = encode(e.index_data(), &MapStamp::of(&st), 0);
-            match sys::setxattr(inode.fd(), &name, &bytes, 0)
-                .and_then(|()| sys::fstat_fresh(inode.fd()))
-            {
-                Ok(after) => {
-                    in_xattr = true;
-                    st_final = after;
-                }
-                Err(err) => {
-                    debug!(ino = inode.ino, error = %err, "extent map not kept in an xattr: sidecar")
-                }
-            }
-        }
-        let rec = if in_xattr {
-            encode(
-                &crate::extents::RangeSet::new(),
-                &MapStamp::of(&st_final),
-                FLAG_MAP_IN_XATTR,
-            )
-        } else {
-            encode(e.index_data(), &MapStamp::of(&st_final), 0)
-        };
-        match self.write_sidecar(&st_final, &rec) {
+        match p.store(inode.fd(), e.index_data()) {
             Ok(()) => node.persisted.store(true, Relaxed),
             Err(err) => warn!(ino = inode.ino, error = %err, "extent map not persisted"),
         }

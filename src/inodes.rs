@@ -79,6 +79,7 @@ struct Maps {
 
 /// All inodes the kernel knows about.
 pub struct InodeTable {
+    root: Arc<Inode>,
     maps: RwLock<Maps>,
     root_key: (u64, u64),
     next_synthetic: AtomicU64,
@@ -97,9 +98,10 @@ impl InodeTable {
             file: Mutex::new(None),
         });
         let mut maps = Maps::default();
-        maps.by_ino.insert(1, inode);
+        maps.by_ino.insert(1, inode.clone());
         maps.by_key.insert(key, 1);
         Self {
+            root: inode,
             maps: RwLock::new(maps),
             root_key: key,
             next_synthetic: AtomicU64::new(1 << 63),
@@ -188,6 +190,11 @@ impl InodeTable {
             .values()
             .filter_map(|i| i.node())
             .collect()
+    }
+
+    /// The root's `O_PATH` fd (the backing directory).
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.fd()
     }
 
     /// Number of inodes held.

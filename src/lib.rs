@@ -28,6 +28,8 @@ pub mod fs;
 pub mod fuse_adapter;
 pub mod inodes;
 pub mod mapfile;
+pub mod persist;
 pub mod stats;
 pub mod sys;
+pub mod tools;
 pub mod zero;

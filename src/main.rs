@@ -46,6 +46,57 @@ fn main() -> ExitCode {
             json,
             watch,
         } => report(sparsefs::daemon::stats(&mountpoint, json, watch)),
+        Cmd::Map {
+            files,
+            json,
+            records,
+        } => {
+            let fmt = if json {
+                sparsefs::tools::MapFormat::Json
+            } else if records {
+                sparsefs::tools::MapFormat::Records
+            } else {
+                sparsefs::tools::MapFormat::Table
+            };
+            report(sparsefs::tools::map(&files, fmt))
+        }
+        Cmd::Scan {
+            paths,
+            root,
+            block,
+            dig,
+            dry_run,
+        } => {
+            let block = match cli::parse_size("block", &block) {
+                Ok(b) if b.is_power_of_two() && (512..=64 << 20).contains(&b) => b,
+                Ok(b) => {
+                    eprintln!(
+                        "sparsefs: error: invalid block {b}: must be a power of two from 512 to 64M"
+                    );
+                    return ExitCode::from(2);
+                }
+                Err(e) => {
+                    eprintln!("sparsefs: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let root = match root.or_else(|| paths.first().filter(|p| p.is_dir()).cloned()) {
+                Some(r) => r,
+                None => {
+                    eprintln!("sparsefs: error: give the backing root with --root");
+                    return ExitCode::from(2);
+                }
+            };
+            report(sparsefs::tools::scan(
+                &paths,
+                &sparsefs::tools::ScanOpts {
+                    root,
+                    block,
+                    dig,
+                    dry_run,
+                },
+            ))
+        }
         Cmd::Man => {
             use clap::CommandFactory;
             let man = clap_mangen::Man::new(Cli::command()).section("8");

@@ -1889,3 +1889,70 @@ fn two_mounts_of_one_backend_see_each_others_holes_close_to_open() {
         let _ = (fs::remove_file(&ref1), fs::remove_file(&ref2));
     }
 }
+
+#[test]
+fn scan_makes_an_existing_archive_seekable_and_map_prints_its_runs() {
+    if !fuse_available() {
+        return;
+    }
+    for kind in backings() {
+        let Some(b) = Backing::new(&kind) else {
+            continue;
+        };
+        // A dense file with 3 data extents, written directly on the backend.
+        let size = 16 * MIB;
+        let mut dense = vec![0u8; size as usize];
+        for (i, off) in [0u64, 5 * MIB, 12 * MIB].iter().enumerate() {
+            dense[*off as usize..(*off + 65536) as usize]
+                .copy_from_slice(&random_bytes(65536, i as u64 + 40));
+        }
+        fs::write(b.path().join("old.img"), &dense).unwrap();
+        let out = sh(&format!("{BIN} scan --dry-run {}", b.path().display()));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("(dry run)"));
+        let out = sh(&format!("{BIN} scan --dig {}", b.path().display()));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("scanned 1 files"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let m = Mount::new(b.path(), &[]);
+        let want = vec![
+            (0, 65536),
+            (5 * MIB, 5 * MIB + 65536),
+            (12 * MIB, 12 * MIB + 65536),
+        ];
+        assert_eq!(seek_map(&m.p("old.img")), want, "{kind}: scanned map used");
+        assert_eq!(fs::read(m.p("old.img")).unwrap(), dense, "{kind}: contents");
+        let stats = m.stats();
+        assert!(
+            json_u64(&stats, "backend.read.bytes") <= 3 * 65536,
+            "{kind}: only data read: {stats}"
+        );
+        let rec = String::from_utf8(
+            sh(&format!("{BIN} map --records {}", m.p("old.img").display())).stdout,
+        )
+        .unwrap();
+        assert_eq!(
+            rec,
+            format!(
+                "DATA 65536\nHOLE {}\nDATA 65536\nHOLE {}\nDATA 65536\nHOLE {}\n",
+                5 * MIB - 65536,
+                7 * MIB - 65536,
+                4 * MIB - 65536
+            )
+        );
+        let js =
+            String::from_utf8(sh(&format!("{BIN} map --json {}", m.p("old.img").display())).stdout)
+                .unwrap();
+        assert!(
+            js.contains("\"data_bytes\":196608") && js.contains("\"data_extents\":3"),
+            "{js}"
+        );
+        // Through the mount, scan refuses clearly.
+        let out = sh_status(&format!("{BIN} scan {}", m.path().display()));
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("backing directory")
+        );
+    }
+}

@@ -6,7 +6,7 @@
 #                              [--align BYTES]
 #                              [--skip-op [BACKING:]OP]... [--mount-opt ARG]... [--time-budget SECS]
 #                              [--out DIR] [--gluster DIR] [--no-ref] [--stop-on-fail]
-#                              [--no-vary-mount]
+#                              [--no-vary-mount] [--nomsync]
 #
 # For every backing x sparse block it creates the backing (a temp dir; bindfs over a temp
 # dir; a subdirectory rel-* of the GlusterFS mount), mounts sparsefs on it in the
@@ -56,6 +56,7 @@ GLUSTER=/tmp/gl/mnt
 REF=1
 STOP_ON_FAIL=0
 VARY=1
+NOMSYNC=false       # --nomsync: no msync after mapwrite (dirty pages reach the daemon via writeback)
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -76,6 +77,7 @@ while [ $# -gt 0 ]; do
         --no-ref) REF=0 ;;
         --stop-on-fail) STOP_ON_FAIL=1 ;;
         --no-vary-mount) VARY=0 ;;
+        --nomsync) NOMSYNC=true ;;
         -h|--help) usage; exit 0 ;;
         *) echo "fsx.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -136,6 +138,7 @@ write_config() { # FILE BACKING
     {
         echo "# fsx config written by scripts/reliability/fsx.sh"
         echo "flen = $FLEN"
+        echo "nomsyncafterwrite = $NOMSYNC"
         echo "[opsize]"
         echo "min = 0"
         echo "max = $OPMAX"

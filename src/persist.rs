@@ -1,0 +1,174 @@
+//! Where extent maps outlive the mount: the ranges in the backing file's
+//! `user.sparsefs.extents` xattr (or a sidecar record where xattrs are refused), and the
+//! exact validity stamp in a sidecar record under the backing root.
+//!
+//! Why the stamp lives outside the file: storing an xattr moves the file's ctime, so a
+//! stamp inside the xattr could not say what ctime the file has once it is stored.
+//! Writing the sidecar record does not touch the file; its stamp (size, mtime and ctime
+//! to the ns, inode) is taken after the xattr, so any later change of the file, even one
+//! that puts its mtime back, moves its ctime and the map is refused. Records are keyed
+//! by inode number (the same on every node of a shared filesystem; st_dev is not).
+
+use crate::extents::RangeSet;
+use crate::mapfile::{DecodeError, FLAG_MAP_IN_XATTR, MapStamp, decode, encode};
+use crate::sys;
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// The xattr holding a file's persisted ranges on the backend. Hidden from
+/// listxattr/getxattr through the mount and refused to setxattr/removexattr.
+pub const MAP_XATTR: &str = "user.sparsefs.extents";
+/// The sidecar directory under the backing root. Hidden from the mount's root.
+pub const SIDECAR_DIR: &str = ".sparsefs-maps";
+
+/// Where extent maps outlive the mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapStore {
+    /// Ranges in the `user.sparsefs.extents` xattr (in the sidecar record where the
+    /// backend refuses it: no user xattrs, map too large); stamp in the sidecar record.
+    Xattr,
+    /// Ranges and stamp in the sidecar record.
+    Sidecar,
+    /// Nowhere: maps live in memory only.
+    None,
+}
+
+/// What a load found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No record.
+    None,
+    /// A record for an older state of the file.
+    Stale,
+    /// A damaged or foreign record.
+    Refused(String),
+    /// A map that describes the file as it is.
+    Map(RangeSet),
+}
+
+/// Persistence operations relative to one backing root.
+pub struct Persist<'a> {
+    root: BorrowedFd<'a>,
+    store: MapStore,
+}
+
+fn xattr_name() -> CString {
+    CString::new(MAP_XATTR).expect("no NUL")
+}
+
+fn record_name(st: &libc::stat) -> CString {
+    CString::new(st.st_ino.to_string()).expect("no NUL")
+}
+
+impl<'a> Persist<'a> {
+    /// Persistence under the backing root `root` (an `O_PATH` or open directory fd).
+    pub fn new(root: BorrowedFd<'a>, store: MapStore) -> Self {
+        Self { root, store }
+    }
+
+    fn dir(&self, create: bool) -> io::Result<OwnedFd> {
+        let name = CString::new(SIDECAR_DIR).expect("no NUL");
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        match sys::openat(self.root, &name, flags, 0) {
+            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
+                let _ = sys::mkdirat(self.root, &name, 0o700);
+                sys::openat(self.root, &name, flags, 0)
+            }
+            r => r,
+        }
+    }
+
+    fn read_record(&self, st: &libc::stat) -> Option<Vec<u8>> {
+        let dir = self.dir(false).ok()?;
+        let f = sys::openat(
+            dir.as_fd(),
+            &record_name(st),
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        )
+        .ok()?;
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut File::from(f), &mut v).ok()?;
+        Some(v)
+    }
+
+    fn write_record(&self, st: &libc::stat, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.dir(true)?;
+        let tmp = CString::new(format!("{}.tmp{}", st.st_ino, std::process::id())).expect("no NUL");
+        let flags = libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_NOFOLLOW;
+        let f = sys::openat(dir.as_fd(), &tmp, flags, 0o600)?;
+        std::io::Write::write_all(&mut File::from(f), bytes)?;
+        sys::renameat2(dir.as_fd(), &tmp, dir.as_fd(), &record_name(st), 0)
+    }
+
+    /// Loads the map of `file` whose fresh stat is `st`.
+    pub fn load(&self, file: BorrowedFd<'_>, st: &libc::stat) -> Loaded {
+        if self.store == MapStore::None {
+            return Loaded::None;
+        }
+        let Some(rec) = self.read_record(st) else {
+            return Loaded::None;
+        };
+        let (mut data, stamp, flags) = match decode(&rec) {
+            Ok(x) => x,
+            Err(e) => return Loaded::Refused(e.to_string()),
+        };
+        let now = MapStamp::of(st);
+        if stamp != now {
+            return Loaded::Stale;
+        }
+        if flags & FLAG_MAP_IN_XATTR != 0 {
+            let xa = sys::getxattr(file, &xattr_name(), 1 << 24)
+                .map_err(|e| e.to_string())
+                .and_then(|b| decode(&b).map_err(|e: DecodeError| e.to_string()));
+            match xa {
+                Ok((d, xs, _)) if xs.same_content(&now) => data = d,
+                Ok(_) => return Loaded::Stale,
+                Err(e) => return Loaded::Refused(e),
+            }
+        }
+        Loaded::Map(data)
+    }
+
+    /// Stores `data` as the map of `file` (which must be on the backend as described).
+    ///
+    /// # Errors
+    /// The backend's errno when no record could be written.
+    pub fn store(&self, file: BorrowedFd<'_>, data: &RangeSet) -> io::Result<()> {
+        if self.store == MapStore::None {
+            return Ok(());
+        }
+        let st = sys::fstat_fresh(file)?;
+        let mut st_final = st;
+        let mut in_xattr = false;
+        if self.store == MapStore::Xattr {
+            let bytes = encode(data, &MapStamp::of(&st), 0);
+            if let Ok(after) =
+                sys::setxattr(file, &xattr_name(), &bytes, 0).and_then(|()| sys::fstat_fresh(file))
+            {
+                in_xattr = true;
+                st_final = after;
+            }
+        }
+        let rec = if in_xattr {
+            encode(
+                &RangeSet::new(),
+                &MapStamp::of(&st_final),
+                FLAG_MAP_IN_XATTR,
+            )
+        } else {
+            encode(data, &MapStamp::of(&st_final), 0)
+        };
+        self.write_record(&st_final, &rec)
+    }
+
+    /// Removes the stored map of `file` (it has no holes any more).
+    pub fn remove(&self, file: BorrowedFd<'_>) {
+        let _ = sys::removexattr(file, &xattr_name());
+        if let (Ok(dir), Ok(st)) = (self.dir(false), sys::fstat(file)) {
+            let _ = sys::unlinkat(dir.as_fd(), &record_name(&st), 0);
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! `sparsefs map` (print a file's DATA/HOLE runs as SEEK_DATA/SEEK_HOLE report them) and
+//! `sparsefs scan` (learn the maps of existing files on a backing directory by reading
+//! them once, store them where a mount will find them, optionally punch zero blocks).
+
+use crate::extents::RangeSet;
+use crate::persist::{MapStore, Persist};
+use crate::sys;
+use crate::zero::is_zero;
+use std::fs::File;
+use std::io::IsTerminal;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The data runs of an open file from SEEK_DATA/SEEK_HOLE (all data where the
+/// filesystem has no such seek).
+pub fn data_runs(f: &File, size: u64) -> Vec<(u64, u64)> {
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let d = match sys::lseek(fd, pos as i64, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(_) => return vec![(pos, size)],
+        };
+        let h = sys::lseek(fd, d as i64, libc::SEEK_HOLE)
+            .unwrap_or(size)
+            .min(size);
+        if h <= d {
+            return vec![(0, size)];
+        }
+        out.push((d, h));
+        pos = h;
+    }
+    out
+}
+
+/// Output style of `sparsefs map`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapFormat {
+    /// A table with totals.
+    Table,
+    /// JSON, one object per file.
+    Json,
+    /// `DATA n` / `HOLE n` records, in file order (for scripts that ship sparse files).
+    Records,
+}
+
+fn human(n: u64) -> String {
+    let u = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut i) = (n as f64, 0);
+    while v >= 1024.0 && i < 4 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", u[i])
+    }
+}
+
+/// `sparsefs map FILE...`.
+///
+/// # Errors
+/// A one-line message naming the file that could not be read.
+pub fn map(files: &[PathBuf], fmt: MapFormat) -> Result<(), String> {
+    for p in files {
+        let f = File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let size = f
+            .metadata()
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .len();
+        let runs = data_runs(&f, size);
+        let data: u64 = runs.iter().map(|(d, h)| h - d).sum();
+        let mut all = Vec::new();
+        let mut pos = 0;
+        for &(d, h) in &runs {
+            if d > pos {
+                all.push(("HOLE", pos, d - pos));
+            }
+            all.push(("DATA", d, h - d));
+            pos = h;
+        }
+        if pos < size {
+            all.push(("HOLE", pos, size - pos));
+        }
+        match fmt {
+            MapFormat::Records => {
+                for (t, _, n) in &all {
+                    println!("{t} {n}");
+                }
+            }
+            MapFormat::Json => {
+                let ext: Vec<String> = all
+                    .iter()
+                    .map(|(t, o, n)| {
+                        format!(
+                            "{{\"type\":\"{}\",\"offset\":{o},\"length\":{n}}}",
+                            t.to_lowercase()
+                        )
+                    })
+                    .collect();
+                let name = p
+                    .display()
+                    .to_string()
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"");
+                println!(
+                    "{{\"file\":\"{name}\",\"size\":{size},\"data_bytes\":{data},\"hole_bytes\":{},\"data_extents\":{},\"runs\":[{}]}}",
+                    size - data,
+                    runs.len(),
+                    ext.join(",")
+                );
+            }
+            MapFormat::Table => {
+                println!(
+                    "{}: size {}, data {} in {} extents, holes {}",
+                    p.display(),
+                    human(size),
+                    human(data),
+                    runs.len(),
+                    human(size - data)
+                );
+                println!("  {:<5} {:>16} {:>16}", "TYPE", "OFFSET", "LENGTH");
+                for (t, o, n) in &all {
+                    println!("  {t:<5} {o:>16} {n:>16}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Options of `sparsefs scan`.
+#[derive(Clone, Debug)]
+pub struct ScanOpts {
+    /// The sparsefs backing root (where the sidecar records live).
+    pub root: PathBuf,
+    /// Zero-detection block.
+    pub block: u64,
+    /// Punch the zero blocks found.
+    pub dig: bool,
+    /// Report only; change nothing.
+    pub dry_run: bool,
+}
+
+fn on_sparsefs(p: &Path) -> bool {
+    let Ok(abs) = std::fs::canonicalize(p) else {
+        return false;
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut best: Option<(usize, bool)> = None;
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let (Some(mp), Some(ty)) = (f.get(4), f.iter().skip_while(|x| **x != "-").nth(1)) else {
+            continue;
+        };
+        if abs.starts_with(mp) && best.is_none_or(|(n, _)| mp.len() >= n) {
+            best = Some((mp.len(), *ty == "fuse.sparsefs"));
+        }
+    }
+    best.is_some_and(|(_, s)| s)
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let md = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    if md.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|q| {
+                q.file_name()
+                    .is_none_or(|n| n != crate::persist::SIDECAR_DIR)
+            })
+            .collect();
+        entries.sort();
+        for q in entries {
+            collect(&q, out)?;
+        }
+    } else if md.is_file() {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}
+
+/// `sparsefs scan PATH...`: reads each file once (1 MiB at a time), finds its all-zero
+/// blocks, optionally punches them (`--dig`), and stores the map for mounts to use.
+///
+/// # Errors
+/// A one-line message.
+pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
+    if paths
+        .iter()
+        .chain(std::iter::once(&o.root))
+        .any(|p| on_sparsefs(p))
+    {
+        return Err("scan works on the backing directory, not through a sparsefs mount: give the backing paths (the mount picks the maps up on the next open)".into());
+    }
+    let root_file =
+        File::open(&o.root).map_err(|e| format!("backing root {}: {e}", o.root.display()))?;
+    let root: OwnedFd = root_file.into();
+    let root_canon = std::fs::canonicalize(&o.root).map_err(|e| e.to_string())?;
+    let persist = Persist::new(root.as_fd(), MapStore::Xattr);
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    let tty = std::io::stderr().is_terminal();
+    let (mut total, mut total_zero, mut punched) = (0u64, 0u64, 0u64);
+    for p in &files {
+        let canon = std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if !canon.starts_with(&root_canon) {
+            return Err(format!(
+                "{} is not under the backing root {}",
+                p.display(),
+                o.root.display()
+            ));
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(o.dig && !o.dry_run)
+            .open(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        let size = f.metadata().map_err(|e| e.to_string())?.len();
+        let mut data = RangeSet::new();
+        let mut zero_runs = RangeSet::new();
+        let chunk = (1u64 << 20).max(o.block) as usize;
+        let mut buf = vec![0u8; chunk];
+        let mut off = 0u64;
+        while off < size {
+            let n = f
+                .read_at(&mut buf, off)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            if n == 0 {
+                break;
+            }
+            for (i, b) in buf[..n].chunks(o.block as usize).enumerate() {
+                let s = off + i as u64 * o.block;
+                let e = s + b.len() as u64;
+                if is_zero(b) {
+                    zero_runs.insert(s, e)
+                } else {
+                    data.insert(s, e)
+                }
+            }
+            off += n as u64;
+            if tty {
+                eprint!(
+                    "\r{}: {:>5.1}%",
+                    p.display(),
+                    off as f64 * 100.0 / size.max(1) as f64
+                );
+            }
+        }
+        if tty {
+            eprint!("\r");
+        }
+        let zero = zero_runs.total();
+        total += size;
+        total_zero += zero;
+        if !o.dry_run {
+            if o.dig {
+                for (s, e) in zero_runs.iter() {
+                    let fd = f.as_fd();
+                    let be = crate::backend::fd::FdFile::new(File::from(
+                        sys::reopen(fd, libc::O_RDWR).map_err(|e| e.to_string())?,
+                    ));
+                    if crate::backend::BackendFile::punch_hole(&be, s, e - s).is_ok() {
+                        punched += e - s;
+                    }
+                }
+            }
+            if zero > 0 {
+                persist
+                    .store(f.as_fd(), &data)
+                    .map_err(|e| format!("{}: storing the map: {e}", p.display()))?;
+            }
+        }
+        println!(
+            "{}: {} data in {} extents, {} in zero blocks{}",
+            p.display(),
+            human(size - zero),
+            data.len(),
+            human(zero),
+            if o.dry_run { " (dry run)" } else { "" }
+        );
+    }
+    println!(
+        "scanned {} files, {}: {} in zero blocks{}",
+        files.len(),
+        human(total),
+        human(total_zero),
+        if o.dig {
+            format!(", {} punched", human(punched))
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
