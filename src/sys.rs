@@ -785,3 +785,34 @@ pub fn fstat_fresh(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     st.st_ctime_nsec = sx.stx_ctime.tv_nsec as i64;
     Ok(st)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_single_components_are_accepted() {
+        assert!(component(OsStr::new("a")).is_ok());
+        assert!(component(OsStr::new("...")).is_ok());
+        assert!(component(OsStr::new(&"x".repeat(255))).is_ok());
+        for bad in ["", ".", "..", "a/b", "/", "../etc"] {
+            assert_eq!(
+                component(OsStr::new(bad)).unwrap_err().raw_os_error(),
+                Some(libc::EINVAL),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            component(OsStr::from_bytes(b"a\0b"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            component(OsStr::new(&"x".repeat(256)))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENAMETOOLONG)
+        );
+    }
+}

@@ -1114,7 +1114,9 @@ fn allow_other_files_belong_to_the_caller_and_permissions_hold() {
         return;
     }
     let b = tempfile::tempdir().unwrap();
-    fs::set_permissions(b.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(b.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::create_dir(b.path().join("rootdir")).unwrap();
+    fs::set_permissions(b.path().join("rootdir"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(b.path().join("secret"), b"root only").unwrap();
     fs::set_permissions(b.path().join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
     let m = Mount::new(b.path(), &["-o", "allow_other"]);
@@ -1143,6 +1145,30 @@ fn allow_other_files_belong_to_the_caller_and_permissions_hold() {
     );
     let out = sh_status(&format!("{nobody} chmod 666 {}/secret", m.path().display()));
     assert!(!out.status.success());
+    // Everything the backing permissions forbid stays forbidden through the mount.
+    let mp = m.path().display().to_string();
+    for cmd in [
+        format!("chown 65534 {mp}/secret"),
+        format!("echo x > {mp}/secret"),
+        format!("mv {mp}/secret {mp}/stolen"),
+        format!("touch {mp}/rootdir/new"),
+        format!("rm {mp}/secret"),
+        format!("ln -s /etc/shadow {mp}/rootdir/l"),
+    ] {
+        let out = sh_status(&format!("{nobody} bash -c '{cmd}'"));
+        assert!(!out.status.success(), "nobody may not: {cmd}");
+    }
+    assert_eq!(fs::read(b.path().join("secret")).unwrap(), b"root only");
+    // A symlink planted in the backing tree is shown as a symlink (the daemon opens
+    // every component with O_NOFOLLOW; the caller's kernel resolves it, as on any fs).
+    std::os::unix::fs::symlink("/", b.path().join("escape")).unwrap();
+    assert!(
+        fs::symlink_metadata(m.p("escape"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read_link(m.p("escape")).unwrap(), Path::new("/"));
     let out = sh_status(&format!("{nobody} {BIN} stats {}", m.path().display()));
     assert!(!out.status.success(), "stats refused to a non-owner");
     assert!(
