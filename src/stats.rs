@@ -259,7 +259,8 @@ pub fn flatten_json(json: &str) -> Vec<(String, u64)> {
     out
 }
 
-fn human(n: u64) -> String {
+/// A byte count for people (B, KiB, MiB, ...).
+pub fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut i = 0;

@@ -47,19 +47,7 @@ pub enum MapFormat {
     Records,
 }
 
-fn human(n: u64) -> String {
-    let u = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut i) = (n as f64, 0);
-    while v >= 1024.0 && i < 4 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", u[i])
-    }
-}
+use crate::stats::human;
 
 /// `sparsefs map FILE...`.
 ///
