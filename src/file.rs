@@ -74,6 +74,10 @@ pub struct SparseFile {
     last_end: u64,
     /// When the application last wrote.
     last_write: Option<Instant>,
+    /// Write-size windows found complete, not yet flushed.
+    pending_windows: Vec<u64>,
+    /// Complete blocks below this block number are final (a stream moved past them).
+    pending_behind: Option<u64>,
     /// The same, as wall-clock time for stat.
     last_write_time: Option<std::time::SystemTime>,
 }
@@ -112,6 +116,8 @@ impl SparseFile {
             last_end: 0,
             last_write: None,
             last_write_time: None,
+            pending_windows: Vec::new(),
+            pending_behind: None,
         })
     }
 
@@ -206,9 +212,21 @@ impl SparseFile {
     /// per-file limit); an error of such a flush, or one kept from a background flush,
     /// is returned here.
     pub fn write(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        if self.buffer(off, data)? {
+            self.run_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Buffers a write without backend I/O (except over the per-file dirty limit, which
+    /// flushes here: back-pressure). Returns true when full windows (or the blocks behind
+    /// a stream that moved on) are ready: the caller runs [`Self::run_pending`], after
+    /// replying to the application if it likes, so that the backend write overlaps the
+    /// application's next write.
+    pub fn buffer(&mut self, off: u64, data: &[u8]) -> io::Result<bool> {
         self.take_error()?;
         if data.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let end = off
             .checked_add(data.len() as u64)
@@ -226,26 +244,49 @@ impl SparseFile {
         let ws = self.geo.write_size;
         let per = ws / self.geo.block;
         if off >= self.last_end && off / ws > self.last_end / ws {
-            let behind =
-                self.dirty
-                    .take_complete_before(off / ws * per, self.size, &self.index.data);
-            if !behind.is_empty() {
-                self.stats.flushed(Trigger::Window);
-                self.flush_taken(behind)?;
-            }
+            let limit = off / ws * per;
+            self.pending_behind = Some(self.pending_behind.map_or(limit, |l| l.max(limit)));
         }
         self.last_end = end;
         let windows =
             self.dirty
                 .complete_windows(off / ws..=(end - 1) / ws, ws, self.size, &self.index.data);
-        for w in windows {
-            self.stats.flushed(Trigger::Window);
-            self.flush_blocks(w * per, (w + 1) * per)?;
-        }
+        self.pending_windows.extend(windows);
         if self.dirty.buffered() >= self.geo.max_dirty_file {
             self.flush(Depth::Data, Trigger::DirtyLimit)?;
         }
+        Ok(self.pending_behind.is_some() || !self.pending_windows.is_empty())
+    }
+
+    /// Flushes what [`Self::buffer`] found ready. Blocks already flushed by something
+    /// else in between are simply not there any more.
+    pub fn run_pending(&mut self) -> io::Result<()> {
+        let per = self.geo.write_size / self.geo.block;
+        if let Some(limit) = self.pending_behind.take() {
+            let behind = self
+                .dirty
+                .take_complete_before(limit, self.size, &self.index.data);
+            if !behind.is_empty() {
+                self.stats.flushed(Trigger::Window);
+                self.flush_taken(behind)?;
+            }
+        }
+        for w in std::mem::take(&mut self.pending_windows) {
+            self.stats.flushed(Trigger::Window);
+            self.flush_blocks(w * per, (w + 1) * per)?;
+        }
         Ok(())
+    }
+
+    /// Runs [`Self::run_pending`] for a write already acknowledged: an error is kept
+    /// for the next write/flush/fsync of the file.
+    pub fn run_pending_deferred(&mut self) {
+        if let Err(e) = self.run_pending()
+            && self.error.is_none()
+        {
+            tracing::warn!(error = %e, "flush after write failed; reported on next write/fsync/close");
+            self.error = Some(e);
+        }
     }
 
     /// Reads `len` bytes at `off` (short at EOF). Holes are zeros without backend I/O.

@@ -752,16 +752,29 @@ impl SparseFs {
     ///
     /// # Errors
     /// An error of this or an earlier background flush of the file.
-    pub fn write(&self, ino: u64, fh: u64, off: u64, data: &[u8], flags: i32) -> io::Result<u32> {
+    ///
+    /// Returns the bytes taken and whether backend writes are ready to run: the adapter
+    /// replies first and then calls [`Self::after_write`], so the backend write overlaps
+    /// the application's next write (an error there is returned by the file's next
+    /// write, close or fsync).
+    pub fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        off: u64,
+        data: &[u8],
+        flags: i32,
+    ) -> io::Result<(u32, bool)> {
         let (_, node, hflags) = self.file(fh)?;
         let flags = flags | hflags;
         if self.sh.frozen.load(Relaxed) {
             return Err(errno(libc::EIO));
         }
         node.changed.store(true, Relaxed);
+        let mut pending = false;
         {
             let mut e = node.engine.write();
-            e.write(off, data)?;
+            pending = e.buffer(off, data)? || pending;
             if flags & libc::O_DSYNC != 0 {
                 let depth = if flags & libc::O_SYNC == libc::O_SYNC {
                     Depth::Sync
@@ -776,7 +789,14 @@ impl SparseFs {
                 self.sh.dirty.lock().insert(ino, node.clone());
             }
         }
-        Ok(data.len() as u32)
+        Ok((data.len() as u32, pending))
+    }
+
+    /// Runs the backend writes a [`Self::write`] found ready, after its reply.
+    pub fn after_write(&self, fh: u64) {
+        if let Ok((_, node, _)) = self.file(fh) {
+            node.engine.write().run_pending_deferred();
+        }
     }
 
     /// flush (each close of a descriptor): everything reaches the backend, so errors
@@ -888,7 +908,9 @@ impl SparseFs {
             if data.is_empty() {
                 break;
             }
-            self.write(ino_out, fh_out, off_out + done, &data, 0)?;
+            if self.write(ino_out, fh_out, off_out + done, &data, 0)?.1 {
+                self.after_write(fh_out);
+            }
             done += data.len() as u64;
         }
         Ok(done as u32)

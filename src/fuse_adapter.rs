@@ -348,7 +348,12 @@ impl Filesystem for Adapter {
         reply: ReplyWrite,
     ) {
         match self.fs.write(ino.0, fh.0, offset, data, flags.0) {
-            Ok(n) => reply.written(n),
+            Ok((n, pending)) => {
+                reply.written(n);
+                if pending {
+                    self.fs.after_write(fh.0);
+                }
+            }
             Err(e) => fail!("write", reply, e),
         }
     }
