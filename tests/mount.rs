@@ -1501,7 +1501,12 @@ fn kill_9_keeps_fsynced_bytes_and_the_mount_point_is_reclaimed() {
     }
     let b = tempfile::tempdir().unwrap();
     let mut m = Mount::new(b.path(), &["--dirty-age", "1h"]);
-    for round in 0..3u64 {
+    // SPARSEFS_CRASH_ROUNDS raises the count for the long suite (scripts/long-suite.sh).
+    let rounds: u64 = std::env::var("SPARSEFS_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for round in 0..rounds {
         let synced = random_bytes(2 * 1000 * 1000 + 333, 100 + round);
         let mut f = OpenOptions::new()
             .create(true)

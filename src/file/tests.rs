@@ -254,7 +254,7 @@ fn check_seek_against_model(f: &mut SparseFile, model: &[u8]) -> Result<(), Test
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300), ..ProptestConfig::default() })]
     #[test]
     fn engine_matches_a_byte_vector_model(
         actions in prop::collection::vec(action(), 1..40),
