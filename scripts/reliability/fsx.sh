@@ -248,7 +248,7 @@ for backing in "${BACKINGS[@]}"; do
                     rm -f "$REFDIR/ref" "$REFDIR/ref.fsxgood"
                 fi
             fi
-            read -r ran rbytes wbytes <<<"$(fsx_log_sums "$flog")"
+            read -r ran rbytes _wbytes <<<"$(fsx_log_sums "$flog")"
             [ $result = pass ] && ran=$n   # all requested steps ran (skipped ones log nothing)
             if [ $result = pass ]; then
                 "$SPARSEFS" stats --json "$d/mnt" >"$d/stats.json" 2>&1
@@ -294,7 +294,7 @@ for backing in "${BACKINGS[@]}"; do
                 if ! mount_sparsefs "$BACKING" "$d/mnt" "$blk" "$dlog"; then
                     result=error; detail="remount: $MSG"
                 else
-                    sc2=$("$PY" "$SEEKCHECK" "$f" --seed "$((seed + 1))" --expect "$want" 2>"$d/seekcheck2.err")
+                    "$PY" "$SEEKCHECK" "$f" --seed "$((seed + 1))" --expect "$want" >"$d/seekcheck2.out" 2>"$d/seekcheck2.err"
                     if [ $? != 0 ]; then
                         result=FAIL; detail="after remount: $(head -1 "$d/seekcheck2.err")"
                         cp "$f" "$d/art/after-remount.actual" 2>/dev/null

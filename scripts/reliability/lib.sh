@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers of scripts/reliability/fsx.sh and fio.sh (sourced, not run).
 # The caller sets SPARSEFS, MOUNT_OPTS (array), WORK (its temp dir), GLUSTER, REL_NAME and
 # EXTRA_CLEAN (array of paths to remove on exit), then calls rel_init (trap: unmount all
@@ -123,6 +124,7 @@ unmount_sparsefs() {
 
 # make_backing KIND DIR: prints the path to give to sparsefs as BACKING and, via RAW_DIR,
 # the directory that holds the bytes (for bindfs: its source).
+# shellcheck disable=SC2034  # BACKING and RAW_DIR are read by the callers
 make_backing() {
     local kind="$1" d="$2"
     case "$kind" in
