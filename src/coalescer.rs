@@ -146,16 +146,17 @@ impl Coalescer {
             .collect()
     }
 
-    /// Removes and returns the complete blocks numbered below `last`.
-    pub fn take_complete_before(
+    /// Removes and returns the complete blocks numbered `first..last`.
+    pub fn take_complete_in(
         &mut self,
+        first: u64,
         last: u64,
         size: u64,
         index: &RangeSet,
     ) -> Vec<(u64, DirtyBlock)> {
         let keys: Vec<u64> = self
             .blocks
-            .range(..last)
+            .range(first..last)
             .filter(|(k, b)| is_complete(**k, b, self.block, size, index))
             .map(|(&k, _)| k)
             .collect();

@@ -76,8 +76,8 @@ pub struct SparseFile {
     last_write: Option<Instant>,
     /// Write-size windows found complete, not yet flushed.
     pending_windows: Vec<u64>,
-    /// Complete blocks below this block number are final (a stream moved past them).
-    pending_behind: Option<u64>,
+    /// Complete blocks numbered in this range are final (a stream moved past them).
+    pending_behind: Option<(u64, u64)>,
     /// The same, as wall-clock time for stat.
     last_write_time: Option<std::time::SystemTime>,
 }
@@ -243,9 +243,15 @@ impl SparseFile {
         self.last_write_time = Some(std::time::SystemTime::now());
         let ws = self.geo.write_size;
         let per = ws / self.geo.block;
-        if off >= self.last_end && off / ws > self.last_end / ws {
-            let limit = off / ws * per;
-            self.pending_behind = Some(self.pending_behind.map_or(limit, |l| l.max(limit)));
+        if off >= self.last_end && off / ws > self.last_end / ws && self.last_end > 0 {
+            // Only the windows the stream just left: a random writer jumping forward
+            // costs a look at two windows, not at everything buffered.
+            let left = (self.last_end - 1) / ws;
+            let (from, to) = (left.saturating_sub(1) * per, (left + 1) * per);
+            self.pending_behind = Some(match self.pending_behind {
+                Some((f, t)) => (f.min(from), t.max(to)),
+                None => (from, to),
+            });
         }
         self.last_end = end;
         let windows =
@@ -262,10 +268,10 @@ impl SparseFile {
     /// else in between are simply not there any more.
     pub fn run_pending(&mut self) -> io::Result<()> {
         let per = self.geo.write_size / self.geo.block;
-        if let Some(limit) = self.pending_behind.take() {
+        if let Some((from, to)) = self.pending_behind.take() {
             let behind = self
                 .dirty
-                .take_complete_before(limit, self.size, &self.index.data);
+                .take_complete_in(from, to, self.size, &self.index.data);
             if !behind.is_empty() {
                 self.stats.flushed(Trigger::Window);
                 self.flush_taken(behind)?;
