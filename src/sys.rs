@@ -288,10 +288,10 @@ pub fn access(fd: BorrowedFd<'_>, mask: i32) -> io::Result<()> {
 /// # Errors
 /// The errno of fstatvfs.
 pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
-    let f = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // fstatfs works on O_PATH fds (Linux 3.12+) of any file type: no reopen.
     let mut st = MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: st is valid for writes.
-    cvt(unsafe { libc::fstatvfs(f.as_raw_fd(), st.as_mut_ptr()) })?;
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: initialised by the successful call.
     Ok(unsafe { st.assume_init() })
 }

@@ -933,6 +933,9 @@ fn metadata_operations_pass_through() {
     // statfs forwarded
     let (a, c) = (statvfs(m.path()), statvfs(b.path()));
     assert_eq!(a.0, c.0, "f_blocks");
+    // statfs of a file, not only of a directory (glibc's posix_fallocate emulation and
+    // df FILE need it)
+    assert_eq!(statvfs(&m.p("d/b")).0, c.0, "statfs of a regular file");
     // rmdir / unlink
     fs::remove_file(m.p("d/b")).unwrap();
     fs::remove_file(m.p("hard")).unwrap();

@@ -21,7 +21,7 @@
 # --control runs steps 1-2 on a plain directory without sparsefs (checks the job file).
 # Defaults: dir,bindfs,gluster x 4K,32K,1M with 64 MiB files (--quick: dir,bindfs x 4K,1M,
 # 16 MiB files). Failing runs keep fio's output, dumps and the daemon log in OUT/fail-*.
-# Environment: SPARSEFS (binary; default /tmp/rel/sparsefs, then target/release/sparsefs,
+# Environment: SPARSEFS (binary; default target/release/sparsefs,
 # then PATH).
 set -uo pipefail
 
@@ -29,7 +29,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 JOBFILE="$HERE/verify.fio"
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
 QUICK=0
 BACKINGS=()
@@ -73,7 +73,7 @@ OUT="${OUT:-/tmp/rel/results/fio-$(date +%Y%m%d-%H%M%S)}"
 
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-SPARSEFS="$(find_bin "${SPARSEFS:-}" /tmp/rel/sparsefs "$REPO/target/release/sparsefs" sparsefs)" \
+SPARSEFS="$(find_bin "${SPARSEFS:-}" "$REPO/target/release/sparsefs" sparsefs)" \
     || { echo "fio.sh: no sparsefs binary (set SPARSEFS)" >&2; exit 2; }
 command -v fio >/dev/null || { echo "fio.sh: fio not installed (apt-get install fio)" >&2; exit 2; }
 PY="$(find_bin /usr/bin/python3 python3)" || { echo "fio.sh: no python3" >&2; exit 2; }

@@ -30,14 +30,14 @@
 # Totals: --ops is the total over all combinations (default 1,000,000; --quick 20,000),
 # split evenly. Needs root, /dev/fuse, fsx (cargo install fsx --root /tmp/rel/tools -j1),
 # bindfs for the bindfs backing, and a mounted GlusterFS volume for the gluster backing.
-# Environment: SPARSEFS (binary; default /tmp/rel/sparsefs, then target/release/sparsefs,
+# Environment: SPARSEFS (binary; default target/release/sparsefs,
 # then PATH), FSX (default /tmp/rel/tools/bin/fsx, then PATH).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
 
 QUICK=0
 BACKINGS=()
@@ -94,9 +94,9 @@ OUT="${OUT:-/tmp/rel/results/fsx-$(date +%Y%m%d-%H%M%S)}"
 
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-SPARSEFS="$(find_bin "${SPARSEFS:-}" /tmp/rel/sparsefs "$REPO/target/release/sparsefs" sparsefs)" \
+SPARSEFS="$(find_bin "${SPARSEFS:-}" "$REPO/target/release/sparsefs" sparsefs)" \
     || { echo "fsx.sh: no sparsefs binary (set SPARSEFS)" >&2; exit 2; }
-FSX="$(find_bin "${FSX:-}" /tmp/rel/tools/bin/fsx fsx)" \
+FSX="$(find_bin "${FSX:-}" fsx /tmp/rel/tools/bin/fsx)" \
     || { echo "fsx.sh: no fsx (cargo install fsx --root /tmp/rel/tools -j1; or set FSX)" >&2; exit 2; }
 PY="$(find_bin /usr/bin/python3 python3)" || { echo "fsx.sh: no python3" >&2; exit 2; }
 SEEKCHECK="$HERE/seekcheck.py"

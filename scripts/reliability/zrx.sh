@@ -14,7 +14,7 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
 QUICK=0; BACKINGS=(); BLOCKS="4K,32K,1M"; OPS=""; SEED=""; MOUNT_OPTS=(); OUT=""
 GLUSTER=/tmp/gl/mnt
@@ -41,7 +41,7 @@ OUT="${OUT:-/tmp/rel/results/zrx-$(date +%Y%m%d-%H%M%S)}"
 
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-SPARSEFS="$(find_bin "${SPARSEFS:-}" /tmp/rel/sparsefs "$REPO/target/release/sparsefs" sparsefs)" \
+SPARSEFS="$(find_bin "${SPARSEFS:-}" "$REPO/target/release/sparsefs" sparsefs)" \
     || { echo "zrx.sh: no sparsefs binary (set SPARSEFS)" >&2; exit 2; }
 PY="$(find_bin /usr/bin/python3 python3)" || { echo "zrx.sh: no python3" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "zrx.sh: needs root" >&2; exit 2; }
