@@ -1021,8 +1021,16 @@ impl SparseFs {
         if (inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR) || name == MAP_XATTR {
             return Err(errno(libc::ENODATA));
         }
+        let caps = name == "security.capability";
+        if caps && inode.no_caps.load(Relaxed) {
+            return Err(errno(libc::ENODATA));
+        }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
-        sys::getxattr(inode.fd(), &c, size as usize)
+        let r = sys::getxattr(inode.fd(), &c, size as usize);
+        if caps && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENODATA)) {
+            inode.no_caps.store(true, Relaxed);
+        }
+        r
     }
 
     /// listxattr.
@@ -1060,6 +1068,7 @@ impl SparseFs {
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
         let inode = self.inode(ino)?;
         self.xattr_ok(&inode)?;
+        inode.no_caps.store(false, Relaxed);
         if name == STATS_XATTR || name == MAP_XATTR {
             return Err(errno(libc::EPERM));
         }
@@ -1079,6 +1088,7 @@ impl SparseFs {
         }
         let inode = self.inode(ino)?;
         self.xattr_ok(&inode)?;
+        inode.no_caps.store(false, Relaxed);
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
         sys::removexattr(inode.fd(), &c)?;
         self.restamp(Some(inode));

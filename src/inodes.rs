@@ -57,6 +57,10 @@ pub struct Inode {
     lookups: AtomicU64,
     /// Sparse state, for regular files once opened.
     pub file: Mutex<Option<Arc<FileNode>>>,
+    /// The backend said this file has no `security.capability` xattr. The kernel asks
+    /// for it before every write; the answer is remembered until the xattr is set or
+    /// removed through the mount.
+    pub no_caps: std::sync::atomic::AtomicBool,
 }
 
 impl Inode {
@@ -96,6 +100,7 @@ impl InodeTable {
             fd: root_fd,
             lookups: AtomicU64::new(1 << 40),
             file: Mutex::new(None),
+            no_caps: std::sync::atomic::AtomicBool::new(false),
         });
         let mut maps = Maps::default();
         maps.by_ino.insert(1, inode.clone());
@@ -158,6 +163,7 @@ impl InodeTable {
             fd,
             lookups: AtomicU64::new(1),
             file: Mutex::new(None),
+            no_caps: std::sync::atomic::AtomicBool::new(false),
         });
         m.by_ino.insert(ino, inode.clone());
         m.by_key.insert(key, ino);
