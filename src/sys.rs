@@ -395,25 +395,10 @@ fn size_or_err(n: isize) -> io::Result<usize> {
 /// The errno of getxattr (`ENODATA`, `ERANGE`, `ENOTSUP`).
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<u8>> {
     let p = xattr_path(fd);
-    let mut buf = vec![0u8; size];
-    // SAFETY: buf is valid for size bytes (a null pointer with size 0 asks for the length).
-    let n = size_or_err(unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            name.as_ptr(),
-            if size == 0 {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            size,
-        )
-    })?;
-    if size == 0 {
-        return Ok(vec![0u8; n]);
-    }
-    buf.truncate(n);
-    Ok(buf)
+    // SAFETY: the buffer pointer is valid for `len` bytes (null with 0 asks the length).
+    sized_call(size, |buf, len| unsafe {
+        libc::getxattr(p.as_ptr(), name.as_ptr(), buf, len)
+    })
 }
 
 /// listxattr; `size == 0` asks for the length.
@@ -422,19 +407,24 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<
 /// The errno of listxattr.
 pub fn listxattr(fd: BorrowedFd<'_>, size: usize) -> io::Result<Vec<u8>> {
     let p = xattr_path(fd);
+    // SAFETY: the buffer pointer is valid for `len` bytes (null with 0 asks the length).
+    sized_call(size, |buf, len| unsafe {
+        libc::listxattr(p.as_ptr(), buf.cast(), len)
+    })
+}
+
+/// Runs a "fill a buffer of `size` bytes, or tell the length when `size` is 0" call.
+fn sized_call(
+    size: usize,
+    call: impl FnOnce(*mut libc::c_void, usize) -> isize,
+) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; size];
-    // SAFETY: buf is valid for size bytes.
-    let n = size_or_err(unsafe {
-        libc::listxattr(
-            p.as_ptr(),
-            if size == 0 {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            size,
-        )
-    })?;
+    let ptr = if size == 0 {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    };
+    let n = size_or_err(call(ptr, size))?;
     if size == 0 {
         return Ok(vec![0u8; n]);
     }
