@@ -99,7 +99,7 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
-    /// map_store=xattr|sidecar|none,
+    /// read_ahead=SIZE, map_store=xattr|sidecar|none,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
     /// subtype=NAME, and fstab-only ones that are ignored (defaults, _netdev, nofail,
     /// noauto, auto, user, users, x-*).
@@ -111,6 +111,10 @@ pub struct MountArgs {
     /// Largest backend write, a multiple of the sparse block (default 4M).
     #[arg(long, value_name = "SIZE")]
     pub write_size: Option<String>,
+    /// Kernel read-ahead of the mount (default 1M: reads reach the daemon as 1 MiB
+    /// requests; 0 keeps the kernel's 128K). Set through sysfs, so root only.
+    #[arg(long, value_name = "SIZE")]
+    pub read_ahead: Option<String>,
     /// Dirty bytes across all files before writers flush (default 256M).
     #[arg(long, value_name = "SIZE")]
     pub max_dirty: Option<String>,
@@ -165,6 +169,8 @@ pub struct MountConfig {
     pub max_dirty: u64,
     /// Dirty age.
     pub dirty_age: Duration,
+    /// Kernel read-ahead in bytes (0: leave the kernel's).
+    pub read_ahead: u64,
     /// Threads.
     pub threads: usize,
     /// Extent map persistence.
@@ -288,6 +294,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut write_size = a.write_size.clone();
     let mut max_dirty = a.max_dirty.clone();
     let mut dirty_age = a.dirty_age.clone();
+    let mut read_ahead = a.read_ahead.clone();
     let mut threads = a.threads;
     let mut map_store = a.map_store.clone();
     let mut access = if a.allow_other {
@@ -314,6 +321,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             "write_size" => write_size = Some(need(v)?),
             "max_dirty" => max_dirty = Some(need(v)?),
             "dirty_age" => dirty_age = Some(need(v)?),
+            "read_ahead" => read_ahead = Some(need(v)?),
             "map_store" => map_store = Some(need(v)?),
             "threads" => {
                 threads = Some(need(v)?.parse().map_err(|_| {
@@ -378,6 +386,15 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         ));
     }
     let dirty_age = parse_duration("dirty age", dirty_age.as_deref().unwrap_or("5s"))?;
+    let read_ahead = match read_ahead.as_deref().unwrap_or("1M") {
+        "0" => 0,
+        r => parse_size("read ahead", r)?,
+    };
+    if read_ahead > 1 << 30 {
+        return usage(format!(
+            "invalid read ahead {read_ahead}: must be at most 1G"
+        ));
+    }
     let map_store = match map_store.as_deref().unwrap_or("xattr") {
         "xattr" => crate::fs::MapStore::Xattr,
         "sidecar" => crate::fs::MapStore::Sidecar,
@@ -426,6 +443,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         write_size,
         max_dirty,
         dirty_age,
+        read_ahead,
         threads,
         map_store,
         access,

@@ -961,13 +961,22 @@ impl SparseFs {
     }
 
     /// readdirplus support: looks an entry of a snapshot up (raising its lookup count,
-    /// as the kernel expects for every entry it is given with attributes). `.` and `..`
-    /// are not looked up (the kernel skips them). `None` for an entry that vanished.
-    pub fn lookup_entry(&self, dir: u64, e: &DirEntry) -> Option<Entry> {
+    /// as the kernel expects for every entry it is given with attributes). `Ok(None)` for
+    /// `.` and `..` (not looked up: the kernel skips them) and for an entry that vanished
+    /// since the snapshot (`ENOENT`: leave it out). Other errors (`EMFILE`, `EACCES`,
+    /// the backend's) are returned: the entry must not be sent with made-up attributes.
+    ///
+    /// # Errors
+    /// The lookup's errno other than `ENOENT`.
+    pub fn lookup_entry(&self, dir: u64, e: &DirEntry) -> io::Result<Option<Entry>> {
         if e.name == "." || e.name == ".." {
-            return None;
+            return Ok(None);
         }
-        self.lookup(dir, &e.name).ok()
+        match self.lookup(dir, &e.name) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// releasedir.

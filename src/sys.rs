@@ -494,18 +494,36 @@ impl Drop for FsIds {
     }
 }
 
-/// Raises RLIMIT_NOFILE to its hard limit; returns the new soft limit.
+/// Raises RLIMIT_NOFILE as far as allowed: to `fs.nr_open` when the process may raise its
+/// hard limit (root, CAP_SYS_RESOURCE), else to the hard limit. Every inode the kernel
+/// remembers holds one O_PATH fd, so this bounds the inodes in use. Returns the new soft
+/// limit.
 pub fn raise_nofile() -> u64 {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: r is valid for writes.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
-        r.rlim_cur = r.rlim_max;
-        // SAFETY: r is a valid rlimit.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 0;
     }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if nr_open > r.rlim_max {
+        let up = libc::rlimit {
+            rlim_cur: nr_open,
+            rlim_max: nr_open,
+        };
+        // SAFETY: up is a valid rlimit; fails harmlessly without CAP_SYS_RESOURCE.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) } == 0 {
+            return nr_open;
+        }
+    }
+    r.rlim_cur = r.rlim_max;
+    // SAFETY: r is a valid rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
     r.rlim_cur
 }
 
