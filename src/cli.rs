@@ -53,16 +53,18 @@ pub enum Cmd {
         #[arg(long)]
         records: bool,
     },
-    /// Learn the extent maps of existing files on a backing directory (read once, find
-    /// zero blocks) and store them where mounts find them; --dig also punches the zeros.
+    /// Learn the extent maps of existing files (read once, find zero blocks) and store
+    /// them where mounts find them; --dig also punches the zeros. Works on a backing
+    /// directory (unmounted or mounted) or through a sparsefs mount (the daemon scans).
     Scan {
-        /// Files or directories (recursed) under the backing root.
+        /// Files or directories (recursed) under the backing root or on a sparsefs mount.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// The sparsefs backing root (default: the first path, if a directory).
         #[arg(long)]
         root: Option<PathBuf>,
-        /// Zero-detection block (as --sparse-block of the mount).
+        /// Zero-detection block (as --sparse-block of the mount; through a mount the
+        /// mount's own sparse block is used).
         #[arg(long, default_value = "32K")]
         block: String,
         /// Punch the zero blocks found on the backend.
@@ -71,6 +73,19 @@ pub enum Cmd {
         /// Report what would be found; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Remove stored extent maps whose files are gone (deleted outside the mount) and
+    /// leftovers of interrupted writes, from a backing directory (mounted or not).
+    Gc {
+        /// The sparsefs backing root.
+        root: PathBuf,
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave records younger than this (default 1m; 0 for none): a file being
+        /// created through a mount may get its record before the walk sees it.
+        #[arg(long, value_name = "DURATION")]
+        min_age: Option<String>,
     },
     /// Print the man page (roff) on stdout: `sparsefs man > /usr/local/share/man/man8/sparsefs.8`.
     #[command(hide = true)]

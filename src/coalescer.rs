@@ -262,7 +262,8 @@ impl Run {
 /// What a flush of some blocks must do.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Backend writes, ascending, each within one write-size window.
+    /// Backend writes, ascending, each at most a write size long: an extent that fits
+    /// is one write; longer extents are cut at write-size window boundaries.
     pub writes: Vec<Run>,
     /// File ranges of all-zero complete blocks: they read as zeros from now on; where
     /// the index had data under them, the backend must punch (or write zeros).
@@ -320,26 +321,50 @@ pub fn plan(
             }
         }
     }
-    for (mut abs, mut piece) in pieces {
-        while piece.len > 0 {
-            let boundary = (abs / write_size + 1) * write_size;
-            let take = piece.len.min((boundary - abs) as usize);
-            let part = Piece {
-                slot: piece.slot,
-                start: piece.start,
-                len: take,
-            };
-            match p.writes.last_mut() {
-                Some(r) if r.off + r.len() == abs && abs % write_size != 0 => r.pieces.push(part),
-                _ => p.writes.push(Run {
-                    off: abs,
-                    pieces: vec![part],
-                }),
-            }
-            abs += take as u64;
-            piece.start += take;
-            piece.len -= take;
+    // Contiguous pieces form extents. An extent of at most `write_size` bytes is one
+    // backend write wherever it lies (rsync -S extents straddle window boundaries);
+    // longer ones are cut at window boundaries, so the backend sees aligned full-size
+    // writes (full GPFS blocks, Lustre stripes).
+    let mut i = 0;
+    while i < pieces.len() {
+        let mut j = i + 1;
+        let mut end = pieces[i].0 + pieces[i].1.len as u64;
+        while j < pieces.len() && pieces[j].0 == end {
+            end += pieces[j].1.len as u64;
+            j += 1;
         }
+        let start = pieces[i].0;
+        if end - start <= write_size {
+            p.writes.push(Run {
+                off: start,
+                pieces: pieces[i..j].iter().map(|&(_, pc)| pc).collect(),
+            });
+        } else {
+            for &(mut abs, mut piece) in &pieces[i..j] {
+                while piece.len > 0 {
+                    let boundary = (abs / write_size + 1) * write_size;
+                    let take = piece.len.min((boundary - abs) as usize);
+                    let part = Piece {
+                        slot: piece.slot,
+                        start: piece.start,
+                        len: take,
+                    };
+                    match p.writes.last_mut() {
+                        Some(r) if r.off + r.len() == abs && abs % write_size != 0 => {
+                            r.pieces.push(part)
+                        }
+                        _ => p.writes.push(Run {
+                            off: abs,
+                            pieces: vec![part],
+                        }),
+                    }
+                    abs += take as u64;
+                    piece.start += take;
+                    piece.len -= take;
+                }
+            }
+        }
+        i = j;
     }
     p
 }
@@ -377,6 +402,23 @@ mod tests {
         assert_eq!(runs, vec![(0, 8), (16, 8)]);
         assert_eq!(p.zeros.iter().collect::<Vec<_>>(), vec![(8, 16)]);
         assert_eq!(p.zero_bytes, 8);
+    }
+
+    #[test]
+    fn an_extent_that_fits_a_write_size_is_one_write_wherever_it_lies() {
+        // Block 4, write size 16: an extent of 12 bytes straddling the boundary at 16
+        // is one write; one of 40 bytes from 8 is cut at 16 and 32 (aligned writes).
+        let mut c = blocks(4, &[(12, vec![7; 12]), (60, vec![9; 40])]);
+        let taken = c.take(0, u64::MAX);
+        let p = plan(&taken, 4, 16, 100, &RangeSet::new());
+        let runs: Vec<(u64, u64)> = p.writes.iter().map(|r| (r.off, r.len())).collect();
+        assert_eq!(runs, vec![(12, 12), (60, 4), (64, 16), (80, 16), (96, 4)]);
+        // Exactly a write size, unaligned: still one write.
+        let mut c = blocks(4, &[(8, vec![5; 16])]);
+        let taken = c.take(0, u64::MAX);
+        let p = plan(&taken, 4, 16, 100, &RangeSet::new());
+        let runs: Vec<(u64, u64)> = p.writes.iter().map(|r| (r.off, r.len())).collect();
+        assert_eq!(runs, vec![(8, 16)]);
     }
 
     #[test]

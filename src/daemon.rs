@@ -278,13 +278,10 @@ fn set_read_ahead(mountpoint: &Path, bytes: u64) {
     };
     let mp = mountpoint.to_string_lossy();
     // Fields: id parent major:minor root mountpoint ...; the newest mount is the last.
-    let dev = info
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && unescape_mountinfo(f[4]) == *mp).then(|| f[2].to_string())
-        })
-        .last();
+    let dev = info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && unescape_mountinfo(f[4]) == *mp).then(|| f[2].to_string())
+    });
     let Some(dev) = dev else {
         tracing::debug!("read-ahead: mount not found in mountinfo");
         return;

@@ -72,6 +72,8 @@ pub struct SparseFile {
     /// write-size window, means a stream moved on (rsync -S, tar, checkpoint writers
     /// seek over holes), so the complete blocks behind it are final and are flushed.
     last_end: u64,
+    /// Start of the contiguous stream of writes that ends at `last_end`.
+    stream_start: u64,
     /// When the application last wrote.
     last_write: Option<Instant>,
     /// Write-size windows found complete, not yet flushed.
@@ -114,6 +116,7 @@ impl SparseFile {
             error: None,
             dirty_since: None,
             last_end: 0,
+            stream_start: 0,
             last_write: None,
             last_write_time: None,
             pending_windows: Vec::new(),
@@ -244,14 +247,19 @@ impl SparseFile {
         let ws = self.geo.write_size;
         let per = ws / self.geo.block;
         if off >= self.last_end && off / ws > self.last_end / ws && self.last_end > 0 {
-            // Only the windows the stream just left: a random writer jumping forward
-            // costs a look at two windows, not at everything buffered.
+            // Only the windows the stream just left, and the extent it just finished
+            // (which may begin further back): a random writer jumping forward costs a
+            // look at two windows, not at everything buffered.
             let left = (self.last_end - 1) / ws;
-            let (from, to) = (left.saturating_sub(1) * per, (left + 1) * per);
+            let from = (left.saturating_sub(1) * per).min(self.stream_start / self.geo.block);
+            let to = (left + 1) * per;
             self.pending_behind = Some(match self.pending_behind {
                 Some((f, t)) => (f.min(from), t.max(to)),
                 None => (from, to),
             });
+        }
+        if off != self.last_end {
+            self.stream_start = off;
         }
         self.last_end = end;
         let windows =
@@ -583,6 +591,60 @@ impl SparseFile {
             self.backend_size = end;
         }
         Ok(())
+    }
+
+    /// `sparsefs scan` through the mount: reads the bytes of `off..off+len` that the
+    /// index counts as data from the backend (1 MiB at a time), and turns every all-zero
+    /// sparse block among them into a known hole of the index (the backend already reads
+    /// zeros there, so nothing else changes). With `dig`, also punches every hole of the
+    /// range on a backend that can punch. Returns the bytes newly found zero.
+    pub fn scan_zeros(&mut self, off: u64, len: u64, dig: bool) -> io::Result<u64> {
+        self.flush(Depth::Full, Trigger::Sync)?;
+        if !self.index.exact && self.caps.seek {
+            self.learn()?;
+        }
+        let bs = self.geo.block;
+        let end = off.saturating_add(len).min(self.size);
+        let chunk = (1u64 << 20).max(bs);
+        let mut buf = vec![0u8; chunk as usize];
+        let mut found = RangeSet::new();
+        let mut pos = off / bs * bs;
+        while pos < end {
+            let stop = (pos + chunk).min(end.next_multiple_of(bs)).min(self.size);
+            if !self.index.data.intersects(pos, stop) {
+                pos = stop;
+                continue;
+            }
+            let n = (stop - pos) as usize;
+            let got = self.backend.read_at(&mut buf[..n], pos)?;
+            buf[got..n].fill(0);
+            for (i, b) in buf[..n].chunks(bs as usize).enumerate() {
+                let s = pos + i as u64 * bs;
+                let e = s + b.len() as u64;
+                if self.index.data.intersects(s, e) && crate::zero::is_zero(b) {
+                    found.insert(s, e);
+                }
+            }
+            pos = stop;
+        }
+        for (s, e) in found.iter() {
+            self.index.data.remove(s, e);
+        }
+        if dig && self.caps.punch {
+            // Every hole of the range, also those known before (a map stored by an
+            // earlier scan describes zeros the backend may still hold allocated): one
+            // punch per hole run, a no-op where the backend already has a hole.
+            let first = off / bs * bs;
+            let last = end.min(self.backend_size);
+            for (s, e) in self.index.data.gaps(first, last.max(first)) {
+                self.backend.punch_hole(s, e - s)?;
+            }
+        }
+        // Every hole of the index is now a known one (verified zeros or learned), and
+        // what is not scanned stays data: the map is exact in the sense `st_blocks` and
+        // persistence rely on.
+        self.index.exact = true;
+        Ok(found.total())
     }
 
     /// `fallocate` mode 0 or `KEEP_SIZE`: passed to the backend; allocated ranges count

@@ -48,6 +48,11 @@ pub use crate::persist::{Loaded, MAP_XATTR, Persist, SIDECAR_DIR};
 /// from listxattr; readable by the mount's owner and root only; never stored.
 pub const STATS_XATTR: &str = "user.sparsefs.stats";
 
+/// Setting this xattr on an open file asks the daemon to scan part of it for zero blocks
+/// (`sparsefs scan` through a mount). Value: `OFFSET LENGTH` or `OFFSET LENGTH dig`. The
+/// kernel lets only callers with write access set a `user.` xattr.
+pub const SCAN_XATTR: &str = "user.sparsefs.scan";
+
 fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
 }
@@ -379,6 +384,10 @@ impl SparseFs {
             return;
         }
         let Ok(p) = self.persist() else { return };
+        // An unlinked-but-open file has no future reader: no record for it.
+        if sys::fstat(inode.fd()).is_ok_and(|st| st.st_nlink == 0) {
+            return;
+        }
         if e.index_data().total() >= e.size() {
             if node.persisted.swap(false, Relaxed) {
                 p.remove(inode.fd());
@@ -423,6 +432,26 @@ impl SparseFs {
         let ino = self.sh.inodes.ino_for(st.st_dev, st.st_ino)?;
         let inode = self.sh.inodes.get(ino).ok()?;
         (inode.key == (st.st_dev, st.st_ino) && inode.node().is_some()).then_some(inode)
+    }
+
+    /// The backing inode number behind `name` if it is a regular file whose only link
+    /// this is (so removing the name ends the file and its stored map).
+    fn last_link(&self, dir: &Inode, name: &std::ffi::CStr) -> Option<u64> {
+        if self.sh.cfg.map_store == MapStore::None {
+            return None;
+        }
+        let st = sys::fstatat_nofollow(dir.fd(), name).ok()?;
+        (st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_nlink == 1
+            && st.st_dev == self.sh.inodes.root_key().0)
+            .then_some(st.st_ino)
+    }
+
+    /// Drops the sidecar record of a file whose last link was removed through the mount.
+    fn forget_record(&self, ino: Option<u64>) {
+        if let (Some(ino), Ok(p)) = (ino, self.persist()) {
+            p.forget_ino(ino);
+        }
     }
 
     fn restamp(&self, inode: Option<Arc<Inode>>) {
@@ -602,8 +631,10 @@ impl SparseFs {
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
         let child = self.known_child(&dir, &c);
+        let last = self.last_link(&dir, &c);
         sys::unlinkat(dir.fd(), &c, 0)?;
         self.restamp(child);
+        self.forget_record(last);
         Ok(())
     }
 
@@ -635,14 +666,19 @@ impl SparseFs {
             self.name_ok(newparent, newname)?,
         );
         let moved = self.known_child(&a, &on);
-        let other = if flags & libc::RENAME_EXCHANGE != 0 {
-            self.known_child(&b, &nn)
+        let (other, replaced) = if flags & libc::RENAME_EXCHANGE != 0 {
+            (self.known_child(&b, &nn), None)
         } else {
-            None
+            (None, self.last_link(&b, &nn))
         };
+        let moved_ino = sys::fstatat_nofollow(a.fd(), &on).ok().map(|st| st.st_ino);
         sys::renameat2(a.fd(), &on, b.fd(), &nn, flags)?;
         self.restamp(moved);
         self.restamp(other);
+        // A rename onto another name of the same file replaces nothing.
+        if replaced != moved_ino {
+            self.forget_record(replaced);
+        }
         Ok(())
     }
 
@@ -1081,9 +1117,42 @@ impl SparseFs {
         if name == STATS_XATTR || name == MAP_XATTR {
             return Err(errno(libc::EPERM));
         }
+        if name == SCAN_XATTR {
+            return self.scan_request(&inode, value);
+        }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
         sys::setxattr(inode.fd(), &c, value, flags)?;
         self.restamp(Some(inode));
+        Ok(())
+    }
+
+    /// A [`SCAN_XATTR`] request: scans a range of an open regular file for zero blocks
+    /// (the engine reads the backend; the found blocks become known holes, persisted at
+    /// close like any map change).
+    fn scan_request(&self, inode: &Inode, value: &[u8]) -> io::Result<()> {
+        let text = std::str::from_utf8(value).map_err(|_| errno(libc::EINVAL))?;
+        let mut it = text.split_ascii_whitespace();
+        let num = |x: Option<&str>| x.and_then(|v| v.parse::<u64>().ok());
+        let (Some(off), Some(len)) = (num(it.next()), num(it.next())) else {
+            return Err(errno(libc::EINVAL));
+        };
+        let dig = match it.next() {
+            None => false,
+            Some("dig") => true,
+            Some(_) => return Err(errno(libc::EINVAL)),
+        };
+        if inode.kind != libc::S_IFREG {
+            return Err(errno(libc::EINVAL));
+        }
+        // Only through an open file: its sparse state exists while it is open.
+        let node = inode.node().ok_or_else(|| errno(libc::EBADF))?;
+        let found = node.engine.write().scan_zeros(off, len, dig)?;
+        // Punching moves the file's ctime: the map is stored again at close, with a
+        // fresh stamp, or the next mount would find it stale.
+        if found > 0 || dig {
+            node.changed.store(true, Relaxed);
+            node.persisted.store(true, Relaxed);
+        }
         Ok(())
     }
 

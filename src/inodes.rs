@@ -198,6 +198,11 @@ impl InodeTable {
             .collect()
     }
 
+    /// `(st_dev, st_ino)` of the backing root.
+    pub fn root_key(&self) -> (u64, u64) {
+        self.root_key
+    }
+
     /// The root's `O_PATH` fd (the backing directory).
     pub fn root_fd(&self) -> BorrowedFd<'_> {
         self.root.fd()

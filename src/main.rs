@@ -46,6 +46,24 @@ fn main() -> ExitCode {
             json,
             watch,
         } => report(sparsefs::daemon::stats(&mountpoint, json, watch)),
+        Cmd::Gc {
+            root,
+            dry_run,
+            min_age,
+        } => {
+            let min_age = match min_age.as_deref() {
+                None => std::time::Duration::from_secs(60),
+                Some("0") => std::time::Duration::ZERO,
+                Some(a) => match sparsefs::cli::parse_duration("min age", a) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("sparsefs: error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            report(sparsefs::tools::gc(&root, dry_run, min_age))
+        }
         Cmd::Map {
             files,
             json,
@@ -80,13 +98,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let root = match root.or_else(|| paths.first().filter(|p| p.is_dir()).cloned()) {
-                Some(r) => r,
-                None => {
-                    eprintln!("sparsefs: error: give the backing root with --root");
-                    return ExitCode::from(2);
-                }
-            };
+            let root = root.or_else(|| paths.first().filter(|p| p.is_dir()).cloned());
             report(sparsefs::tools::scan(
                 &paths,
                 &sparsefs::tools::ScanOpts {

@@ -164,6 +164,14 @@ impl<'a> Persist<'a> {
         self.write_record(&st_final, &rec)
     }
 
+    /// Removes the sidecar record of inode `ino` (its file's last link is gone).
+    pub fn forget_ino(&self, ino: u64) {
+        if let Ok(dir) = self.dir(false) {
+            let name = CString::new(ino.to_string()).expect("no NUL");
+            let _ = sys::unlinkat(dir.as_fd(), &name, 0);
+        }
+    }
+
     /// Removes the stored map of `file` (it has no holes any more).
     pub fn remove(&self, file: BorrowedFd<'_>) {
         let _ = sys::removexattr(file, &xattr_name());

@@ -79,6 +79,25 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
+/// fstatat(2) of `name` in `dir`, not following a final symlink.
+///
+/// # Errors
+/// The errno of fstatat.
+pub fn fstatat_nofollow(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: st is valid for writes; name is a valid C string.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
 /// Safe wrapper for fstatat(2) with `AT_EMPTY_PATH` (stat of the fd itself).
 ///
 /// # Errors

@@ -124,8 +124,9 @@ pub fn map(files: &[PathBuf], fmt: MapFormat) -> Result<(), String> {
 /// Options of `sparsefs scan`.
 #[derive(Clone, Debug)]
 pub struct ScanOpts {
-    /// The sparsefs backing root (where the sidecar records live).
-    pub root: PathBuf,
+    /// The sparsefs backing root (where the sidecar records live); not needed through
+    /// a mount.
+    pub root: Option<PathBuf>,
     /// Zero-detection block.
     pub block: u64,
     /// Punch the zero blocks found.
@@ -179,17 +180,23 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
 /// # Errors
 /// A one-line message.
 pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
-    if paths
-        .iter()
-        .chain(std::iter::once(&o.root))
-        .any(|p| on_sparsefs(p))
-    {
-        return Err("scan works on the backing directory, not through a sparsefs mount: give the backing paths (the mount picks the maps up on the next open)".into());
+    let mounted = paths.iter().filter(|p| on_sparsefs(p)).count();
+    if mounted == paths.len() && mounted > 0 {
+        return scan_mounted(paths, o);
     }
+    if mounted > 0 {
+        return Err(
+            "give either paths on a sparsefs mount or paths on its backing directory, not both"
+                .into(),
+        );
+    }
+    let Some(root_path) = &o.root else {
+        return Err("give the backing root with --root (or scan through the mount)".into());
+    };
     let root_file =
-        File::open(&o.root).map_err(|e| format!("backing root {}: {e}", o.root.display()))?;
+        File::open(root_path).map_err(|e| format!("backing root {}: {e}", root_path.display()))?;
     let root: OwnedFd = root_file.into();
-    let root_canon = std::fs::canonicalize(&o.root).map_err(|e| e.to_string())?;
+    let root_canon = std::fs::canonicalize(root_path).map_err(|e| e.to_string())?;
     let persist = Persist::new(root.as_fd(), MapStore::Xattr);
     let mut files = Vec::new();
     for p in paths {
@@ -203,7 +210,7 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
             return Err(format!(
                 "{} is not under the backing root {}",
                 p.display(),
-                o.root.display()
+                root_path.display()
             ));
         }
         let f = std::fs::OpenOptions::new()
@@ -285,6 +292,197 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
         } else {
             String::new()
         }
+    );
+    Ok(())
+}
+
+/// Bytes asked of the daemon per scan request (the progress step).
+const SCAN_STEP: u64 = 64 << 20;
+
+/// `sparsefs scan` of paths on a mounted sparsefs: the daemon reads each file from the
+/// backend and records its zero blocks (of the mount's sparse block) as holes, asked
+/// through [`crate::fs::SCAN_XATTR`] on the open file, 64 MiB per request; the map is
+/// persisted when the file is closed. `--dry-run` only reads through the mount and
+/// counts zero blocks of `--block`.
+fn scan_mounted(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    let tty = std::io::stderr().is_terminal();
+    let name = std::ffi::CString::new(crate::fs::SCAN_XATTR).expect("no NUL");
+    let (mut total, mut total_zero) = (0u64, 0u64);
+    for p in &files {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(o.dig && !o.dry_run)
+            .open(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        let size = f.metadata().map_err(|e| e.to_string())?.len();
+        let progress = |off: u64| {
+            if tty {
+                eprint!(
+                    "\r{}: {:>5.1}%",
+                    p.display(),
+                    off as f64 * 100.0 / size.max(1) as f64
+                );
+            }
+        };
+        let (data, extents) = if o.dry_run {
+            let mut buf = vec![0u8; (1u64 << 20).max(o.block) as usize];
+            let (mut off, mut data, mut extents, mut last_data) = (0u64, 0u64, 0usize, false);
+            while off < size {
+                let n = f
+                    .read_at(&mut buf, off)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                if n == 0 {
+                    break;
+                }
+                for b in buf[..n].chunks(o.block as usize) {
+                    let z = is_zero(b);
+                    if !z {
+                        data += b.len() as u64;
+                        extents += usize::from(!last_data);
+                    }
+                    last_data = !z;
+                }
+                off += n as u64;
+                progress(off);
+            }
+            (data, extents)
+        } else {
+            let mut off = 0u64;
+            while off < size {
+                let len = SCAN_STEP.min(size - off);
+                let req = if o.dig {
+                    format!("{off} {len} dig")
+                } else {
+                    format!("{off} {len}")
+                };
+                sys::setxattr(f.as_fd(), &name, req.as_bytes(), 0).map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(libc::EACCES | libc::EPERM) => format!(
+                            "{}: {e} (scanning needs write access to the file)",
+                            p.display()
+                        ),
+                        _ => format!("{}: scan request failed: {e}", p.display()),
+                    }
+                })?;
+                off += len;
+                progress(off);
+            }
+            let runs = data_runs(&f, size);
+            (runs.iter().map(|(s, e)| e - s).sum(), runs.len())
+        };
+        if tty {
+            eprint!("\r");
+        }
+        let zero = size - data.min(size);
+        total += size;
+        total_zero += zero;
+        println!(
+            "{}: {} data in {} extents, {} in holes or zero blocks{}",
+            p.display(),
+            human(data),
+            extents,
+            human(zero),
+            if o.dry_run { " (dry run)" } else { "" }
+        );
+    }
+    println!(
+        "scanned {} files through the mount, {}: {} in holes or zero blocks{}",
+        files.len(),
+        human(total),
+        human(total_zero),
+        if o.dig && !o.dry_run {
+            " (zero blocks punched where the backend can)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// `sparsefs gc ROOT`: walks the backing tree once (without following symlinks or
+/// crossing into other filesystems), then removes every sidecar record whose inode no
+/// regular file has any more, and temporary records left by interrupted writes. A
+/// record removed by mistake (a race with a new file) only costs its map: the file is
+/// then treated as data.
+///
+/// # Errors
+/// A one-line message.
+pub fn gc(root: &Path, dry_run: bool, min_age: std::time::Duration) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let rmd = std::fs::metadata(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    if !rmd.is_dir() {
+        return Err(format!("{} is not a directory", root.display()));
+    }
+    if on_sparsefs(root) {
+        return Err(format!(
+            "{} is on a sparsefs mount: give the backing directory",
+            root.display()
+        ));
+    }
+    let side = root.join(crate::persist::SIDECAR_DIR);
+    let entries = match std::fs::read_dir(&side) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("no stored maps under {}", root.display());
+            return Ok(());
+        }
+        Err(e) => return Err(format!("{}: {e}", side.display())),
+    };
+    let started = std::time::SystemTime::now();
+    let mut live = std::collections::HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if d == root && e.file_name() == crate::persist::SIDECAR_DIR {
+                continue;
+            }
+            let Ok(md) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if md.dev() != rmd.dev() {
+                continue;
+            }
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.is_file() {
+                live.insert(md.ino());
+            }
+        }
+    }
+    let (mut kept, mut removed) = (0u64, 0u64);
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let young = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| started.duration_since(t).unwrap_or_default() < min_age);
+        let stale = match name.parse::<u64>() {
+            Ok(ino) => !live.contains(&ino),
+            // `INO.tmpPID`: a record whose writer died before renaming it.
+            Err(_) => name.contains(".tmp"),
+        };
+        if stale && !young {
+            if !dry_run {
+                std::fs::remove_file(e.path())
+                    .map_err(|err| format!("{}: {err}", e.path().display()))?;
+            }
+            removed += 1;
+        } else {
+            kept += 1;
+        }
+    }
+    println!(
+        "{}: {} files, removed {removed} stale map records{}, kept {kept}",
+        root.display(),
+        live.len(),
+        if dry_run { " (dry run)" } else { "" }
     );
     Ok(())
 }

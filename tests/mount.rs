@@ -1124,6 +1124,183 @@ fn paths_near_path_max_and_big_directories_work() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20002");
 }
 
+/// `sparsefs scan` through a mount: a file written densely (zeros included) directly on
+/// the backend becomes sparse as the mount sees it (SEEK map, st_blocks), keeps its bytes,
+/// keeps its map across a remount, and with `--dig` frees the backend's space. `--dry-run`
+/// changes nothing; a user without write access is refused with a clear line.
+#[test]
+fn scan_through_the_mount_learns_zero_blocks_and_digs_them() {
+    if !fuse_available() || !have("setpriv") {
+        return;
+    }
+    for kind in backings() {
+        let Some(backing) = Backing::new(&kind) else {
+            continue;
+        };
+        let b = backing.path().to_path_buf();
+        let img = b.join("img");
+        let extents = [
+            (0, MIB),
+            (5 * MIB, MIB),
+            (17 * MIB + 32 * 1024, 96 * 1024),
+            (40 * MIB, MIB),
+        ];
+        // Dense: every zero written, so the backend allocates all 48 MiB.
+        let mut bytes = vec![0u8; 48 * MIB as usize];
+        for (i, &(off, len)) in extents.iter().enumerate() {
+            bytes[off as usize..(off + len) as usize]
+                .copy_from_slice(&random_bytes(len as usize, i as u64 + 3));
+        }
+        fs::write(&img, &bytes).unwrap();
+        fs::set_permissions(&img, fs::Permissions::from_mode(0o644)).unwrap();
+        let m = Mount::new(&b, &["--allow-other"]);
+        let mi = m.p("img");
+        let before = seek_map(&mi);
+        // Not sparse-aware yet: the whole file is data.
+        assert_eq!(before, vec![(0, 48 * MIB)], "{kind}");
+        // dry run: a report, no change.
+        let out = sh(&format!("{BIN} scan --dry-run {}", mi.display()));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("(dry run)"));
+        assert_eq!(seek_map(&mi), before);
+        // A reader without write access is refused.
+        let out = sh_status(&format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups {BIN} scan {}",
+            mi.display()
+        ));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("scanning needs write access"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(seek_map(&mi), before);
+        // The scan: the map is the data extents (whole 32 KiB blocks), bytes unchanged.
+        let alloc_before = allocated(&img);
+        sh(&format!("{BIN} scan {}", mi.display()));
+        check_map(&seek_map(&mi), &extents, 32 * 1024, &img);
+        assert_eq!(fs::read(&mi).unwrap(), bytes);
+        let st = fs::metadata(&mi).unwrap();
+        assert!(st.blocks() * 512 <= 4 * MIB, "st_blocks {}", st.blocks());
+        // (ext4 counts the map xattr's block in st_blocks.)
+        let alloc = allocated(&img);
+        assert!(
+            (alloc_before..=alloc_before + 64 * 1024).contains(&alloc),
+            "scan without --dig changes no data: {alloc_before} -> {alloc}"
+        );
+        // It lasts: a new mount reads the stored map.
+        drop(m);
+        let m = Mount::new(&b, &[]);
+        let mi = m.p("img");
+        check_map(&seek_map(&mi), &extents, 32 * 1024, &img);
+        // --dig frees the space of the zero blocks on the backend (where it can punch).
+        sh(&format!("{BIN} scan --dig {}", mi.display()));
+        assert_eq!(fs::read(&mi).unwrap(), bytes);
+        drop(m);
+        assert_eq!(fs::read(&img).unwrap(), bytes);
+        if backing.punches() {
+            assert!(
+                allocated(&img) <= 5 * MIB,
+                "{kind}: allocated {}",
+                allocated(&img)
+            );
+        }
+        // The map stored after digging is still valid for the next mount.
+        let m = Mount::new(&b, &[]);
+        check_map(&seek_map(&m.p("img")), &extents, 32 * 1024, &img);
+    }
+}
+
+/// A map of 100k extents (too big for an ext4 xattr) persists through a remount: the
+/// record spills to the sidecar store and comes back whole.
+#[test]
+fn a_100k_extent_map_survives_a_remount() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let n: u64 = 100_000;
+    {
+        let m = Mount::new(b.path(), &["--sparse-block", "4K"]);
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.p("many"))
+            .unwrap();
+        let block = [0x5au8; 4096];
+        for i in 0..n {
+            f.write_all_at(&block, i * 8192).unwrap();
+        }
+        f.set_len(n * 8192).unwrap();
+        drop(f);
+    }
+    let m = Mount::new(b.path(), &["--sparse-block", "4K"]);
+    let f = File::open(m.p("many")).unwrap();
+    let mut pos = 0u64;
+    let mut count = 0u64;
+    while let Ok(d) = lseek(&f, pos as i64, libc::SEEK_DATA) {
+        let h = lseek(&f, d as i64, libc::SEEK_HOLE).unwrap();
+        assert_eq!((d, h), (count * 8192, count * 8192 + 4096));
+        count += 1;
+        pos = h;
+    }
+    assert_eq!(count, n);
+    assert_eq!(fs::metadata(m.p("many")).unwrap().blocks(), n * 8);
+}
+
+/// Stored maps do not outlive their files: removing the last link through the mount
+/// (unlink, or a rename over it) removes the sidecar record; `sparsefs gc` removes the
+/// records of files deleted outside the mount.
+#[test]
+fn stored_maps_go_with_their_files() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let records = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(b.path().join(".sparsefs-maps"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let m = Mount::new(b.path(), &[]);
+    let mut inos = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        make_image(&m.p(name), 8 * MIB, &[(MIB, 64 * 1024)]);
+        inos.push(fs::metadata(b.path().join(name)).unwrap().ino().to_string());
+    }
+    let mut all = inos.clone();
+    all.sort();
+    assert_eq!(records(), all);
+    // A second link keeps the record; removing the last one drops it.
+    fs::hard_link(m.p("a"), m.p("a2")).unwrap();
+    fs::remove_file(m.p("a")).unwrap();
+    assert!(records().contains(&inos[0]));
+    fs::remove_file(m.p("a2")).unwrap();
+    assert!(!records().contains(&inos[0]));
+    // Renaming c over b drops b's record and keeps c's (the file lives on as b).
+    fs::rename(m.p("c"), m.p("b")).unwrap();
+    assert_eq!(records(), {
+        let mut v = vec![inos[2].clone(), inos[3].clone()];
+        v.sort();
+        v
+    });
+    // Deleted outside the mount: gc finds it.
+    fs::remove_file(b.path().join("d")).unwrap();
+    let out = sh(&format!("{BIN} gc --min-age 0 {}", b.path().display()));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(records(), vec![inos[2].clone()]);
+    // The surviving map still works.
+    assert_eq!(seek_map(&m.p("b")), vec![(MIB, MIB + 64 * 1024)]);
+}
+
 /// Sequential reads reach the daemon as 1 MiB requests: the mount's read-ahead is raised
 /// from the kernel's 128 KiB to `--read-ahead` (root: sysfs).
 #[test]
@@ -1183,7 +1360,11 @@ fn ls_l_of_a_directory_bigger_than_the_fd_limit_never_shows_made_up_attributes()
     // attributes are never made up.
     let mut m = Mount::new_under(&["prlimit", "--nofile=1024:1024", "--"], b.path(), &[]);
     let (out, modes) = list(&m);
-    let bad: Vec<&String> = modes.iter().filter(|x| *x != "-rw-r-----").collect();
+    // `-?????????` is how ls shows an entry it could not stat (an error, not a lie).
+    let bad: Vec<&String> = modes
+        .iter()
+        .filter(|x| *x != "-rw-r-----" && *x != "-?????????")
+        .collect();
     assert!(bad.is_empty(), "made-up attributes: {bad:?}");
     let log = m.stop();
     if out.status.success() {
@@ -1508,8 +1689,10 @@ fn rsync_s_of_a_2g_image_costs_one_pwrite_per_extent_counted_by_stats_and_strace
     }
     let src_dir = tempfile::tempdir().unwrap();
     let src = src_dir.path().join("img");
+    // Three extents in four straddle a 4 MiB write-size window boundary: each is still
+    // one backend write (found by the benchmark: 80 writes for 64 extents).
     let extents: Vec<(u64, u64)> = (0..64u64)
-        .map(|i| (i * 32 * MIB + (i % 7) * MIB, MIB))
+        .map(|i| (i * 32 * MIB + 3 * MIB + (i % 4) * MIB / 4, MIB))
         .collect();
     make_image(&src, 2048 * MIB, &extents);
     let b = tempfile::tempdir().unwrap();
@@ -2064,11 +2247,17 @@ fn scan_makes_an_existing_archive_seekable_and_map_prints_its_runs() {
             js.contains("\"data_bytes\":196608") && js.contains("\"data_extents\":3"),
             "{js}"
         );
-        // Through the mount, scan refuses clearly.
-        let out = sh_status(&format!("{BIN} scan {}", m.path().display()));
+        // Mixing paths on the mount and on the backing directory is refused clearly.
+        let out = sh_status(&format!(
+            "{BIN} scan {} {}",
+            m.path().display(),
+            b.path().display()
+        ));
         assert!(
             !out.status.success()
-                && String::from_utf8_lossy(&out.stderr).contains("backing directory")
+                && String::from_utf8_lossy(&out.stderr).contains("backing directory"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }

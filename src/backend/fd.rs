@@ -5,44 +5,138 @@ use super::{BackendFile, Whence};
 use std::fs::File;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 
 /// A backing file opened read-write (or read-only for files the daemon cannot write).
 #[derive(Debug)]
 pub struct FdFile {
     file: File,
+    chaos: Option<std::sync::Arc<Chaos>>,
+}
+
+/// Injected syscall misbehaviour, for tests: every `eintr_every`-th syscall fails with
+/// EINTR before reaching the kernel, and every `short_every`-th read or write moves only
+/// part of its bytes (as NFS, FUSE and network clients may). The retry loops must hide
+/// both from the engine.
+#[derive(Debug, Default)]
+pub struct Chaos {
+    /// Period of injected EINTR (0: never).
+    pub eintr_every: u64,
+    /// Period of injected short reads/writes (0: never).
+    pub short_every: u64,
+    calls: std::sync::atomic::AtomicU64,
+    /// EINTRs injected so far.
+    pub eintrs: std::sync::atomic::AtomicU64,
+    /// Short transfers injected so far.
+    pub shorts: std::sync::atomic::AtomicU64,
+}
+
+impl Chaos {
+    /// Chaos with the given periods.
+    pub fn new(eintr_every: u64, short_every: u64) -> Self {
+        Self {
+            eintr_every,
+            short_every,
+            ..Self::default()
+        }
+    }
+
+    /// Syscalls seen so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn tick(&self) -> (bool, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.calls.fetch_add(1, Relaxed) + 1;
+        let eintr = self.eintr_every > 0 && n.is_multiple_of(self.eintr_every);
+        let short = !eintr && self.short_every > 0 && n.is_multiple_of(self.short_every);
+        if eintr {
+            self.eintrs.fetch_add(1, Relaxed);
+        }
+        if short {
+            self.shorts.fetch_add(1, Relaxed);
+        }
+        (eintr, short)
+    }
 }
 
 impl FdFile {
     /// Wraps an open file.
     pub fn new(file: File) -> Self {
-        Self { file }
+        Self { file, chaos: None }
     }
-}
 
-fn retry<T>(mut f: impl FnMut() -> isize, map: impl Fn(isize) -> T) -> io::Result<T> {
-    loop {
-        let r = f();
-        if r >= 0 {
-            return Ok(map(r));
+    /// Wraps an open file whose syscalls misbehave as `chaos` says (tests).
+    pub fn with_chaos(file: File, chaos: std::sync::Arc<Chaos>) -> Self {
+        Self {
+            file,
+            chaos: Some(chaos),
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+    }
+
+    /// The injected misbehaviour, if any.
+    pub fn chaos(&self) -> Option<&Chaos> {
+        self.chaos.as_deref()
+    }
+
+    /// (inject EINTR, inject a short transfer) for the next syscall.
+    fn tick(&self) -> (bool, bool) {
+        self.chaos.as_deref().map_or((false, false), Chaos::tick)
+    }
+
+    /// Runs a syscall (returning -1 and errno on failure), retrying EINTR, which network
+    /// filesystems return when a signal arrives during a call.
+    fn retry<T>(
+        &self,
+        mut f: impl FnMut(bool) -> isize,
+        map: impl Fn(isize) -> T,
+    ) -> io::Result<T> {
+        loop {
+            let (eintr, short) = self.tick();
+            if eintr {
+                continue;
+            }
+            let r = f(short);
+            if r >= 0 {
+                return Ok(map(r));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
     }
 }
 
 impl BackendFile for FdFile {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        let fd = self.file.as_raw_fd();
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], off + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            let rest = &mut buf[done..];
+            let n = self.retry(
+                |short| {
+                    let len = if short {
+                        rest.len().div_ceil(2)
+                    } else {
+                        rest.len()
+                    };
+                    // SAFETY: rest is a live, writable buffer of at least len bytes.
+                    unsafe {
+                        libc::pread(
+                            fd,
+                            rest.as_mut_ptr().cast(),
+                            len,
+                            (off + done as u64) as i64,
+                        )
+                    }
+                },
+                |n| n as usize,
+            )?;
+            if n == 0 {
+                break;
             }
+            done += n;
         }
         Ok(done)
     }
@@ -64,9 +158,20 @@ impl BackendFile for FdFile {
                 })
                 .collect();
             let fd = self.file.as_raw_fd();
-            let n = retry(
-                // SAFETY: iov points at live slices borrowed for the duration of the call.
-                || unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, off as i64) },
+            let n = self.retry(
+                |short| {
+                    if short {
+                        // Half of the first buffer only, as a short write would.
+                        let half = libc::iovec {
+                            iov_base: iov[0].iov_base,
+                            iov_len: iov[0].iov_len.div_ceil(2),
+                        };
+                        // SAFETY: half points into a live slice.
+                        return unsafe { libc::pwritev(fd, &half, 1, off as i64) };
+                    }
+                    // SAFETY: iov points at live slices borrowed for the duration of the call.
+                    unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, off as i64) }
+                },
                 |n| n as usize,
             )?;
             if n == 0 {
@@ -97,23 +202,33 @@ impl BackendFile for FdFile {
 
     fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
-        retry(
+        self.retry(
             // SAFETY: plain syscall on an fd we own.
-            || unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } as isize,
+            |_| unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } as isize,
             |_| (),
         )
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
+        let fd = self.file.as_raw_fd();
+        let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: plain syscall on an fd we own.
+        self.retry(|_| unsafe { libc::ftruncate(fd, len) } as isize, |_| ())
     }
 
     fn sync(&self, datasync: bool) -> io::Result<()> {
-        if datasync {
-            self.file.sync_data()
-        } else {
-            self.file.sync_all()
-        }
+        let fd = self.file.as_raw_fd();
+        self.retry(
+            // SAFETY: plain syscalls on an fd we own.
+            |_| unsafe {
+                if datasync {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }
+            } as isize,
+            |_| (),
+        )
     }
 
     fn size(&self) -> io::Result<u64> {

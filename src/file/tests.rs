@@ -253,6 +253,63 @@ fn check_seek_against_model(f: &mut SparseFile, model: &[u8]) -> Result<(), Test
     Ok(())
 }
 
+/// Applies `actions` to `file` and to a byte-vector model starting as `initial`,
+/// checking contents, size, seek answers and (after full flushes) what `contents` says
+/// the backend holds.
+fn run_actions(
+    file: &mut SparseFile,
+    initial: &[u8],
+    actions: Vec<Action>,
+    contents: &dyn Fn() -> Vec<u8>,
+) -> Result<(), TestCaseError> {
+    let mut model = initial.to_vec();
+    for a in actions {
+        match a {
+            Action::Write { off, len, byte } => {
+                let buf = vec![byte; len as usize];
+                file.write(off, &buf).unwrap();
+                let end = (off + len) as usize;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].fill(byte);
+            }
+            Action::Truncate(n) => {
+                file.truncate(n).unwrap();
+                model.resize(n as usize, 0);
+            }
+            Action::Punch { off, len } => {
+                file.make_zero(off, len, true).unwrap();
+                let end = ((off + len) as usize).min(model.len());
+                if (off as usize) < end {
+                    model[off as usize..end].fill(0);
+                }
+            }
+            Action::Flush(d) => {
+                let depth = [Depth::Data, Depth::Full, Depth::Sync][d as usize];
+                file.flush(depth, Trigger::Fsync).unwrap();
+                if depth != Depth::Data {
+                    prop_assert_eq!(&contents(), &model, "backend after full flush");
+                }
+            }
+            Action::Seek(off) => {
+                let d = file.seek(off, Whence::Data).unwrap();
+                if let Some(d) = d {
+                    prop_assert!(model[off as usize..d as usize].iter().all(|&b| b == 0));
+                } else if (off as usize) < model.len() {
+                    prop_assert!(model[off as usize..].iter().all(|&b| b == 0));
+                }
+            }
+        }
+        prop_assert_eq!(file.size(), model.len() as u64);
+        prop_assert_eq!(&file.read(0, model.len() + 10).unwrap(), &model);
+    }
+    check_seek_against_model(file, &model)?;
+    file.flush(Depth::Full, Trigger::Close).unwrap();
+    prop_assert_eq!(&contents(), &model);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300), ..ProptestConfig::default() })]
     #[test]
@@ -267,47 +324,37 @@ proptest! {
         let g = Geometry { block, write_size: block * 4, max_dirty_file: block * 16 };
         let initial: Vec<u8> = (0..initial_len).map(|i| (i % 7) as u8).collect();
         let mut r = rig_with(g, punch, seek, &initial);
-        let mut model = initial.clone();
-        for a in actions {
-            match a {
-                Action::Write { off, len, byte } => {
-                    let buf = vec![byte; len as usize];
-                    r.file.write(off, &buf).unwrap();
-                    let end = (off + len) as usize;
-                    if model.len() < end { model.resize(end, 0); }
-                    model[off as usize..end].fill(byte);
-                }
-                Action::Truncate(n) => {
-                    r.file.truncate(n).unwrap();
-                    model.resize(n as usize, 0);
-                }
-                Action::Punch { off, len } => {
-                    r.file.make_zero(off, len, true).unwrap();
-                    let end = ((off + len) as usize).min(model.len());
-                    if (off as usize) < end { model[off as usize..end].fill(0); }
-                }
-                Action::Flush(d) => {
-                    let depth = [Depth::Data, Depth::Full, Depth::Sync][d as usize];
-                    r.file.flush(depth, Trigger::Fsync).unwrap();
-                    if depth != Depth::Data {
-                        prop_assert_eq!(&r.mem.inner().contents(), &model, "backend after full flush");
-                    }
-                }
-                Action::Seek(off) => {
-                    let d = r.file.seek(off, Whence::Data).unwrap();
-                    if let Some(d) = d {
-                        prop_assert!(model[off as usize..d as usize].iter().all(|&b| b == 0));
-                    } else if (off as usize) < model.len() {
-                        prop_assert!(model[off as usize..].iter().all(|&b| b == 0));
-                    }
-                }
-            }
-            prop_assert_eq!(r.file.size(), model.len() as u64);
-            prop_assert_eq!(&r.file.read(0, model.len() + 10).unwrap(), &model);
+        let mem = r.mem.clone();
+        run_actions(&mut r.file, &initial, actions, &|| mem.inner().contents())?;
+    }
+
+    /// The same model over a real file whose syscalls are interrupted (EINTR) and cut
+    /// short every few calls: the fd backend's retry loops hide both.
+    #[test]
+    fn engine_over_a_real_file_with_eintr_and_short_io_matches_the_model(
+        actions in prop::collection::vec(action(), 1..40),
+        block_shift in 9u32..14,
+        eintr_every in 2u64..5,
+        short_every in prop_oneof![Just(3u64), Just(5), Just(7)],
+        initial_len in prop_oneof![Just(0usize), 1usize..30_000],
+    ) {
+        use crate::backend::fd::{Chaos, FdFile};
+        let block = 1u64 << block_shift;
+        let g = Geometry { block, write_size: block * 4, max_dirty_file: block * 16 };
+        let initial: Vec<u8> = (0..initial_len).map(|i| (i % 7) as u8).collect();
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), &initial).unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(tmp.path()).unwrap();
+        let stats = Arc::new(Stats::default());
+        let chaos = Arc::new(Chaos::new(eintr_every, short_every));
+        let be = FdFile::with_chaos(f, chaos.clone());
+        let backend = Box::new(Counting::new(be, stats.clone()));
+        let mut file = SparseFile::open(backend, g, Caps { punch: true, seek: false }, stats).unwrap();
+        let path = tmp.path().to_path_buf();
+        run_actions(&mut file, &initial, actions, &|| std::fs::read(&path).unwrap())?;
+        if chaos.calls() >= eintr_every.max(short_every) * 2 {
+            prop_assert!(chaos.eintrs.load(Relaxed) > 0);
         }
-        check_seek_against_model(&mut r.file, &model)?;
-        r.file.flush(Depth::Full, Trigger::Close).unwrap();
-        prop_assert_eq!(&r.mem.inner().contents(), &model);
     }
 
     #[test]
