@@ -19,6 +19,12 @@ echo "== kill -9 during writes: $rounds rounds"
 SPARSEFS_CRASH_ROUNDS=$rounds cargo test --release --test mount -- kill_9 --test-threads=1
 echo "== property tests: $cases cases each (engine vs model, range sets, map decoder)"
 PROPTEST_CASES=$cases cargo test --release --lib -- --test-threads=2
+if command -v cargo-fuzz >/dev/null; then
+  echo "== cargo-fuzz: 300 s per target"
+  scripts/fuzz.sh --seconds 300
+else
+  echo "== cargo-fuzz not installed: fuzzing skipped (cargo install cargo-fuzz)"
+fi
 if [ "$fsx" = 1 ] && [ -x scripts/reliability/fsx.sh ]; then
   echo "== fsx"
   scripts/reliability/fsx.sh

@@ -22,7 +22,8 @@ use std::time::Instant;
 pub struct Geometry {
     /// Sparse block: unit of zero detection and hole creation (power of two).
     pub block: u64,
-    /// Largest backend write; a multiple of `block`. Writes never cross its boundaries.
+    /// Largest backend write; a multiple of `block`. Extents longer than it are cut at
+    /// its boundaries (aligned windows); shorter ones are one write wherever they lie.
     pub write_size: u64,
     /// Dirty bytes per file before it is flushed from the write path.
     pub max_dirty_file: u64,
