@@ -485,7 +485,7 @@ fn check_dir(what: &str, p: &std::path::Path) -> Result<PathBuf, UsageError> {
 }
 
 /// Unescapes the octal escapes of /proc/self/mountinfo (`\040` is a space).
-fn unescape(s: &str) -> String {
+pub fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -606,5 +606,7 @@ mod tests {
     #[test]
     fn mountinfo_escapes_are_decoded() {
         assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape(r"/mnt/tab\011x\134"), "/mnt/tab\tx\\");
+        assert_eq!(unescape(r"/plain\04"), r"/plain\04");
     }
 }

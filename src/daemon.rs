@@ -280,7 +280,7 @@ fn set_read_ahead(mountpoint: &Path, bytes: u64) {
     // Fields: id parent major:minor root mountpoint ...; the newest mount is the last.
     let dev = info.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 4 && unescape_mountinfo(f[4]) == *mp).then(|| f[2].to_string())
+        (f.len() > 4 && crate::cli::unescape(f[4]) == *mp).then(|| f[2].to_string())
     });
     let Some(dev) = dev else {
         tracing::debug!("read-ahead: mount not found in mountinfo");
@@ -291,26 +291,6 @@ fn set_read_ahead(mountpoint: &Path, bytes: u64) {
         Ok(()) => tracing::debug!(path, kib = bytes.div_ceil(1024), "read-ahead set"),
         Err(e) => info!(path, error = %e, "cannot set read-ahead (root only): kernel default kept"),
     }
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `sparsefs umount`: unmount (the daemon flushes everything before it exits).
@@ -369,17 +349,5 @@ pub fn stats(mp: &Path, json: bool, watch: Option<f64>) -> Result<(), String> {
             Some(s) if s > 0.0 => std::thread::sleep(std::time::Duration::from_secs_f64(s)),
             _ => return Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unescape_mountinfo;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo(r"/mnt/tab\011x\134"), "/mnt/tab\tx\\");
-        assert_eq!(unescape_mountinfo(r"/plain\04"), r"/plain\04");
     }
 }

@@ -174,6 +174,17 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// Opens a file to scan (read-write when it will be dug); returns it with its size.
+fn open_for_scan(p: &Path, o: &ScanOpts) -> Result<(File, u64), String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(o.dig && !o.dry_run)
+        .open(p)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    let size = f.metadata().map_err(|e| e.to_string())?.len();
+    Ok((f, size))
+}
+
 /// `sparsefs scan PATH...`: reads each file once (1 MiB at a time), finds its all-zero
 /// blocks, optionally punches them (`--dig`), and stores the map for mounts to use.
 ///
@@ -213,12 +224,7 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
                 root_path.display()
             ));
         }
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(o.dig && !o.dry_run)
-            .open(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-        let size = f.metadata().map_err(|e| e.to_string())?.len();
+        let (f, size) = open_for_scan(p, o)?;
         let mut data = RangeSet::new();
         let mut zero_runs = RangeSet::new();
         let chunk = (1u64 << 20).max(o.block) as usize;
@@ -313,12 +319,7 @@ fn scan_mounted(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
     let name = std::ffi::CString::new(crate::fs::SCAN_XATTR).expect("no NUL");
     let (mut total, mut total_zero) = (0u64, 0u64);
     for p in &files {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(o.dig && !o.dry_run)
-            .open(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-        let size = f.metadata().map_err(|e| e.to_string())?.len();
+        let (f, size) = open_for_scan(p, o)?;
         let progress = |off: u64| {
             if tty {
                 eprint!(

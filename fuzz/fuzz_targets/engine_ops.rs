@@ -5,39 +5,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sparsefs::backend::mem::MemFile;
-use sparsefs::backend::{BackendFile, Caps, Whence};
+use sparsefs::backend::{Caps, Whence};
 use sparsefs::file::{Depth, Geometry, SparseFile};
 use sparsefs::stats::{Stats, Trigger};
-use std::io::{self, IoSlice};
 use std::sync::Arc;
-
-struct Shared(Arc<MemFile>);
-impl BackendFile for Shared {
-    fn read_at(&self, b: &mut [u8], o: u64) -> io::Result<usize> {
-        self.0.read_at(b, o)
-    }
-    fn write_all_at(&self, b: &[IoSlice<'_>], o: u64) -> io::Result<()> {
-        self.0.write_all_at(b, o)
-    }
-    fn punch_hole(&self, o: u64, l: u64) -> io::Result<()> {
-        self.0.punch_hole(o, l)
-    }
-    fn allocate(&self, m: i32, o: u64, l: u64) -> io::Result<()> {
-        self.0.allocate(m, o, l)
-    }
-    fn set_len(&self, l: u64) -> io::Result<()> {
-        self.0.set_len(l)
-    }
-    fn sync(&self, d: bool) -> io::Result<()> {
-        self.0.sync(d)
-    }
-    fn size(&self) -> io::Result<u64> {
-        self.0.size()
-    }
-    fn seek(&self, o: u64, w: Whence) -> io::Result<Option<u64>> {
-        self.0.seek(o, w)
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
@@ -49,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let geo = Geometry { block, write_size: block * 4, max_dirty_file: block * 16 };
     let mem = Arc::new(MemFile::with_caps(punch, seek));
     let stats = Arc::new(Stats::default());
-    let mut f = SparseFile::open(Box::new(Shared(mem.clone())), geo, Caps { punch, seek }, stats)
+    let mut f = SparseFile::open(Box::new(mem.clone()), geo, Caps { punch, seek }, stats)
         .unwrap();
     let mut model: Vec<u8> = Vec::new();
     for op in data[2..].chunks_exact(5) {

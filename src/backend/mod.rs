@@ -47,6 +47,34 @@ pub trait BackendFile: Send + Sync {
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>>;
 }
 
+/// A shared backend (tests keep a handle to check what the engine wrote).
+impl<T: BackendFile + ?Sized> BackendFile for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        (**self).read_at(buf, off)
+    }
+    fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()> {
+        (**self).write_all_at(bufs, off)
+    }
+    fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
+        (**self).punch_hole(off, len)
+    }
+    fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        (**self).allocate(mode, off, len)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn sync(&self, datasync: bool) -> io::Result<()> {
+        (**self).sync(datasync)
+    }
+    fn size(&self) -> io::Result<u64> {
+        (**self).size()
+    }
+    fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
+        (**self).seek(off, whence)
+    }
+}
+
 /// What the backing filesystem was found to really do, by writing, calling and reading
 /// back on a scratch file at mount time ([`probe`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

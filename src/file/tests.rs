@@ -9,35 +9,6 @@ use crate::stats::Op;
 use proptest::prelude::*;
 use std::sync::Arc;
 
-/// Shares one MemFile between the engine and the test.
-struct Shared(Arc<Faulty<MemFile>>);
-impl BackendFile for Shared {
-    fn read_at(&self, b: &mut [u8], o: u64) -> io::Result<usize> {
-        self.0.read_at(b, o)
-    }
-    fn write_all_at(&self, b: &[IoSlice<'_>], o: u64) -> io::Result<()> {
-        self.0.write_all_at(b, o)
-    }
-    fn punch_hole(&self, o: u64, l: u64) -> io::Result<()> {
-        self.0.punch_hole(o, l)
-    }
-    fn allocate(&self, m: i32, o: u64, l: u64) -> io::Result<()> {
-        self.0.allocate(m, o, l)
-    }
-    fn set_len(&self, l: u64) -> io::Result<()> {
-        self.0.set_len(l)
-    }
-    fn sync(&self, d: bool) -> io::Result<()> {
-        self.0.sync(d)
-    }
-    fn size(&self) -> io::Result<u64> {
-        self.0.size()
-    }
-    fn seek(&self, o: u64, w: Whence) -> io::Result<Option<u64>> {
-        self.0.seek(o, w)
-    }
-}
-
 struct Rig {
     file: SparseFile,
     mem: Arc<Faulty<MemFile>>,
@@ -52,7 +23,7 @@ fn rig_with(geo: Geometry, punch: bool, seek: bool, initial: &[u8]) -> Rig {
             .unwrap();
     }
     let stats = Arc::new(Stats::default());
-    let backend = Box::new(Counting::new(Shared(mem.clone()), stats.clone()));
+    let backend = Box::new(Counting::new(mem.clone(), stats.clone()));
     let caps = Caps { punch, seek };
     let file = SparseFile::open(backend, geo, caps, stats.clone()).unwrap();
     Rig { file, mem, stats }
