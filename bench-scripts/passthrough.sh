@@ -105,7 +105,7 @@ mkdir -p "$(dirname "$out")"
         f() { awk -v s="$1" 'BEGIN{printf "%.0f IOPS", s}'; }
         ratio=$(awk -v b="${vals[1]}" -v s="${vals[2]}" 'BEGIN{printf "%.2fx", s/b}') ;;
       *)
-        f() { awk -v s="$1" 'BEGIN{printf "%.2f s", s}'; }
+        f() { awk -v s="$1" 'BEGIN{printf "%.3f s", s}'; }
         ratio=$(awk -v b="${vals[1]}" -v s="${vals[2]}" 'BEGIN{printf "%.2fx faster", b/s}') ;;
     esac
     echo "| $w | $(f "${vals[0]}") | $(f "${vals[1]}") | $(f "${vals[2]}") | $ratio |"
