@@ -174,6 +174,54 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads `f` once, 1 MiB at a time, and sorts its `block`-sized blocks into data and
+/// all-zero ones; a progress line on a terminal.
+fn zero_blocks(
+    f: &File,
+    p: &Path,
+    size: u64,
+    block: u64,
+    tty: bool,
+) -> Result<(RangeSet, RangeSet), String> {
+    let mut data = RangeSet::new();
+    let mut zero_runs = RangeSet::new();
+    let mut buf = vec![0u8; (1u64 << 20).max(block) as usize];
+    let mut off = 0u64;
+    while off < size {
+        let n = f
+            .read_at(&mut buf, off)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        for (i, b) in buf[..n].chunks(block as usize).enumerate() {
+            let s = off + i as u64 * block;
+            let e = s + b.len() as u64;
+            if is_zero(b) {
+                zero_runs.insert(s, e)
+            } else {
+                data.insert(s, e)
+            }
+        }
+        off += n as u64;
+        progress(p, off, size, tty);
+    }
+    if tty {
+        eprint!("\r");
+    }
+    Ok((data, zero_runs))
+}
+
+fn progress(p: &Path, off: u64, size: u64, tty: bool) {
+    if tty {
+        eprint!(
+            "\r{}: {:>5.1}%",
+            p.display(),
+            off as f64 * 100.0 / size.max(1) as f64
+        );
+    }
+}
+
 /// Opens a file to scan (read-write when it will be dug); returns it with its size.
 fn open_for_scan(p: &Path, o: &ScanOpts) -> Result<(File, u64), String> {
     let f = std::fs::OpenOptions::new()
@@ -225,39 +273,7 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
             ));
         }
         let (f, size) = open_for_scan(p, o)?;
-        let mut data = RangeSet::new();
-        let mut zero_runs = RangeSet::new();
-        let chunk = (1u64 << 20).max(o.block) as usize;
-        let mut buf = vec![0u8; chunk];
-        let mut off = 0u64;
-        while off < size {
-            let n = f
-                .read_at(&mut buf, off)
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-            if n == 0 {
-                break;
-            }
-            for (i, b) in buf[..n].chunks(o.block as usize).enumerate() {
-                let s = off + i as u64 * o.block;
-                let e = s + b.len() as u64;
-                if is_zero(b) {
-                    zero_runs.insert(s, e)
-                } else {
-                    data.insert(s, e)
-                }
-            }
-            off += n as u64;
-            if tty {
-                eprint!(
-                    "\r{}: {:>5.1}%",
-                    p.display(),
-                    off as f64 * 100.0 / size.max(1) as f64
-                );
-            }
-        }
-        if tty {
-            eprint!("\r");
-        }
+        let (data, zero_runs) = zero_blocks(&f, p, size, o.block, tty)?;
         let zero = zero_runs.total();
         total += size;
         total_zero += zero;
@@ -320,37 +336,9 @@ fn scan_mounted(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
     let (mut total, mut total_zero) = (0u64, 0u64);
     for p in &files {
         let (f, size) = open_for_scan(p, o)?;
-        let progress = |off: u64| {
-            if tty {
-                eprint!(
-                    "\r{}: {:>5.1}%",
-                    p.display(),
-                    off as f64 * 100.0 / size.max(1) as f64
-                );
-            }
-        };
         let (data, extents) = if o.dry_run {
-            let mut buf = vec![0u8; (1u64 << 20).max(o.block) as usize];
-            let (mut off, mut data, mut extents, mut last_data) = (0u64, 0u64, 0usize, false);
-            while off < size {
-                let n = f
-                    .read_at(&mut buf, off)
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
-                if n == 0 {
-                    break;
-                }
-                for b in buf[..n].chunks(o.block as usize) {
-                    let z = is_zero(b);
-                    if !z {
-                        data += b.len() as u64;
-                        extents += usize::from(!last_data);
-                    }
-                    last_data = !z;
-                }
-                off += n as u64;
-                progress(off);
-            }
-            (data, extents)
+            let (data, _) = zero_blocks(&f, p, size, o.block, tty)?;
+            (data.total(), data.len())
         } else {
             let mut off = 0u64;
             while off < size {
@@ -370,7 +358,7 @@ fn scan_mounted(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
                     }
                 })?;
                 off += len;
-                progress(off);
+                progress(p, off, size, tty);
             }
             let runs = data_runs(&f, size);
             (runs.iter().map(|(s, e)| e - s).sum(), runs.len())
