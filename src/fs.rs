@@ -109,6 +109,17 @@ struct Shared {
     wake_lock: Mutex<()>,
 }
 
+/// One `fstatat` of a name about to be unlinked or renamed (see `SparseFs::child`).
+#[derive(Default)]
+struct Child {
+    /// Its inode, if known with sparse state.
+    known: Option<Arc<Inode>>,
+    /// Its backing inode number (regular files only).
+    ino: Option<u64>,
+    /// Its backing inode number if this is its only link and maps are stored.
+    last_link: Option<u64>,
+}
+
 /// The sparsefs filesystem core.
 pub struct SparseFs {
     sh: Arc<Shared>,
@@ -384,10 +395,6 @@ impl SparseFs {
             return;
         }
         let Ok(p) = self.persist() else { return };
-        // An unlinked-but-open file has no future reader: no record for it.
-        if sys::fstat(inode.fd()).is_ok_and(|st| st.st_nlink == 0) {
-            return;
-        }
         if e.index_data().total() >= e.size() {
             if node.persisted.swap(false, Relaxed) {
                 p.remove(inode.fd());
@@ -420,31 +427,33 @@ impl SparseFs {
         Ok(())
     }
 
-    /// The known inode behind `name` in `dir`, if it has sparse state: operations that
-    /// change its ctime (rename, link, unlink) re-record its stamp afterwards, so that our
-    /// own changes never make its map look stale.
-    fn known_child(&self, dir: &Inode, name: &std::ffi::CStr) -> Option<Arc<Inode>> {
-        let fd = sys::openat(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
-        let st = sys::fstat(fd.as_fd()).ok()?;
+    /// What unlink and rename need to know of `name` in `dir`, from one `fstatat` (a
+    /// round trip on a networked backend): its known inode with sparse state, if any
+    /// (operations that change its ctime re-record its stamp afterwards, so that our own
+    /// changes never make its map look stale), and its inode number if it is a regular
+    /// file whose only link this is (removing the name ends the file and its stored map).
+    fn child(&self, dir: &Inode, name: &std::ffi::CStr) -> Child {
+        let Ok(st) = sys::fstatat_nofollow(dir.fd(), name) else {
+            return Child::default();
+        };
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return None;
+            return Child::default();
         }
-        let ino = self.sh.inodes.ino_for(st.st_dev, st.st_ino)?;
-        let inode = self.sh.inodes.get(ino).ok()?;
-        (inode.key == (st.st_dev, st.st_ino) && inode.node().is_some()).then_some(inode)
-    }
-
-    /// The backing inode number behind `name` if it is a regular file whose only link
-    /// this is (so removing the name ends the file and its stored map).
-    fn last_link(&self, dir: &Inode, name: &std::ffi::CStr) -> Option<u64> {
-        if self.sh.cfg.map_store == MapStore::None {
-            return None;
-        }
-        let st = sys::fstatat_nofollow(dir.fd(), name).ok()?;
-        (st.st_mode & libc::S_IFMT == libc::S_IFREG
+        let known = self
+            .sh
+            .inodes
+            .ino_for(st.st_dev, st.st_ino)
+            .and_then(|ino| self.sh.inodes.get(ino).ok())
+            .filter(|i| i.key == (st.st_dev, st.st_ino) && i.node().is_some());
+        let last_link = (self.sh.cfg.map_store != MapStore::None
             && st.st_nlink == 1
             && st.st_dev == self.sh.inodes.root_key().0)
-            .then_some(st.st_ino)
+            .then_some(st.st_ino);
+        Child {
+            known,
+            ino: Some(st.st_ino),
+            last_link,
+        }
     }
 
     /// Drops the sidecar record of a file whose last link was removed through the mount.
@@ -630,11 +639,10 @@ impl SparseFs {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
-        let child = self.known_child(&dir, &c);
-        let last = self.last_link(&dir, &c);
+        let child = self.child(&dir, &c);
         sys::unlinkat(dir.fd(), &c, 0)?;
-        self.restamp(child);
-        self.forget_record(last);
+        self.restamp(child.known);
+        self.forget_record(child.last_link);
         Ok(())
     }
 
@@ -665,19 +673,16 @@ impl SparseFs {
             self.name_ok(parent, name)?,
             self.name_ok(newparent, newname)?,
         );
-        let moved = self.known_child(&a, &on);
-        let (other, replaced) = if flags & libc::RENAME_EXCHANGE != 0 {
-            (self.known_child(&b, &nn), None)
-        } else {
-            (None, self.last_link(&b, &nn))
-        };
-        let moved_ino = sys::fstatat_nofollow(a.fd(), &on).ok().map(|st| st.st_ino);
+        let moved = self.child(&a, &on);
+        let target = self.child(&b, &nn);
         sys::renameat2(a.fd(), &on, b.fd(), &nn, flags)?;
-        self.restamp(moved);
-        self.restamp(other);
-        // A rename onto another name of the same file replaces nothing.
-        if replaced != moved_ino {
-            self.forget_record(replaced);
+        self.restamp(moved.known);
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            self.restamp(target.known);
+        } else if target.ino != moved.ino {
+            // The target's name is gone (a rename onto another name of the same file
+            // replaces nothing).
+            self.forget_record(target.last_link);
         }
         Ok(())
     }

@@ -141,6 +141,10 @@ impl<'a> Persist<'a> {
             return Ok(());
         }
         let st = sys::fstat_fresh(file)?;
+        // An unlinked-but-open file has no future reader: no record for it.
+        if st.st_nlink == 0 {
+            return Ok(());
+        }
         let mut st_final = st;
         let mut in_xattr = false;
         if self.store == MapStore::Xattr {
