@@ -82,6 +82,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
         creds: sys::geteuid() == 0,
         owner: sys::geteuid(),
         map_store: cfg.map_store,
+        cache_writes: cfg.cache_writes,
     }
 }
 

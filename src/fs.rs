@@ -38,6 +38,9 @@ pub struct FsConfig {
     pub owner: u32,
     /// Where extent maps are persisted.
     pub map_store: MapStore,
+    /// Keep written pages in the kernel's page cache for every open (`--cache-writes`);
+    /// by default opens that cannot read back what they write bypass it.
+    pub cache_writes: bool,
 }
 
 pub use crate::persist::MapStore;
@@ -730,6 +733,28 @@ impl SparseFs {
             libc::S_IFREG => self.open_node(&inode, flags),
             libc::S_IFDIR => Err(errno(libc::EISDIR)),
             _ => Err(errno(libc::ENXIO)),
+        }
+    }
+
+    /// Whether an open with these flags (as the kernel sends them: `create` keeps
+    /// `O_CREAT`/`O_EXCL`, `open` has neither) bypasses the kernel's page cache
+    /// (`FOPEN_DIRECT_IO`). Without the writeback cache every written page is still
+    /// copied into the page cache and kept there, which halves write throughput and fills
+    /// memory with pages of streams nobody reads back (measured: `cp --sparse=never` of
+    /// 2 GiB 2.2-3.1 s cached, 1.05-1.2 s uncached). So: `O_WRONLY` opens (they cannot
+    /// read or mmap), and `O_RDWR` creates with `O_EXCL` (a new temporary file:
+    /// `mkstemp`, rsync's receiver). The kernel keeps other opens coherent: it writes
+    /// back dirty mmap pages before a direct write and invalidates the cached pages it
+    /// covers after it (`FUSE_DIRECT_IO_ALLOW_MMAP`, requested at init).
+    pub fn bypass_page_cache(&self, flags: i32) -> bool {
+        if self.sh.cfg.cache_writes {
+            return false;
+        }
+        let excl = libc::O_CREAT | libc::O_EXCL;
+        match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => true,
+            libc::O_RDWR => flags & excl == excl,
+            _ => false,
         }
     }
 

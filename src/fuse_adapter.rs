@@ -168,6 +168,17 @@ fn warn_fd_limit() {
     }
 }
 
+impl Adapter {
+    /// Open-reply flags of a file open: see [`SparseFs::bypass_page_cache`].
+    fn fopen(&self, flags: i32) -> FopenFlags {
+        if self.fs.bypass_page_cache(flags) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
+    }
+}
+
 /// Entries in the first readdirplus reply of a listing: `.` and `..` only.
 const RDPLUS_FIRST_BATCH: usize = 2;
 
@@ -180,6 +191,9 @@ impl Filesystem for Adapter {
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // Direct-I/O opens (write-only streams) stay coherent with mmap users: the
+            // kernel writes dirty mapped pages back before a direct write.
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -344,7 +358,7 @@ impl Filesystem for Adapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, open_flags(flags)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.fopen(open_flags(flags))),
             Err(e) => fail!("open", reply, e),
         }
     }
@@ -638,7 +652,7 @@ impl Filesystem for Adapter {
                 &attr(&st),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                self.fopen(flags),
             ),
             Err(e) => fail!("create", reply, e),
         }

@@ -2261,3 +2261,168 @@ fn scan_makes_an_existing_archive_seekable_and_map_prints_its_runs() {
         );
     }
 }
+
+/// A shared mapping of a whole file, unmapped on drop.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(f: &File, len: usize, prot: i32) -> std::io::Result<Mapping> {
+        // SAFETY: a fresh mapping of a valid fd; the kernel picks the address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is valid for len bytes while self lives.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+
+    fn write(&mut self, off: usize, data: &[u8]) {
+        assert!(off + data.len() <= self.len);
+        // SAFETY: in bounds of a writable mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), (self.ptr as *mut u8).add(off), data.len())
+        }
+    }
+
+    /// Pages of the mapping resident in the page cache (mincore).
+    fn resident_pages(&self) -> usize {
+        let page = 4096;
+        let mut v = vec![0u8; self.len.div_ceil(page)];
+        // SAFETY: v holds one byte per page of the mapping.
+        assert_eq!(
+            unsafe { libc::mincore(self.ptr, self.len, v.as_mut_ptr()) },
+            0
+        );
+        v.iter().filter(|b| *b & 1 != 0).count()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what new mapped.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Writes `data` to a new file through a write-only open (as cp, dd and tar -x do) and
+/// returns how many of its pages the page cache then holds, seen through a mapping made
+/// before the write (a later open would drop the cache: FUSE opens invalidate it).
+fn pages_cached_by_a_write_only_stream(path: &Path, data: &[u8]) -> usize {
+    File::create(path).unwrap();
+    let r = File::open(path).unwrap();
+    let map = Mapping::new(&r, data.len(), libc::PROT_READ).unwrap();
+    let mut w = OpenOptions::new().write(true).open(path).unwrap();
+    w.write_all(data).unwrap();
+    drop(w);
+    map.resident_pages()
+}
+
+#[test]
+fn write_only_streams_bypass_the_page_cache_and_stay_coherent_with_cached_readers_and_maps() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let data = random_bytes(32 << 20, 3);
+    let m = Mount::new(b.path(), &[]);
+    // A write-only stream (cp, dd, tar -x) leaves nothing in the page cache.
+    assert_eq!(
+        pages_cached_by_a_write_only_stream(&m.p("stream"), &data),
+        0,
+        "written pages stayed cached"
+    );
+    assert!(fs::read(m.p("stream")).unwrap() == data);
+    assert!(fs::read(b.path().join("stream")).unwrap() == data);
+
+    // Readers holding cached pages and a shared mapping see a direct write at once.
+    let r = File::open(m.p("stream")).unwrap();
+    let mut old = vec![0u8; 1 << 20];
+    r.read_exact_at(&mut old, 0).unwrap();
+    let map = Mapping::new(&r, 1 << 20, libc::PROT_READ).unwrap();
+    assert_eq!(map.bytes()[5000], data[5000]);
+    let w = OpenOptions::new().write(true).open(m.p("stream")).unwrap();
+    w.write_all_at(&[0xAB; 8192], 4096).unwrap();
+    w.write_all_at(&[0xCD; 100], 70_001).unwrap();
+    let mut now = vec![0u8; 1 << 20];
+    r.read_exact_at(&mut now, 0).unwrap();
+    assert!(
+        now[4096..12288].iter().all(|&x| x == 0xAB),
+        "cached reader saw stale bytes"
+    );
+    assert!(
+        now[70_001..70_101].iter().all(|&x| x == 0xCD),
+        "cached reader saw stale bytes"
+    );
+    assert_eq!(now[70_000], data[70_000]);
+    assert_eq!(map.bytes()[5000], 0xAB, "shared mapping saw stale bytes");
+    assert_eq!(map.bytes()[70_050], 0xCD, "shared mapping saw stale bytes");
+    drop(map);
+
+    // A dirty shared mapping written back later does not undo a direct write of the same
+    // page (the kernel writes it back first): the file ends as on a local filesystem.
+    let rw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("stream"))
+        .unwrap();
+    let mut wmap = Mapping::new(&rw, 1 << 20, libc::PROT_READ | libc::PROT_WRITE).unwrap();
+    wmap.write(0, &[b'X'; 4096]);
+    w.write_all_at(&[b'Y'; 100], 10).unwrap();
+    drop(wmap);
+    rw.sync_all().unwrap();
+    let mut head = vec![0u8; 4096];
+    File::open(m.p("stream"))
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert!(head[..10].iter().all(|&x| x == b'X') && head[110..].iter().all(|&x| x == b'X'));
+    assert!(
+        head[10..110].iter().all(|&x| x == b'Y'),
+        "the direct write was undone"
+    );
+    drop((w, rw, r));
+
+    // A new O_EXCL temporary file (mkstemp, rsync) is uncached too, and can still be
+    // read back and mapped shared through its own descriptor.
+    let t = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(m.p("tmp"))
+        .unwrap();
+    t.write_all_at(&data[..4 << 20], 0).unwrap();
+    let mut back = vec![0u8; 4 << 20];
+    t.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == data[..4 << 20]);
+    let mut tmap = Mapping::new(&t, 4 << 20, libc::PROT_READ | libc::PROT_WRITE).unwrap();
+    assert_eq!(tmap.bytes()[123_456], data[123_456]);
+    tmap.write(0, b"mapped");
+    drop(tmap);
+    t.sync_all().unwrap();
+    assert_eq!(&fs::read(b.path().join("tmp")).unwrap()[..6], b"mapped");
+    drop(t);
+    drop(m);
+
+    // --cache-writes (-o cache_writes) keeps written pages cached.
+    let m = Mount::new(b.path(), &["-o", "cache_writes"]);
+    assert!(
+        pages_cached_by_a_write_only_stream(&m.p("cached"), &data) > data.len() / 4096 / 2,
+        "--cache-writes did not keep written pages"
+    );
+}
