@@ -231,7 +231,12 @@ impl SparseFs {
 
     /// The stat of an inode, with size and blocks from its sparse state.
     fn stat_of(&self, inode: &Inode) -> io::Result<libc::stat> {
-        let mut st = sys::fstat(inode.fd())?;
+        Ok(self.sparse_stat(inode, sys::fstat(inode.fd())?))
+    }
+
+    /// `st` (a stat of the inode's backing file) with the inode number, block size, and
+    /// size and blocks from its sparse state.
+    fn sparse_stat(&self, inode: &Inode, mut st: libc::stat) -> libc::stat {
         st.st_ino = inode.ino;
         st.st_blksize = self.sh.cfg.geo.block as _;
         if let Some(node) = inode.node() {
@@ -257,13 +262,15 @@ impl SparseFs {
                 }
             }
         }
-        Ok(st)
+        st
     }
 
     fn entry(&self, fd: OwnedFd) -> io::Result<(Arc<Inode>, libc::stat)> {
+        // One stat serves the table (dev, ino) and the reply: a round trip each on a
+        // networked backend.
         let st = sys::fstat(fd.as_fd())?;
         let inode = self.sh.inodes.insert_lookup(fd, &st);
-        let st = self.stat_of(&inode)?;
+        let st = self.sparse_stat(&inode, st);
         Ok((inode, st))
     }
 
@@ -297,15 +304,29 @@ impl SparseFs {
     }
 
     fn node(&self, inode: &Arc<Inode>) -> io::Result<Arc<FileNode>> {
+        Ok(self.node_with(inode, None)?.0)
+    }
+
+    /// The file's node, made now (with `data`, an open fd of the file, if given; else a
+    /// reopen of the inode's `O_PATH` fd) if it has none; `true` if made now (its stamp is
+    /// fresh).
+    fn node_with(
+        &self,
+        inode: &Arc<Inode>,
+        data: Option<OwnedFd>,
+    ) -> io::Result<(Arc<FileNode>, bool)> {
         let mut slot = inode.file.lock();
         if let Some(n) = &*slot {
-            return Ok(n.clone());
+            return Ok((n.clone(), false));
         }
         if inode.kind != libc::S_IFREG {
             return Err(errno(libc::EINVAL));
         }
-        let fd = sys::reopen(inode.fd(), libc::O_RDWR)
-            .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))?;
+        let fd = match data {
+            Some(fd) => fd,
+            None => sys::reopen(inode.fd(), libc::O_RDWR)
+                .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))?,
+        };
         let backend: Box<dyn BackendFile> = Box::new(Counting::new(
             FdFile::new(File::from(fd)),
             self.sh.stats.clone(),
@@ -327,7 +348,7 @@ impl SparseFs {
             persisted: AtomicBool::new(persisted),
         });
         *slot = Some(node.clone());
-        Ok(node)
+        Ok((node, true))
     }
 
     /// Resets a file's sparse state when the backend changed outside this mount since
@@ -711,9 +732,11 @@ impl SparseFs {
         fh
     }
 
-    fn open_node(&self, inode: &Arc<Inode>, flags: i32) -> io::Result<u64> {
-        let node = self.node(inode)?;
-        self.refresh_if_stale(inode, &node)?;
+    fn open_node(&self, inode: &Arc<Inode>, flags: i32, data: Option<OwnedFd>) -> io::Result<u64> {
+        let (node, made) = self.node_with(inode, data)?;
+        if !made {
+            self.refresh_if_stale(inode, &node)?;
+        }
         node.opens.fetch_add(1, Relaxed);
         Ok(self.new_fh(Handle::File {
             inode: inode.clone(),
@@ -730,7 +753,7 @@ impl SparseFs {
     pub fn open(&self, ino: u64, flags: i32) -> io::Result<u64> {
         let inode = self.inode(ino)?;
         match inode.kind {
-            libc::S_IFREG => self.open_node(&inode, flags),
+            libc::S_IFREG => self.open_node(&inode, flags, None),
             libc::S_IFDIR => Err(errno(libc::EISDIR)),
             _ => Err(errno(libc::ENXIO)),
         }
@@ -773,21 +796,23 @@ impl SparseFs {
     ) -> io::Result<(Entry, u64)> {
         let dir = self.inode(parent)?;
         let excl = flags & libc::O_EXCL;
+        // The fd that created the file becomes its data fd (no close and reopen: an
+        // open round trip on a networked backend).
+        let made = std::cell::Cell::new(None);
         let (inode, _) = self.create_as(&dir, name, who, |c| {
-            let fd = sys::openat(
+            made.set(Some(sys::openat(
                 dir.fd(),
                 c,
                 libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl,
                 mode & !umask & 0o7777,
-            )?;
-            drop(fd);
+            )?));
             Ok(())
         })?;
         if inode.kind != libc::S_IFREG {
             self.forget(inode.ino, 1);
             return Err(errno(libc::EEXIST));
         }
-        let fh = self.open_node(&inode, flags)?;
+        let fh = self.open_node(&inode, flags, made.take())?;
         if flags & libc::O_TRUNC != 0 {
             let node = self.node(&inode)?;
             node.engine.write().truncate(0)?;

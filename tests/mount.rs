@@ -2426,3 +2426,26 @@ fn write_only_streams_bypass_the_page_cache_and_stay_coherent_with_cached_reader
         "--cache-writes did not keep written pages"
     );
 }
+
+#[test]
+fn ioctls_answer_enotty_like_a_local_file_without_a_warning_per_open() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(b.path(), &[]);
+    fs::write(m.p("f"), b"x").unwrap();
+    for _ in 0..3 {
+        let f = File::open(m.p("f")).unwrap();
+        let mut t: libc::termios = unsafe_zeroed();
+        // SAFETY: TCGETS writes one termios into t.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, &mut t) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+    }
+    let log = m.stop();
+    assert!(!log.contains("Not Implemented"), "daemon log: {log}");
+}
