@@ -7,21 +7,28 @@
 #   smallfiles create + stat + unlink of 20k empty files (python, one process)
 #   ls-f       ls -f of a 50k-entry directory made on the backend
 # Writes docs/bench/passthrough.md (table + ratios) and prints it.
-#   bench-scripts/passthrough.sh [--quick] [--runs N] [--sparsefs PATH]
+#   bench-scripts/passthrough.sh [--quick] [--runs N] [--sparsefs PATH] [--under DIR] [--out FILE]
+# --under DIR puts the backing directories under DIR (default /var/tmp, the root ext4;
+# /dev/shm takes the disk out and leaves the FUSE path alone), --out the Markdown
+# (default docs/bench/passthrough.md).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 runs=3 size_mib=2048 files=20000 dirents=50000 fio_s=20 lsreps=7
 bin=$repo/target/release/sparsefs
+under=/var/tmp
+md=$repo/docs/bench/passthrough.md
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) runs=1 size_mib=256 files=2000 dirents=5000 fio_s=5 lsreps=3; shift ;;
     --runs) runs=$2; shift 2 ;;
     --sparsefs) bin=$2; shift 2 ;;
+    --under) under=$2; shift 2 ;;
+    --out) md=$2; shift 2 ;;
     *) echo "passthrough.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 for t in bindfs fio python3; do command -v $t >/dev/null || { echo "passthrough.sh: $t missing" >&2; exit 2; }; done
-work=$(mktemp -d /var/tmp/sparsefs-pt.XXXXXX)
+work=$(mktemp -d "$under/sparsefs-pt.XXXXXX")
 cp "$bin" "$work/sparsefs"
 cleanup() {
   for m in "$work"/mnt-*; do mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
@@ -89,14 +96,13 @@ for i in range(int(sys.argv[2])): open(os.path.join(d,'e%d'%i),'w').close()
   done
 done
 
-out=$repo/docs/bench/passthrough.md
-mkdir -p "$(dirname "$out")"
+mkdir -p "$(dirname "$md")"
 {
   echo "# Passthrough benchmark"
   echo
   echo "Command: \`bench-scripts/passthrough.sh $*\` ($runs runs, medians). Machine: $(nproc) vCPU,"
   echo "$(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs),"
-  echo "backing: ext4 directory under /var/tmp; bindfs $(bindfs --version 2>&1 | head -1 | awk '{print $2}'); $(date -u +%Y-%m-%d)."
+  echo "backing: $(stat -f -c %T "$under") directory under $under; bindfs $(bindfs --version 2>&1 | head -1 | awk '{print $2}'); $(date -u +%Y-%m-%d)."
   echo
   echo "| workload | direct | bindfs | sparsefs | sparsefs / bindfs |"
   echo "|---|---|---|---|---|"
@@ -124,5 +130,5 @@ mkdir -p "$(dirname "$out")"
   echo "create+stat+unlink; ls-f lists $dirents entries, median of $lsreps listings each with cold caches"
   echo "(drop_caches before each), ls-f-warm the same with warm caches; rand-4k is fio"
   echo "randwrite 4 KiB psync for ${fio_s} s into a 512 MiB file (write IOPS)."
-} > "$out"
-cat "$out"
+} > "$md"
+cat "$md"

@@ -8,7 +8,7 @@ use crate::backend::{BackendFile, Caps, Whence, probe};
 use crate::file::{Depth, Geometry, SparseFile};
 use crate::inodes::{FileNode, Inode, InodeTable, stamp_of};
 use crate::stats::{Stats, Trigger};
-use crate::sys::{self, DirEntry};
+use crate::sys::{self, DirEntry, DirSnapshot};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -68,7 +68,7 @@ enum Handle {
         flags: i32,
     },
     Dir {
-        entries: Arc<Vec<DirEntry>>,
+        entries: Arc<DirSnapshot>,
     },
 }
 
@@ -110,7 +110,12 @@ struct Shared {
     frozen: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<()>,
+    /// Tells the kernel to drop an inode's cached attributes (set by the mount).
+    invalidate_attrs: std::sync::OnceLock<AttrInvalidator>,
 }
+
+/// Drops the kernel's cached attributes of a FUSE inode.
+pub type AttrInvalidator = Box<dyn Fn(u64) + Send + Sync>;
 
 /// One `fstatat` of a name about to be unlinked or renamed (see `SparseFs::child`).
 #[derive(Default)]
@@ -163,6 +168,7 @@ impl SparseFs {
                 frozen: AtomicBool::new(false),
                 wake: Condvar::new(),
                 wake_lock: Mutex::new(()),
+                invalidate_attrs: std::sync::OnceLock::new(),
             }),
             flusher: Mutex::new(None),
         })
@@ -736,6 +742,11 @@ impl SparseFs {
         let (node, made) = self.node_with(inode, data)?;
         if !made {
             self.refresh_if_stale(inode, &node)?;
+        } else if node.persisted.load(Relaxed)
+            && node.engine.read().exact()
+            && let Some(f) = self.sh.invalidate_attrs.get()
+        {
+            f(inode.ino);
         }
         node.opens.fetch_add(1, Relaxed);
         Ok(self.new_fh(Handle::File {
@@ -757,6 +768,14 @@ impl SparseFs {
             libc::S_IFDIR => Err(errno(libc::EISDIR)),
             _ => Err(errno(libc::ENXIO)),
         }
+    }
+
+    /// Installs how to drop the kernel's cached attributes of an inode: used when an
+    /// open loads a stored map, so that the `st_blocks` the kernel holds from the lookup
+    /// (the backend's allocation) give way to the map's (cp decides on the `fstat` after
+    /// its open whether to look for holes).
+    pub fn set_attr_invalidator(&self, f: AttrInvalidator) {
+        let _ = self.sh.invalidate_attrs.set(f);
     }
 
     /// Whether an open with these flags (as the kernel sends them: `create` keeps
@@ -1016,25 +1035,16 @@ impl SparseFs {
         if inode.kind != libc::S_IFDIR {
             return Err(errno(libc::ENOTDIR));
         }
-        let mut entries = vec![
-            DirEntry {
-                ino: inode.ino,
-                kind: libc::DT_DIR,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino: inode.ino,
-                kind: libc::DT_DIR,
-                name: "..".into(),
-            },
-        ];
-        for mut d in sys::read_dir(inode.fd())? {
-            if inode.ino == 1 && d.name == SIDECAR_DIR {
-                continue;
+        let mut entries = DirSnapshot::default();
+        entries.push(inode.ino, libc::DT_DIR, b".");
+        entries.push(inode.ino, libc::DT_DIR, b"..");
+        let dev = inode.key.0;
+        sys::read_dir_into(inode.fd(), &mut entries, |ino, name| {
+            if inode.ino == 1 && name == SIDECAR_DIR.as_bytes() {
+                return None;
             }
-            d.ino = self.sh.inodes.ino_for(inode.key.0, d.ino).unwrap_or(d.ino);
-            entries.push(d);
-        }
+            Some(self.sh.inodes.ino_for(dev, ino).unwrap_or(ino))
+        })?;
         Ok(self.new_fh(Handle::Dir {
             entries: Arc::new(entries),
         }))
@@ -1044,7 +1054,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// `EBADF`.
-    pub fn readdir(&self, fh: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+    pub fn readdir(&self, fh: u64) -> io::Result<Arc<DirSnapshot>> {
         match self.sh.handles.read().get(&fh) {
             Some(Handle::Dir { entries, .. }) => Ok(entries.clone()),
             _ => Err(errno(libc::EBADF)),
@@ -1059,11 +1069,11 @@ impl SparseFs {
     ///
     /// # Errors
     /// The lookup's errno other than `ENOENT`.
-    pub fn lookup_entry(&self, dir: u64, e: &DirEntry) -> io::Result<Option<Entry>> {
+    pub fn lookup_entry(&self, dir: u64, e: &DirEntry<'_>) -> io::Result<Option<Entry>> {
         if e.name == "." || e.name == ".." {
             return Ok(None);
         }
-        match self.lookup(dir, &e.name) {
+        match self.lookup(dir, e.name) {
             Ok(entry) => Ok(Some(entry)),
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(err) => Err(err),

@@ -468,8 +468,8 @@ impl Filesystem for Adapter {
     ) {
         match self.fs.readdir(fh.0) {
             Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, dt_kind(e.kind), &e.name) {
+                for (i, e) in entries.iter_from(offset as usize) {
+                    if reply.add(INodeNo(e.ino), (i + 1) as u64, dt_kind(e.kind), e.name) {
                         break;
                     }
                 }
@@ -501,8 +501,8 @@ impl Filesystem for Adapter {
                     usize::MAX
                 };
                 let mut sent = 0usize;
-                for (i, e) in entries.iter().enumerate().skip(offset as usize).take(limit) {
-                    let looked = match self.fs.lookup_entry(ino.0, e) {
+                for (i, e) in entries.iter_from(offset as usize).take(limit) {
+                    let looked = match self.fs.lookup_entry(ino.0, &e) {
                         Ok(l) => l,
                         // Never an entry with made-up attributes: stop the batch here
                         // (the kernel asks again from this entry) or fail it if empty.
@@ -527,7 +527,7 @@ impl Filesystem for Adapter {
                     if reply.add(
                         INodeNo(node),
                         (i + 1) as u64,
-                        &e.name,
+                        e.name,
                         &TTL,
                         &st,
                         Generation(0),

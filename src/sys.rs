@@ -331,24 +331,72 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     .map(drop)
 }
 
-/// One directory entry.
-#[derive(Clone, Debug)]
-pub struct DirEntry {
-    /// Backing inode number.
+/// One directory entry of a [`DirSnapshot`].
+#[derive(Clone, Copy, Debug)]
+pub struct DirEntry<'a> {
+    /// Inode number (as the snapshot's maker chose to show it).
     pub ino: u64,
     /// `DT_*` type.
     pub kind: u8,
     /// Name.
-    pub name: OsString,
+    pub name: &'a OsStr,
 }
 
-/// Reads a whole directory (a snapshot) from an `O_PATH` fd of it, without `.`/`..`.
+/// The entries of a directory, in order, with all names in one buffer: two allocations
+/// per snapshot instead of one per entry (a 50k-entry listing spent a sixth of the
+/// daemon's time in malloc/free).
+#[derive(Debug, Default)]
+pub struct DirSnapshot {
+    names: Vec<u8>,
+    /// (ino, kind, end of the name in `names`); a name starts where the previous ends.
+    ents: Vec<(u64, u8, usize)>,
+}
+
+impl DirSnapshot {
+    /// Appends an entry.
+    pub fn push(&mut self, ino: u64, kind: u8, name: &[u8]) {
+        self.names.extend_from_slice(name);
+        self.ents.push((ino, kind, self.names.len()));
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.ents.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ents.is_empty()
+    }
+
+    /// The entries from index `from` on.
+    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = (usize, DirEntry<'_>)> {
+        (from..self.ents.len()).map(move |i| (i, self.get(i)))
+    }
+
+    fn get(&self, i: usize) -> DirEntry<'_> {
+        let (ino, kind, end) = self.ents[i];
+        let start = if i == 0 { 0 } else { self.ents[i - 1].2 };
+        DirEntry {
+            ino,
+            kind,
+            name: OsStr::from_bytes(&self.names[start..end]),
+        }
+    }
+}
+
+/// Reads a whole directory from an `O_PATH` fd of it, without `.`/`..`, into `out`:
+/// `keep(backing ino, name)` gives the inode number to show, or `None` to leave the
+/// entry out.
 ///
 /// # Errors
 /// The errno of open/getdents.
-pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
+pub fn read_dir_into(
+    fd: BorrowedFd<'_>,
+    out: &mut DirSnapshot,
+    mut keep: impl FnMut(u64, &[u8]) -> Option<u64>,
+) -> io::Result<()> {
     let d = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: buf is valid for buf.len() bytes.
@@ -383,17 +431,16 @@ pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 .position(|&c| c == 0)
                 .unwrap_or(name_bytes.len());
             let name = &name_bytes[..len];
-            if name != b"." && name != b".." {
-                out.push(DirEntry {
-                    ino,
-                    kind,
-                    name: OsString::from_vec(name.to_vec()),
-                });
+            if name != b"."
+                && name != b".."
+                && let Some(ino) = keep(ino, name)
+            {
+                out.push(ino, kind, name);
             }
             pos += reclen;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn xattr_path(fd: BorrowedFd<'_>) -> CString {

@@ -1232,8 +1232,21 @@ fn a_100k_extent_map_survives_a_remount() {
         f.set_len(n * 8192).unwrap();
         drop(f);
     }
+    // On the backend the extent tree takes blocks too, once written back.
+    File::open(b.path().join("many"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     let m = Mount::new(b.path(), &["--sparse-block", "4K"]);
+    // The lookup reports the backend's allocation (extent-tree blocks included); the
+    // open loads the stored map, and the fstat that follows (cp's) already sees its blocks.
+    let looked_up = fs::metadata(m.p("many")).unwrap().blocks();
     let f = File::open(m.p("many")).unwrap();
+    assert_eq!(
+        f.metadata().unwrap().blocks(),
+        n * 8,
+        "fstat after open kept the lookup's st_blocks ({looked_up})"
+    );
     let mut pos = 0u64;
     let mut count = 0u64;
     while let Ok(d) = lseek(&f, pos as i64, libc::SEEK_DATA) {
