@@ -6,7 +6,7 @@ use crate::backend::counting::Counting;
 use crate::backend::fd::FdFile;
 use crate::backend::{BackendFile, Caps, Whence, probe};
 use crate::file::{Depth, Geometry, SparseFile};
-use crate::inodes::{FileNode, Inode, InodeTable, stamp_of};
+use crate::inodes::{FileNode, Inode, InodeTable, setid_to_clear, stamp_of};
 use crate::stats::{Stats, Trigger};
 use crate::sys::{self, DirEntry, DirSnapshot};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -352,6 +352,7 @@ impl SparseFs {
             stamp: Mutex::new(Some(stamp_of(&st))),
             changed: AtomicBool::new(false),
             persisted: AtomicBool::new(persisted),
+            setid: AtomicBool::new(setid_to_clear(st.st_mode) != 0),
         });
         *slot = Some(node.clone());
         Ok((node, true))
@@ -364,6 +365,7 @@ impl SparseFs {
             return Ok(());
         }
         let st = sys::fstat_fresh(inode.fd())?;
+        node.setid.store(setid_to_clear(st.st_mode) != 0, Relaxed);
         let mut stamp = node.stamp.lock();
         let mut e = node.engine.write();
         if !e.is_dirty() && *stamp != Some(stamp_of(&st)) {
@@ -572,7 +574,28 @@ impl SparseFs {
         if let Some(n) = &node {
             self.record_stamp(&inode, n);
         }
-        self.stat_of(&inode)
+        let st = self.stat_of(&inode)?;
+        if let Some(n) = &node {
+            n.setid.store(setid_to_clear(st.st_mode) != 0, Relaxed);
+        }
+        Ok(st)
+    }
+
+    /// Clears the set-id bits a write by an unprivileged caller clears. The kernel leaves
+    /// that to us for uncached (direct-I/O) writes (`FUSE_WRITE_KILL_SUIDGID`), and the
+    /// backend would not do it: the daemon writes with `CAP_FSETID`.
+    fn clear_setid(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
+        let st = sys::fstat(inode.fd())?;
+        let bits = setid_to_clear(st.st_mode);
+        if bits != 0 {
+            sys::chmod(inode.fd(), st.st_mode & 0o7777 & !bits)?;
+            self.record_stamp(inode, node);
+            if let Some(f) = self.sh.invalidate_attrs.get() {
+                f(inode.ino);
+            }
+        }
+        node.setid.store(false, Relaxed);
+        Ok(())
     }
 
     /// readlink.
@@ -874,11 +897,15 @@ impl SparseFs {
         off: u64,
         data: &[u8],
         flags: i32,
+        clear_setid: bool,
     ) -> io::Result<(u32, bool)> {
-        let (_, node, hflags) = self.file(fh)?;
+        let (inode, node, hflags) = self.file(fh)?;
         let flags = flags | hflags;
         if self.sh.frozen.load(Relaxed) {
             return Err(errno(libc::EIO));
+        }
+        if clear_setid && node.setid.load(Relaxed) {
+            self.clear_setid(&inode, &node)?;
         }
         node.changed.store(true, Relaxed);
         let mut pending = false;
@@ -1018,7 +1045,10 @@ impl SparseFs {
             if data.is_empty() {
                 break;
             }
-            if self.write(ino_out, fh_out, off_out + done, &data, 0)?.1 {
+            if self
+                .write(ino_out, fh_out, off_out + done, &data, 0, false)?
+                .1
+            {
                 self.after_write(fh_out);
             }
             done += data.len() as u64;

@@ -388,12 +388,16 @@ impl Filesystem for Adapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _wf: WriteFlags,
+        wf: WriteFlags,
         flags: OpenFlags,
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(ino.0, fh.0, offset, data, flags.0) {
+        let clear_setid = wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self
+            .fs
+            .write(ino.0, fh.0, offset, data, flags.0, clear_setid)
+        {
             Ok((n, pending)) => {
                 reply.written(n);
                 if pending {

@@ -43,6 +43,21 @@ pub struct FileNode {
     pub changed: std::sync::atomic::AtomicBool,
     /// A persisted map may exist for this file (so one without holes removes it).
     pub persisted: std::sync::atomic::AtomicBool,
+    /// The mode was last seen with set-id bits that a write by an unprivileged caller
+    /// clears (see [`setid_to_clear`]); kept from every stat the node takes, as the
+    /// kernel keeps `i_mode`, so writes need no stat of their own.
+    pub setid: std::sync::atomic::AtomicBool,
+}
+
+/// The set-id bits of `mode` that a write by a caller without `CAP_FSETID` clears, as
+/// Linux does: `S_ISUID`, and `S_ISGID` when group execute is set (without it the bit
+/// means mandatory locking).
+pub fn setid_to_clear(mode: u32) -> u32 {
+    let mut bits = mode & libc::S_ISUID;
+    if mode & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP) {
+        bits |= libc::S_ISGID;
+    }
+    bits
 }
 
 /// One backing inode.

@@ -2462,3 +2462,48 @@ fn ioctls_answer_enotty_like_a_local_file_without_a_warning_per_open() {
     let log = m.stop();
     assert!(!log.contains("Not Implemented"), "daemon log: {log}");
 }
+
+#[test]
+fn writes_by_unprivileged_callers_clear_setid_bits_as_on_a_local_filesystem() {
+    if !fuse_available() || !have("setpriv") {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    fs::set_permissions(b.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let m = Mount::new(b.path(), &["--allow-other"]);
+    let f = m.p("prog");
+    fs::write(&f, b"#!/bin/sh\n").unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let as_nobody = |cmd: &str| {
+        sh(&format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{cmd}'"
+        ))
+    };
+    // Write-only (uncached) and read-write (cached) opens, as the kernel sends them.
+    for (how, cmd) in [
+        ("O_WRONLY", format!("echo x >> {}", f.display())),
+        ("O_RDWR", format!("exec 3<>{}; echo y >&3", f.display())),
+    ] {
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+        as_nobody(&cmd);
+        assert_eq!(mode(&f), 0o777, "{how} write by nobody kept set-id bits");
+        assert_eq!(
+            mode(&b.path().join("prog")),
+            0o777,
+            "{how}: backend kept them"
+        );
+    }
+    // setgid without group execute is not a privilege: it stays, as on ext4.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o2767)).unwrap();
+    as_nobody(&format!("echo z >> {}", f.display()));
+    assert_eq!(mode(&f), 0o2767);
+    // A writer with CAP_FSETID (root) keeps them.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"r")
+        .unwrap();
+    assert_eq!(mode(&f), 0o6777);
+}
