@@ -30,7 +30,11 @@ done
 for t in bindfs fio python3; do command -v $t >/dev/null || { echo "passthrough.sh: $t missing" >&2; exit 2; }; done
 work=$(mktemp -d "$under/sparsefs-pt.XXXXXX")
 cp "$bin" "$work/sparsefs"
+# A VM's free page reporting makes first touches of freed memory slow: paused for the run,
+# memory touched once (bench-scripts/vm-memory.sh says why). --quick skips the touching.
+vmstate=$("$repo/bench-scripts/vm-memory.sh" pause $([ "$runs" = 1 ] && [ "$size_mib" -lt 2048 ] && echo 0))
 cleanup() {
+  "$repo/bench-scripts/vm-memory.sh" restore "$vmstate" || true
   for m in "$work"/mnt-*; do mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
   rm -rf "$work" /dev/shm/sparsefs-pt-src.$$
 }
@@ -103,6 +107,10 @@ mkdir -p "$(dirname "$md")"
   echo "Command: \`bench-scripts/passthrough.sh $*\` ($runs runs, medians). Machine: $(nproc) vCPU,"
   echo "$(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs),"
   echo "backing: $(stat -f -c %T "$under") directory under $under; bindfs $(bindfs --version 2>&1 | head -1 | awk '{print $2}'); $(date -u +%Y-%m-%d)."
+  if [ "$vmstate" != none ]; then
+    echo "The VM's free page reporting was paused for the run and free memory touched once first"
+    echo "(\`bench-scripts/vm-memory.sh\`: otherwise whichever variant allocates long-freed memory pays a host fault per page)."
+  fi
   echo
   echo "| workload | direct | bindfs | sparsefs | sparsefs / bindfs |"
   echo "|---|---|---|---|---|"
