@@ -4,6 +4,7 @@
 
 use crate::backend::counting::Counting;
 use crate::backend::fd::FdFile;
+use crate::backend::reopen::Reopening;
 use crate::backend::{BackendFile, Caps, Whence, probe};
 use crate::file::{Depth, Geometry, SparseFile};
 use crate::inodes::{FileNode, Inode, InodeTable, setid_to_clear, stamp_of};
@@ -112,6 +113,11 @@ struct Shared {
     wake_lock: Mutex<()>,
     /// Tells the kernel to drop an inode's cached attributes (set by the mount).
     invalidate_attrs: std::sync::OnceLock<AttrInvalidator>,
+    /// Read-write fds of regular files open now (see [`Reopening`]).
+    data_fds: Arc<AtomicU64>,
+    /// Past this many, a file's fd is closed at its last release (an eighth of the fd
+    /// limit: the rest is for the one `O_PATH` fd per inode and open directories).
+    data_fd_budget: u64,
 }
 
 /// Drops the kernel's cached attributes of a FUSE inode.
@@ -169,6 +175,8 @@ impl SparseFs {
                 wake: Condvar::new(),
                 wake_lock: Mutex::new(()),
                 invalidate_attrs: std::sync::OnceLock::new(),
+                data_fds: Arc::new(AtomicU64::new(0)),
+                data_fd_budget: (sys::nofile_limit() / 8).max(64),
             }),
             flusher: Mutex::new(None),
         })
@@ -330,13 +338,25 @@ impl SparseFs {
         }
         let fd = match data {
             Some(fd) => fd,
-            None => sys::reopen(inode.fd(), libc::O_RDWR)
-                .or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))?,
+            None => reopen_data(inode)?,
         };
-        let backend: Box<dyn BackendFile> = Box::new(Counting::new(
-            FdFile::new(File::from(fd)),
-            self.sh.stats.clone(),
+        let stats = self.sh.stats.clone();
+        let first = Box::new(Counting::new(FdFile::new(File::from(fd)), stats.clone()));
+        // The reopen holds the inode weakly: the inode owns the node, not the other way.
+        let weak = Arc::downgrade(inode);
+        let data = Arc::new(Reopening::new(
+            first,
+            Box::new(move || {
+                let inode = weak.upgrade().ok_or_else(|| errno(libc::ESTALE))?;
+                let fd = reopen_data(&inode)?;
+                Ok(Box::new(Counting::new(
+                    FdFile::new(File::from(fd)),
+                    stats.clone(),
+                )))
+            }),
+            self.sh.data_fds.clone(),
         ));
+        let backend: Box<dyn BackendFile> = Box::new(data.clone());
         let engine = SparseFile::open(
             backend,
             self.sh.cfg.geo,
@@ -353,6 +373,7 @@ impl SparseFs {
             changed: AtomicBool::new(false),
             persisted: AtomicBool::new(persisted),
             setid: AtomicBool::new(setid_to_clear(st.st_mode) != 0),
+            data,
         });
         *slot = Some(node.clone());
         Ok((node, true))
@@ -957,10 +978,24 @@ impl SparseFs {
                 let r = self.close_flush(&inode, &node);
                 if node.opens.fetch_sub(1, Relaxed) == 1 && r.is_ok() {
                     self.record_stamp(&inode, &node);
+                    self.park_if_over_budget(&node);
                 }
                 r
             }
             Some(Handle::Dir { .. }) | None => Ok(()),
+        }
+    }
+
+    /// Closes an idle file's read-write fd when more than the budget are open (it is
+    /// opened again on its next use): a working set keeps its fds, a tree of many files
+    /// written once does not hold two fds per file.
+    fn park_if_over_budget(&self, node: &FileNode) {
+        if self.sh.data_fds.load(Relaxed) <= self.sh.data_fd_budget {
+            return;
+        }
+        let e = node.engine.read();
+        if node.opens.load(Relaxed) == 0 && !e.is_dirty() && node.data.park() {
+            self.sh.stats.data_fds_parked.fetch_add(1, Relaxed);
         }
     }
 
@@ -1340,4 +1375,10 @@ fn flusher(sh: &Shared) {
             }
         }
     }
+}
+
+/// A read-write fd of a regular file from its `O_PATH` fd (read-only where the daemon may
+/// not write it).
+fn reopen_data(inode: &Inode) -> io::Result<OwnedFd> {
+    sys::reopen(inode.fd(), libc::O_RDWR).or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))
 }

@@ -47,6 +47,8 @@ pub struct FileNode {
     /// clears (see [`setid_to_clear`]); kept from every stat the node takes, as the
     /// kernel keeps `i_mode`, so writes need no stat of their own.
     pub setid: std::sync::atomic::AtomicBool,
+    /// The backend file under the engine, whose fd is closed while idle past a budget.
+    pub data: std::sync::Arc<crate::backend::reopen::Reopening>,
 }
 
 /// The set-id bits of `mode` that a write by a caller without `CAP_FSETID` clears, as

@@ -128,6 +128,8 @@ pub struct Stats {
     pub dirty_bytes: AtomicU64,
     /// Highest dirty bytes seen.
     pub dirty_peak: AtomicU64,
+    /// Idle files whose read-write fd was closed to stay within the fd budget.
+    pub data_fds_parked: AtomicU64,
 }
 
 impl Stats {
@@ -176,7 +178,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -187,6 +189,7 @@ impl Stats {
             g(&self.seeks_from_index),
             g(&self.dirty_bytes),
             g(&self.dirty_peak),
+            g(&self.data_fds_parked),
         );
         for (i, op) in OPS.iter().enumerate() {
             let c = &self.ops[*op as usize];
@@ -314,6 +317,7 @@ pub fn table_from_json(json: &str) -> String {
         human(g("dirty_bytes")),
         human(g("dirty_peak"))
     );
+    let _ = writeln!(s, "idle fds closed       {:>12}", g("data_fds_parked"));
     let _ = writeln!(
         s,
         "backend calls            calls        bytes   avg µs  errors"

@@ -593,6 +593,19 @@ pub fn raise_nofile() -> u64 {
     r.rlim_cur
 }
 
+/// The soft RLIMIT_NOFILE (1024 if it cannot be read).
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: r is valid for writes.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    r.rlim_cur
+}
+
 /// Turns a C string into an `OsStr` view.
 pub fn os(c: &CStr) -> &OsStr {
     OsStr::from_bytes(c.to_bytes())
