@@ -565,14 +565,9 @@ impl Drop for FsIds {
 /// remembers holds one O_PATH fd, so this bounds the inodes in use. Returns the new soft
 /// limit.
 pub fn raise_nofile() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: r is valid for writes.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+    let Some(mut r) = nofile() else {
         return 0;
-    }
+    };
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -593,17 +588,18 @@ pub fn raise_nofile() -> u64 {
     r.rlim_cur
 }
 
-/// The soft RLIMIT_NOFILE (1024 if it cannot be read).
-pub fn nofile_limit() -> u64 {
+fn nofile() -> Option<libc::rlimit> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: r is valid for writes.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 1024;
-    }
-    r.rlim_cur
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r)
+}
+
+/// The soft RLIMIT_NOFILE (1024 if it cannot be read).
+pub fn nofile_limit() -> u64 {
+    nofile().map_or(1024, |r| r.rlim_cur)
 }
 
 /// Turns a C string into an `OsStr` view.
