@@ -341,18 +341,17 @@ impl SparseFs {
             None => reopen_data(inode)?,
         };
         let stats = self.sh.stats.clone();
-        let first = Box::new(Counting::new(FdFile::new(File::from(fd)), stats.clone()));
+        let wrap = move |fd: OwnedFd| -> Box<dyn BackendFile> {
+            Box::new(Counting::new(FdFile::new(File::from(fd)), stats.clone()))
+        };
+        let first = wrap(fd);
         // The reopen holds the inode weakly: the inode owns the node, not the other way.
         let weak = Arc::downgrade(inode);
         let data = Arc::new(Reopening::new(
             first,
             Box::new(move || {
                 let inode = weak.upgrade().ok_or_else(|| errno(libc::ESTALE))?;
-                let fd = reopen_data(&inode)?;
-                Ok(Box::new(Counting::new(
-                    FdFile::new(File::from(fd)),
-                    stats.clone(),
-                )))
+                Ok(wrap(reopen_data(&inode)?))
             }),
             self.sh.data_fds.clone(),
         ));
