@@ -114,7 +114,7 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
-    /// read_ahead=SIZE, map_store=xattr|sidecar|none, cache_writes,
+    /// read_ahead=SIZE, map_store=xattr|sidecar|none, cache_writes, no_passthrough,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
     /// subtype=NAME, and fstab-only ones that are ignored (defaults, _netdev, nofail,
     /// noauto, auto, user, users, x-*).
@@ -146,6 +146,11 @@ pub struct MountArgs {
     /// write throughput, no page cache filled by streams nobody reads back).
     #[arg(long)]
     pub cache_writes: bool,
+    /// Serve every read through the daemon. By default a read-only open of a file with
+    /// no known holes, that nobody else has open, is handed to the kernel (FUSE
+    /// passthrough, root and Linux 6.9+): its reads go to the backend file directly.
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Request-handling threads (default: the number of CPUs, 2 to 8).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -205,6 +210,8 @@ pub struct MountConfig {
     pub fsname: String,
     /// Keep written pages cached for write-only opens too.
     pub cache_writes: bool,
+    /// Kernel passthrough for qualifying read-only opens.
+    pub passthrough: bool,
     /// subtype shown in /proc/mounts.
     pub subtype: String,
     /// Foreground.
@@ -319,6 +326,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut read_ahead = a.read_ahead.clone();
     let mut threads = a.threads;
     let mut cache_writes = a.cache_writes;
+    let mut passthrough = !a.no_passthrough;
     let mut map_store = a.map_store.clone();
     let mut access = if a.allow_other {
         Access::All
@@ -355,6 +363,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
                 })?)
             }
             "cache_writes" => cache_writes = true,
+            "no_passthrough" => passthrough = false,
             "allow_other" => access = Access::All,
             "allow_root" => {
                 if access != Access::All {
@@ -462,6 +471,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     Ok(MountConfig {
         fsname: fsname.unwrap_or_else(|| backing.display().to_string()),
         cache_writes,
+        passthrough,
         backing,
         mountpoint,
         sparse_block,

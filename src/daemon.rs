@@ -83,6 +83,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
         owner: sys::geteuid(),
         map_store: cfg.map_store,
         cache_writes: cfg.cache_writes,
+        passthrough: cfg.passthrough,
     }
 }
 

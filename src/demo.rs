@@ -112,6 +112,7 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
         owner: sys::geteuid(),
         map_store: crate::fs::MapStore::None,
         cache_writes: false,
+        passthrough: true,
     };
     let fs = Arc::new(SparseFs::new(cfg, stats.clone()).map_err(|e| err("open backing", e))?);
     let caps = fs.caps();

@@ -7,7 +7,8 @@ use crate::backend::fd::FdFile;
 use crate::backend::reopen::Reopening;
 use crate::backend::{BackendFile, Caps, Whence, probe};
 use crate::file::{Depth, Geometry, SparseFile};
-use crate::inodes::{FileNode, Inode, InodeTable, setid_to_clear, stamp_of};
+pub use crate::inodes::PassToken;
+use crate::inodes::{FileNode, Inode, InodeTable, Passthrough, setid_to_clear, stamp_of};
 use crate::stats::{Stats, Trigger};
 use crate::sys::{self, DirEntry, DirSnapshot};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -42,6 +43,20 @@ pub struct FsConfig {
     /// Keep written pages in the kernel's page cache for every open (`--cache-writes`);
     /// by default opens that cannot read back what they write bypass it.
     pub cache_writes: bool,
+    /// Serve qualifying read-only opens by kernel passthrough (when the adapter can).
+    pub passthrough: bool,
+}
+
+/// Registers a backend file (an fd open for reading) with the kernel for passthrough
+/// and returns the registration (the adapter's type).
+pub type MakeToken<'a> = &'a dyn Fn(std::os::fd::BorrowedFd<'_>) -> io::Result<PassToken>;
+
+/// An open handle and, for a passthrough handle, the backing file to answer with.
+pub struct Opened {
+    /// The handle.
+    pub fh: u64,
+    /// The backing file registration of a passthrough handle.
+    pub passthrough: Option<PassToken>,
 }
 
 pub use crate::persist::MapStore;
@@ -67,6 +82,8 @@ enum Handle {
         inode: Arc<Inode>,
         node: Arc<FileNode>,
         flags: i32,
+        /// A kernel passthrough handle (writable: `Some(true)`).
+        pt: Option<bool>,
     },
     Dir {
         entries: Arc<DirSnapshot>,
@@ -253,7 +270,9 @@ impl SparseFs {
     fn sparse_stat(&self, inode: &Inode, mut st: libc::stat) -> libc::stat {
         st.st_ino = inode.ino;
         st.st_blksize = self.sh.cfg.geo.block as _;
-        if let Some(node) = inode.node() {
+        if let Some(node) = inode.node()
+            && !node.bypass.load(Relaxed)
+        {
             let open = node.opens.load(Relaxed) > 0;
             let e = node.engine.read();
             if open || e.is_dirty() || *node.stamp.lock() == Some(stamp_of(&st)) {
@@ -373,6 +392,8 @@ impl SparseFs {
             persisted: AtomicBool::new(persisted),
             setid: AtomicBool::new(setid_to_clear(st.st_mode) != 0),
             data,
+            pt: Mutex::new(Passthrough::default()),
+            bypass: AtomicBool::new(false),
         });
         *slot = Some(node.clone());
         Ok((node, true))
@@ -479,6 +500,15 @@ impl SparseFs {
         Ok(())
     }
 
+    /// Truncates a file through its engine.
+    fn truncate_node(&self, node: &FileNode, size: u64) -> io::Result<()> {
+        node.changed.store(true, Relaxed);
+        let mut e = node.engine.write();
+        self.resync(node, &mut e)?;
+        e.truncate(size)?;
+        self.settle(node, &mut e)
+    }
+
     /// What unlink and rename need to know of `name` in `dir`, from one `fstatat` (a
     /// round trip on a networked backend): its known inode with sparse state, if any
     /// (operations that change its ctime re-record its stamp afterwards, so that our own
@@ -547,12 +577,10 @@ impl SparseFs {
         };
         if let Some(n) = &node {
             self.refresh_if_stale(&inode, n)?;
-            let mut e = n.engine.write();
             if let Some(size) = a.size {
-                n.changed.store(true, Relaxed);
-                e.truncate(size)?;
+                self.truncate_node(n, size)?;
             } else {
-                e.flush(Depth::Full, Trigger::Sync)?;
+                n.engine.write().flush(Depth::Full, Trigger::Sync)?;
             }
         } else if a.size.is_some() {
             return Err(errno(if inode.kind == libc::S_IFDIR {
@@ -781,7 +809,13 @@ impl SparseFs {
         fh
     }
 
-    fn open_node(&self, inode: &Arc<Inode>, flags: i32, data: Option<OwnedFd>) -> io::Result<u64> {
+    fn open_node(
+        &self,
+        inode: &Arc<Inode>,
+        flags: i32,
+        data: Option<OwnedFd>,
+        make: Option<MakeToken<'_>>,
+    ) -> io::Result<Opened> {
         let (node, made) = self.node_with(inode, data)?;
         if !made {
             self.refresh_if_stale(inode, &node)?;
@@ -791,12 +825,90 @@ impl SparseFs {
         {
             f(inode.ino);
         }
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        // The choice and the count are made under the passthrough lock: a file's handles
+        // are all passthrough or all ordinary (see [`Passthrough`]).
+        let mut pt = node.pt.lock();
+        let token = if let Some(t) = pt.token.clone() {
+            if writable {
+                if !node.bypass.load(Relaxed) {
+                    let mut e = node.engine.write();
+                    e.flush(Depth::Full, Trigger::Sync)?;
+                    e.reset_from_backend()?;
+                    node.bypass.store(true, Relaxed);
+                }
+                pt.writers += 1;
+                self.sh.stats.passthrough_writers.fetch_add(1, Relaxed);
+            }
+            pt.handles += 1;
+            Some(t)
+        } else if let Some(make) = make
+            && self.passthrough_ok(&node, flags)
+        {
+            match sys::reopen(inode.fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
+                Ok(t) => {
+                    pt.token = Some(t.clone());
+                    pt.handles = 1;
+                    Some(t)
+                }
+                Err(e) => {
+                    debug!(ino = inode.ino, error = %e, "passthrough refused: ordinary open");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if token.is_some() {
+            self.sh.stats.passthrough_opens.fetch_add(1, Relaxed);
+        }
         node.opens.fetch_add(1, Relaxed);
-        Ok(self.new_fh(Handle::File {
+        drop(pt);
+        let fh = self.new_fh(Handle::File {
             inode: inode.clone(),
             node,
             flags,
-        }))
+            pt: token.as_ref().map(|_| writable),
+        });
+        Ok(Opened {
+            fh,
+            passthrough: token,
+        })
+    }
+
+    /// Whether a first open of a file may be a kernel passthrough (reads go from the
+    /// kernel to the backend file without the daemon): read-only, not `O_DIRECT`, nobody
+    /// else has it open, nothing buffered, and no known holes (reads of those are served
+    /// from the index without backend I/O: passthrough would read them from the backend).
+    fn passthrough_ok(&self, node: &FileNode, flags: i32) -> bool {
+        if !self.sh.cfg.passthrough
+            || flags & libc::O_ACCMODE != libc::O_RDONLY
+            || flags & libc::O_DIRECT != 0
+            || node.opens.load(Relaxed) > 0
+        {
+            return false;
+        }
+        let e = node.engine.read();
+        !e.is_dirty() && e.index_data().total() >= e.size()
+    }
+
+    /// A bypassed file's engine made to match the backend again: writable passthrough
+    /// handles change the backend file behind the engine (see [`FileNode::bypass`]).
+    fn resync(&self, node: &FileNode, e: &mut SparseFile) -> io::Result<()> {
+        if node.bypass.load(Relaxed) {
+            e.flush(Depth::Full, Trigger::Sync)?;
+            e.reset_from_backend()?;
+        }
+        Ok(())
+    }
+
+    /// After a change through the engine of a bypassed file: everything to the backend
+    /// now, so that it is ordered with the passthrough writers' own writes.
+    fn settle(&self, node: &FileNode, e: &mut SparseFile) -> io::Result<()> {
+        if node.bypass.load(Relaxed) {
+            e.flush(Depth::Full, Trigger::Sync)?;
+        }
+        Ok(())
     }
 
     /// open. `O_DIRECT` and other flags stay with the handle; the backend fd is shared
@@ -804,10 +916,14 @@ impl SparseFs {
     ///
     /// # Errors
     /// `EISDIR`, the backend's errno.
-    pub fn open(&self, ino: u64, flags: i32) -> io::Result<u64> {
+    ///
+    /// `make` registers a backend file for kernel passthrough (the adapter's part); when
+    /// given and the open qualifies (see `passthrough_ok`), or the file already has
+    /// passthrough handles, the result carries the token to answer with.
+    pub fn open(&self, ino: u64, flags: i32, make: Option<MakeToken<'_>>) -> io::Result<Opened> {
         let inode = self.inode(ino)?;
         match inode.kind {
-            libc::S_IFREG => self.open_node(&inode, flags, None),
+            libc::S_IFREG => self.open_node(&inode, flags, None, make),
             libc::S_IFDIR => Err(errno(libc::EISDIR)),
             _ => Err(errno(libc::ENXIO)),
         }
@@ -819,6 +935,11 @@ impl SparseFs {
     /// its open whether to look for holes).
     pub fn set_attr_invalidator(&self, f: AttrInvalidator) {
         let _ = self.sh.invalidate_attrs.set(f);
+    }
+
+    /// Whether the mount asks for kernel passthrough (`--no-passthrough` not given).
+    pub fn passthrough_wanted(&self) -> bool {
+        self.sh.cfg.passthrough
     }
 
     /// Whether an open with these flags (as the kernel sends them: `create` keeps
@@ -855,7 +976,7 @@ impl SparseFs {
         umask: u32,
         flags: i32,
         who: Caller,
-    ) -> io::Result<(Entry, u64)> {
+    ) -> io::Result<(Entry, Opened)> {
         let dir = self.inode(parent)?;
         let excl = flags & libc::O_EXCL;
         // The fd that created the file becomes its data fd (no close and reopen: an
@@ -874,18 +995,22 @@ impl SparseFs {
             self.forget(inode.ino, 1);
             return Err(errno(libc::EEXIST));
         }
-        let fh = self.open_node(&inode, flags, made.take())?;
+        // No new passthrough for a writable open, but one of a file (an existing file, by
+        // a name the kernel had not looked up) that has passthrough handles must join them.
+        let opened = self.open_node(&inode, flags, made.take(), None)?;
         if flags & libc::O_TRUNC != 0 {
             let node = self.node(&inode)?;
-            node.engine.write().truncate(0)?;
+            self.truncate_node(&node, 0)?;
         }
         let st = self.stat_of(&inode)?;
-        Ok(((inode.ino, st), fh))
+        Ok(((inode.ino, st), opened))
     }
 
     fn file(&self, fh: u64) -> io::Result<(Arc<Inode>, Arc<FileNode>, i32)> {
         match self.sh.handles.read().get(&fh) {
-            Some(Handle::File { inode, node, flags }) => Ok((inode.clone(), node.clone(), *flags)),
+            Some(Handle::File {
+                inode, node, flags, ..
+            }) => Ok((inode.clone(), node.clone(), *flags)),
             _ => Err(errno(libc::EBADF)),
         }
     }
@@ -896,6 +1021,11 @@ impl SparseFs {
     /// The backend's errno.
     pub fn read(&self, fh: u64, off: u64, size: u32) -> io::Result<Vec<u8>> {
         let (_, node, _) = self.file(fh)?;
+        if node.bypass.load(Relaxed) {
+            let mut e = node.engine.write();
+            self.resync(&node, &mut e)?;
+            return e.read(off, size as usize);
+        }
         let e = node.engine.read();
         e.read(off, size as usize)
     }
@@ -931,6 +1061,13 @@ impl SparseFs {
         let mut pending = false;
         {
             let mut e = node.engine.write();
+            if node.bypass.load(Relaxed) {
+                // Only copy_file_range writes through the engine of a bypassed file.
+                self.resync(&node, &mut e)?;
+                e.buffer(off, data)?;
+                self.settle(&node, &mut e)?;
+                return Ok((data.len() as u32, false));
+            }
             pending = e.buffer(off, data)? || pending;
             if flags & libc::O_DSYNC != 0 {
                 let depth = if flags & libc::O_SYNC == libc::O_SYNC {
@@ -973,8 +1110,13 @@ impl SparseFs {
     pub fn release(&self, fh: u64) -> io::Result<()> {
         let h = self.sh.handles.write().remove(&fh);
         match h {
-            Some(Handle::File { inode, node, .. }) => {
+            Some(Handle::File {
+                inode, node, pt, ..
+            }) => {
                 let r = self.close_flush(&inode, &node);
+                if let Some(writable) = pt {
+                    self.release_passthrough(&node, writable);
+                }
                 if node.opens.fetch_sub(1, Relaxed) == 1 && r.is_ok() {
                     self.record_stamp(&inode, &node);
                     self.park_if_over_budget(&node);
@@ -982,6 +1124,34 @@ impl SparseFs {
                 r
             }
             Some(Handle::Dir { .. }) | None => Ok(()),
+        }
+    }
+
+    /// Ends a passthrough handle. With the last one the backing file registration goes
+    /// (the kernel released its files before telling us) and a bypassed engine takes the
+    /// backend's size and an unknown map again (what passthrough writers did is not
+    /// known; reads and SEEK_DATA of it then ask the backend).
+    fn release_passthrough(&self, node: &FileNode, writable: bool) {
+        let mut pt = node.pt.lock();
+        pt.handles -= 1;
+        if writable {
+            pt.writers -= 1;
+        }
+        if pt.handles == 0 {
+            pt.token = None;
+            if node.bypass.load(Relaxed) {
+                let mut e = node.engine.write();
+                let synced = e
+                    .flush(Depth::Full, Trigger::Close)
+                    .and_then(|()| e.reset_from_backend());
+                if let Err(err) = synced {
+                    // The engine stays bypassed (resynced before each use) until it works.
+                    warn!(error = %err, "file written through passthrough: state not refreshed");
+                    return;
+                }
+                node.changed.store(false, Relaxed);
+                node.bypass.store(false, Relaxed);
+            }
         }
     }
 
@@ -1029,6 +1199,7 @@ impl SparseFs {
             _ => return Err(errno(libc::EINVAL)),
         };
         let mut e = node.engine.write();
+        self.resync(&node, &mut e)?;
         e.seek(off as u64, w)?
             .map(|x| x as i64)
             .ok_or_else(|| errno(libc::ENXIO))
@@ -1043,6 +1214,19 @@ impl SparseFs {
         let (_, node, _) = self.file(fh)?;
         node.changed.store(true, Relaxed);
         let mut e = node.engine.write();
+        self.resync(&node, &mut e)?;
+        let r = self.fallocate_engine(&mut e, off, len, mode);
+        self.settle(&node, &mut e)?;
+        r
+    }
+
+    fn fallocate_engine(
+        &self,
+        e: &mut SparseFile,
+        off: u64,
+        len: u64,
+        mode: i32,
+    ) -> io::Result<()> {
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
             if !keep || mode & !(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) != 0 {

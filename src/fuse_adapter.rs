@@ -1,16 +1,17 @@
 //! The thin fuser adapter: decodes each request, calls the core ([`SparseFs`]), replies,
 //! and logs errors. The only module that sees fuser's `Request`/`Reply` types.
 
-use crate::fs::{Caller, SetAttr, SparseFs};
+use crate::fs::{Caller, MakeToken, Opened, PassToken, SetAttr, SparseFs};
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,13 +42,48 @@ macro_rules! fail {
 /// Adapts [`SparseFs`] to fuser.
 pub struct Adapter {
     fs: Arc<SparseFs>,
+    /// The kernel granted FUSE passthrough and registering backing files works.
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl Adapter {
     /// Wraps the core.
     pub fn new(fs: Arc<SparseFs>) -> Self {
-        Self { fs }
+        Self {
+            fs,
+            passthrough: std::sync::atomic::AtomicBool::new(false),
+        }
     }
+
+    /// Registers a backend file with the kernel for a passthrough open. Without the
+    /// privilege (the ioctl needs CAP_SYS_ADMIN) passthrough is off for the mount.
+    fn open_backing(
+        &self,
+        fd: BorrowedFd<'_>,
+        reg: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingId>,
+    ) -> io::Result<PassToken> {
+        match reg(fd) {
+            Ok(b) => Ok(Arc::new(b)),
+            Err(e) => {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY)
+                ) {
+                    self.passthrough
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(error = %e, "kernel passthrough unavailable: every read goes through the daemon");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The backing file registration behind a passthrough handle.
+fn backing(o: &Opened) -> Option<&BackingId> {
+    o.passthrough
+        .as_ref()
+        .and_then(|t| t.downcast_ref::<BackingId>())
 }
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
@@ -189,6 +225,15 @@ impl Filesystem for Adapter {
         let _ = config.set_max_readahead(128 << 10);
         // readdirplus when the kernel finds it useful (ls -l), plain readdir otherwise
         // (ls -f of a huge directory); directory operations may run in parallel.
+        // Kernel passthrough (read-only opens of dense files, see SparseFs::open): needs
+        // a stacking depth of 1 (the backend may not itself be a stacked filesystem).
+        if self.fs.passthrough_wanted()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -358,8 +403,18 @@ impl Filesystem for Adapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, open_flags(flags)) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.fopen(open_flags(flags))),
+        let fl = open_flags(flags);
+        let r = {
+            let make = |fd: BorrowedFd<'_>| self.open_backing(fd, |fd| reply.open_backing(fd));
+            let pt = self.passthrough.load(std::sync::atomic::Ordering::Relaxed);
+            self.fs
+                .open(ino.0, fl, pt.then_some(&make as MakeToken<'_>))
+        };
+        match r {
+            Ok(o) => match backing(&o) {
+                Some(b) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), b),
+                None => reply.opened(FileHandle(o.fh), self.fopen(fl)),
+            },
             Err(e) => fail!("open", reply, e),
         }
     }
@@ -669,13 +724,23 @@ impl Filesystem for Adapter {
             .fs
             .create(parent.0, name, mode, umask, flags, caller(req))
         {
-            Ok(((_, st), fh)) => reply.created(
-                &TTL,
-                &attr(&st),
-                Generation(0),
-                FileHandle(fh),
-                self.fopen(flags),
-            ),
+            Ok(((_, st), o)) => match backing(&o) {
+                Some(b) => reply.created_passthrough(
+                    &TTL,
+                    &attr(&st),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::empty(),
+                    b,
+                ),
+                None => reply.created(
+                    &TTL,
+                    &attr(&st),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    self.fopen(flags),
+                ),
+            },
             Err(e) => fail!("create", reply, e),
         }
     }

@@ -49,6 +49,29 @@ pub struct FileNode {
     pub setid: std::sync::atomic::AtomicBool,
     /// The backend file under the engine, whose fd is closed while idle past a budget.
     pub data: std::sync::Arc<crate::backend::reopen::Reopening>,
+    /// Kernel passthrough handles (see [`Passthrough`]). Lock order: before `engine`.
+    pub pt: Mutex<Passthrough>,
+    /// A writable passthrough handle is (or was, until the last handle closes) open: its
+    /// writes reach the backend without the engine, so the engine's size and map are
+    /// taken again from the backend before each use.
+    pub bypass: std::sync::atomic::AtomicBool,
+}
+
+/// What the kernel reads and writes directly for a token's handle (FUSE passthrough: a
+/// backing file registered with the kernel; the adapter's type, opaque here).
+pub type PassToken = Arc<dyn std::any::Any + Send + Sync>;
+
+/// The passthrough handles of one file. The kernel requires every open of an inode
+/// that has a passthrough open to be a passthrough open of the same backing file (other
+/// opens fail with EIO), so a file's handles are either all passthrough or all ordinary.
+#[derive(Default)]
+pub struct Passthrough {
+    /// Open passthrough handles.
+    pub handles: u32,
+    /// Of which writable.
+    pub writers: u32,
+    /// The registered backing file, held while `handles > 0`.
+    pub token: Option<PassToken>,
 }
 
 /// The set-id bits of `mode` that a write by a caller without `CAP_FSETID` clears, as

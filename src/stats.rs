@@ -130,6 +130,10 @@ pub struct Stats {
     pub dirty_peak: AtomicU64,
     /// Idle files whose read-write fd was closed to stay within the fd budget.
     pub data_fds_parked: AtomicU64,
+    /// Opens served by kernel passthrough (the kernel reads the backend file itself).
+    pub passthrough_opens: AtomicU64,
+    /// Of which writable (a writer joining passthrough readers of the same file).
+    pub passthrough_writers: AtomicU64,
 }
 
 impl Stats {
@@ -178,7 +182,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -190,6 +194,8 @@ impl Stats {
             g(&self.dirty_bytes),
             g(&self.dirty_peak),
             g(&self.data_fds_parked),
+            g(&self.passthrough_opens),
+            g(&self.passthrough_writers),
         );
         for (i, op) in OPS.iter().enumerate() {
             let c = &self.ops[*op as usize];
@@ -318,6 +324,12 @@ pub fn table_from_json(json: &str) -> String {
         human(g("dirty_peak"))
     );
     let _ = writeln!(s, "idle fds closed       {:>12}", g("data_fds_parked"));
+    let _ = writeln!(
+        s,
+        "passthrough opens     {:>12}  (of which writers {})",
+        g("passthrough_opens"),
+        g("passthrough_writers")
+    );
     let _ = writeln!(
         s,
         "backend calls            calls        bytes   avg µs  errors"

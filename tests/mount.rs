@@ -2418,7 +2418,10 @@ fn write_only_streams_bypass_the_page_cache_and_stay_coherent_with_cached_reader
     }
     let b = tempfile::tempdir().unwrap();
     let data = random_bytes(32 << 20, 3);
-    let m = Mount::new(b.path(), &[]);
+    // The readers here open first, which with passthrough would make the writers
+    // passthrough too (see `a_writer_joining_passthrough_readers_...`): this is the
+    // ordinary path.
+    let m = Mount::new(b.path(), &["-o", "no_passthrough"]);
     // A write-only stream (cp, dd, tar -x) leaves nothing in the page cache.
     assert_eq!(
         pages_cached_by_a_write_only_stream(&m.p("stream"), &data),
@@ -2571,4 +2574,99 @@ fn writes_by_unprivileged_callers_clear_setid_bits_as_on_a_local_filesystem() {
         .write_all(b"r")
         .unwrap();
     assert_eq!(mode(&f), 0o6777);
+}
+
+#[test]
+fn a_writer_joining_passthrough_readers_of_a_dense_file_stays_correct() {
+    if !fuse_available() {
+        return;
+    }
+    if !unsafe_free_is_root() {
+        // Registering backing files needs CAP_SYS_ADMIN: without it every open is
+        // ordinary (covered by the rest of the suite).
+        eprintln!("skipped: kernel passthrough needs root");
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    let data = random_bytes(8 * MIB, 11);
+    fs::write(m.p("dense"), &data).unwrap();
+    let mut sparse = random_bytes(MIB, 12);
+    sparse.extend(vec![0u8; 4 * MIB]);
+    sparse.extend(random_bytes(MIB, 13));
+    fs::write(m.p("sparse"), &sparse).unwrap();
+
+    // A read-only open of a dense file is handed to the kernel: its reads never reach
+    // the daemon.
+    let before = m.stats();
+    let r = File::open(m.p("dense")).unwrap();
+    let mut got = vec![0u8; data.len()];
+    r.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == data);
+    let s = m.stats();
+    assert_eq!(json_u64(&s, "passthrough_opens"), 1, "{s}");
+    assert_eq!(
+        json_u64(&s, "backend.read.bytes"),
+        json_u64(&before, "backend.read.bytes"),
+        "passthrough reads went through the daemon: {s}"
+    );
+    // A file with known holes is not: its holes are read from the index, not the backend.
+    assert!(fs::read(m.p("sparse")).unwrap() == sparse);
+    let s = m.stats();
+    assert_eq!(json_u64(&s, "passthrough_opens"), 1, "{s}");
+    assert!(json_u64(&s, "hole_read_bytes") >= 4 * MIB as u64, "{s}");
+
+    // A writer opening while the reader is open must be passthrough too (the kernel
+    // requires it): its writes bypass the engine, whose size and map follow the backend.
+    let mut model = data.clone();
+    let w = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("dense"))
+        .unwrap();
+    w.write_all_at(&[0xAB; 4096], MIB as u64).unwrap();
+    model[MIB..MIB + 4096].fill(0xAB);
+    let tail = random_bytes(MIB, 14);
+    w.write_all_at(&tail, 10 * MIB as u64).unwrap();
+    model.resize(10 * MIB, 0);
+    model.extend(&tail);
+    let s = m.stats();
+    assert_eq!(json_u64(&s, "passthrough_writers"), 1, "{s}");
+    let mut head = vec![0u8; 4096];
+    r.read_exact_at(&mut head, MIB as u64).unwrap();
+    assert!(head.iter().all(|&x| x == 0xAB), "reader saw stale bytes");
+    assert_eq!(fs::metadata(m.p("dense")).unwrap().len(), 11 * MIB as u64);
+    assert_eq!(w.metadata().unwrap().len(), 11 * MIB as u64);
+    // Never a hole where the writer put data.
+    let d = lseek(&w, 8 * MIB as i64, libc::SEEK_DATA).unwrap();
+    assert!((8 * MIB as u64..=10 * MIB as u64).contains(&d), "SEEK_DATA {d}");
+    let h = lseek(&w, 0, libc::SEEK_HOLE).unwrap();
+    assert!(h >= 8 * MIB as u64, "SEEK_HOLE {h}");
+    // Truncate and fallocate go through the daemon, ordered with the direct writes.
+    w.set_len(9 * MIB as u64 + 100).unwrap();
+    model.truncate(9 * MIB + 100);
+    assert_eq!(fs::metadata(m.p("dense")).unwrap().len(), model.len() as u64);
+    w.sync_all().unwrap();
+    drop(w);
+    drop(r);
+    assert!(fs::read(m.p("dense")).unwrap() == model);
+    assert!(fs::read(b.path().join("dense")).unwrap() == model);
+
+    // With every handle closed the engine owns the file again: zeros written over data
+    // become a hole.
+    let w = OpenOptions::new().write(true).open(m.p("dense")).unwrap();
+    w.write_all_at(&vec![0u8; 2 * MIB], 2 * MIB as u64).unwrap();
+    model[2 * MIB..4 * MIB].fill(0);
+    drop(w);
+    assert!(fs::read(m.p("dense")).unwrap() == model);
+    let f = File::open(m.p("dense")).unwrap();
+    assert_eq!(
+        lseek(&f, 2 * MIB as i64, libc::SEEK_HOLE).unwrap(),
+        2 * MIB as u64
+    );
+    assert_eq!(
+        lseek(&f, 2 * MIB as i64, libc::SEEK_DATA).unwrap(),
+        4 * MIB as u64
+    );
 }
