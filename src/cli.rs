@@ -114,7 +114,7 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
-    /// read_ahead=SIZE, map_store=xattr|sidecar|none, cache_writes, no_passthrough,
+    /// read_ahead=SIZE, map_store=xattr|sidecar|none, cache_writes, no_passthrough, no_dir_cache,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
     /// subtype=NAME, and fstab-only ones that are ignored (defaults, _netdev, nofail,
     /// noauto, auto, user, users, x-*).
@@ -151,6 +151,11 @@ pub struct MountArgs {
     /// passthrough, root and Linux 6.9+): its reads go to the backend file directly.
     #[arg(long)]
     pub no_passthrough: bool,
+    /// List directories from the backend at every opendir. By default the kernel keeps
+    /// a listing while the backend shows the directory unchanged (same size, mtime and
+    /// ctime, and unchanged for 2 s before the listing was taken).
+    #[arg(long)]
+    pub no_dir_cache: bool,
     /// Request-handling threads (default: the number of CPUs, 2 to 8).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -212,6 +217,8 @@ pub struct MountConfig {
     pub cache_writes: bool,
     /// Kernel passthrough for qualifying read-only opens.
     pub passthrough: bool,
+    /// Kernel cache of directory listings.
+    pub dir_cache: bool,
     /// subtype shown in /proc/mounts.
     pub subtype: String,
     /// Foreground.
@@ -327,6 +334,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut threads = a.threads;
     let mut cache_writes = a.cache_writes;
     let mut passthrough = !a.no_passthrough;
+    let mut dir_cache = !a.no_dir_cache;
     let mut map_store = a.map_store.clone();
     let mut access = if a.allow_other {
         Access::All
@@ -364,6 +372,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             }
             "cache_writes" => cache_writes = true,
             "no_passthrough" => passthrough = false,
+            "no_dir_cache" => dir_cache = false,
             "allow_other" => access = Access::All,
             "allow_root" => {
                 if access != Access::All {
@@ -472,6 +481,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         fsname: fsname.unwrap_or_else(|| backing.display().to_string()),
         cache_writes,
         passthrough,
+        dir_cache,
         backing,
         mountpoint,
         sparse_block,

@@ -84,6 +84,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
         map_store: cfg.map_store,
         cache_writes: cfg.cache_writes,
         passthrough: cfg.passthrough,
+        dir_cache: cfg.dir_cache,
     }
 }
 

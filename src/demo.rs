@@ -113,6 +113,7 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
         map_store: crate::fs::MapStore::None,
         cache_writes: false,
         passthrough: true,
+        dir_cache: true,
     };
     let fs = Arc::new(SparseFs::new(cfg, stats.clone()).map_err(|e| err("open backing", e))?);
     let caps = fs.caps();

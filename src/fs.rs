@@ -45,7 +45,13 @@ pub struct FsConfig {
     pub cache_writes: bool,
     /// Serve qualifying read-only opens by kernel passthrough (when the adapter can).
     pub passthrough: bool,
+    /// Let the kernel keep directory listings while the backend shows them unchanged.
+    pub dir_cache: bool,
 }
+
+/// Seconds a directory must have been unchanged before a listing of it may be served
+/// from the kernel's cache later (two of a coarse timestamp's ticks).
+const SETTLED: i64 = 2;
 
 /// Registers a backend file (an fd open for reading) with the kernel for passthrough
 /// and returns the registration (the adapter's type).
@@ -86,7 +92,12 @@ enum Handle {
         pt: Option<bool>,
     },
     Dir {
-        entries: Arc<DirSnapshot>,
+        inode: Arc<Inode>,
+        /// The directory's stamp at opendir.
+        stamp: crate::inodes::Stamp,
+        /// The snapshot, taken at the first readdir (not at all when the kernel answers
+        /// from its cache).
+        entries: Arc<Mutex<Option<Arc<DirSnapshot>>>>,
     },
 }
 
@@ -1274,14 +1285,58 @@ impl SparseFs {
         Ok(done as u32)
     }
 
-    /// opendir: takes a snapshot of the entries.
+    /// opendir. Returns the handle and whether the kernel may keep its cached listing
+    /// of the directory (`FOPEN_KEEP_CACHE` with `FOPEN_CACHE_DIR`): when the backend
+    /// still shows the stamp (size, mtime, ctime) of the last listing recorded as settled
+    /// (see [`Self::readdir`]). Changes through this mount move the mtime (and the
+    /// kernel drops its cache itself); another node's change moves the backend's mtime,
+    /// seen by the fresh stat here; with `--no-dir-cache` nothing is cached.
     ///
     /// # Errors
     /// `ENOTDIR`, the backend's errno.
-    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
+    pub fn opendir(&self, ino: u64) -> io::Result<(u64, bool)> {
         let inode = self.inode(ino)?;
         if inode.kind != libc::S_IFDIR {
             return Err(errno(libc::ENOTDIR));
+        }
+        let st = sys::fstat_fresh(inode.fd())?;
+        let stamp = stamp_of(&st);
+        let keep = self.sh.cfg.dir_cache && *inode.listed.lock() == Some(stamp);
+        if keep {
+            self.sh.stats.dir_cache_kept.fetch_add(1, Relaxed);
+        }
+        let fh = self.new_fh(Handle::Dir {
+            inode,
+            stamp,
+            entries: Arc::default(),
+        });
+        Ok((fh, keep))
+    }
+
+    /// Whether the kernel may cache directory listings (`--no-dir-cache` not given).
+    pub fn dir_cache(&self) -> bool {
+        self.sh.cfg.dir_cache
+    }
+
+    /// The snapshot entries of a directory handle: one per handle, taken at its first
+    /// readdir. The stamp taken at opendir is recorded as the listed one when the
+    /// directory had then been unchanged for [`SETTLED`]: a change in the same timestamp
+    /// tick as the stamp would otherwise go unseen.
+    ///
+    /// # Errors
+    /// `EBADF`, the backend's errno.
+    pub fn readdir(&self, fh: u64) -> io::Result<Arc<DirSnapshot>> {
+        let (inode, stamp, slot) = match self.sh.handles.read().get(&fh) {
+            Some(Handle::Dir {
+                inode,
+                stamp,
+                entries,
+            }) => (inode.clone(), *stamp, entries.clone()),
+            _ => return Err(errno(libc::EBADF)),
+        };
+        let mut slot = slot.lock();
+        if let Some(e) = &*slot {
+            return Ok(e.clone());
         }
         let mut entries = DirSnapshot::default();
         entries.push(inode.ino, libc::DT_DIR, b".");
@@ -1293,20 +1348,17 @@ impl SparseFs {
             }
             Some(self.sh.inodes.ino_for(dev, ino).unwrap_or(ino))
         })?;
-        Ok(self.new_fh(Handle::Dir {
-            entries: Arc::new(entries),
-        }))
-    }
-
-    /// The snapshot entries of a directory handle.
-    ///
-    /// # Errors
-    /// `EBADF`.
-    pub fn readdir(&self, fh: u64) -> io::Result<Arc<DirSnapshot>> {
-        match self.sh.handles.read().get(&fh) {
-            Some(Handle::Dir { entries, .. }) => Ok(entries.clone()),
-            _ => Err(errno(libc::EBADF)),
+        self.sh.stats.dir_listings.fetch_add(1, Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        // stamp: (size, mtime s, mtime ns, ctime s, ctime ns)
+        if self.sh.cfg.dir_cache && stamp.1.max(stamp.3) + SETTLED <= now {
+            *inode.listed.lock() = Some(stamp);
         }
+        let e = Arc::new(entries);
+        *slot = Some(e.clone());
+        Ok(e)
     }
 
     /// readdirplus support: looks an entry of a snapshot up (raising its lookup count,

@@ -512,7 +512,16 @@ impl Filesystem for Adapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, keep)) => {
+                let mut f = FopenFlags::empty();
+                if self.fs.dir_cache() {
+                    f |= FopenFlags::FOPEN_CACHE_DIR;
+                }
+                if keep {
+                    f |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), f)
+            }
             Err(e) => fail!("opendir", reply, e),
         }
     }

@@ -101,6 +101,10 @@ pub struct Inode {
     /// for it before every write; the answer is remembered until the xattr is set or
     /// removed through the mount.
     pub no_caps: std::sync::atomic::AtomicBool,
+    /// A directory's stamp at its last complete listing taken when it had been unchanged
+    /// for a while: while the backend still shows it, the kernel's cached listing of
+    /// that listing is current (see `SparseFs::opendir`).
+    pub listed: Mutex<Option<Stamp>>,
 }
 
 impl Inode {
@@ -141,6 +145,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1 << 40),
             file: Mutex::new(None),
             no_caps: std::sync::atomic::AtomicBool::new(false),
+            listed: Mutex::new(None),
         });
         let mut maps = Maps::default();
         maps.by_ino.insert(1, inode.clone());
@@ -204,6 +209,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             file: Mutex::new(None),
             no_caps: std::sync::atomic::AtomicBool::new(false),
+            listed: Mutex::new(None),
         });
         m.by_ino.insert(ino, inode.clone());
         m.by_key.insert(key, ino);

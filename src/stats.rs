@@ -134,6 +134,10 @@ pub struct Stats {
     pub passthrough_opens: AtomicU64,
     /// Of which writable (a writer joining passthrough readers of the same file).
     pub passthrough_writers: AtomicU64,
+    /// Directory listings read from the backend.
+    pub dir_listings: AtomicU64,
+    /// opendirs that let the kernel keep its cached listing.
+    pub dir_cache_kept: AtomicU64,
 }
 
 impl Stats {
@@ -182,7 +186,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -196,6 +200,8 @@ impl Stats {
             g(&self.data_fds_parked),
             g(&self.passthrough_opens),
             g(&self.passthrough_writers),
+            g(&self.dir_listings),
+            g(&self.dir_cache_kept),
         );
         for (i, op) in OPS.iter().enumerate() {
             let c = &self.ops[*op as usize];
@@ -329,6 +335,12 @@ pub fn table_from_json(json: &str) -> String {
         "passthrough opens     {:>12}  (of which writers {})",
         g("passthrough_opens"),
         g("passthrough_writers")
+    );
+    let _ = writeln!(
+        s,
+        "directory listings    {:>12}  (kernel cache kept {})",
+        g("dir_listings"),
+        g("dir_cache_kept")
     );
     let _ = writeln!(
         s,

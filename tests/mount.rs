@@ -2640,13 +2640,19 @@ fn a_writer_joining_passthrough_readers_of_a_dense_file_stays_correct() {
     assert_eq!(w.metadata().unwrap().len(), 11 * MIB as u64);
     // Never a hole where the writer put data.
     let d = lseek(&w, 8 * MIB as i64, libc::SEEK_DATA).unwrap();
-    assert!((8 * MIB as u64..=10 * MIB as u64).contains(&d), "SEEK_DATA {d}");
+    assert!(
+        (8 * MIB as u64..=10 * MIB as u64).contains(&d),
+        "SEEK_DATA {d}"
+    );
     let h = lseek(&w, 0, libc::SEEK_HOLE).unwrap();
     assert!(h >= 8 * MIB as u64, "SEEK_HOLE {h}");
     // Truncate and fallocate go through the daemon, ordered with the direct writes.
     w.set_len(9 * MIB as u64 + 100).unwrap();
     model.truncate(9 * MIB + 100);
-    assert_eq!(fs::metadata(m.p("dense")).unwrap().len(), model.len() as u64);
+    assert_eq!(
+        fs::metadata(m.p("dense")).unwrap().len(),
+        model.len() as u64
+    );
     w.sync_all().unwrap();
     drop(w);
     drop(r);
@@ -2669,4 +2675,68 @@ fn a_writer_joining_passthrough_readers_of_a_dense_file_stays_correct() {
         lseek(&f, 2 * MIB as i64, libc::SEEK_DATA).unwrap(),
         4 * MIB as u64
     );
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_kernel_keeps_a_listing_only_while_the_backend_shows_the_directory_unchanged() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let d = b.path().join("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..200 {
+        fs::write(d.join(format!("f{i}")), b"x").unwrap();
+    }
+    // A listing is kept only when the directory had been unchanged for 2 s before it.
+    let settle = || std::thread::sleep(Duration::from_millis(2100));
+    settle();
+    let m = Mount::new(b.path(), &[]);
+    let count = |k: &str| json_u64(&m.stats(), k);
+    let want = names(&d);
+    assert_eq!(names(&m.p("d")), want);
+    let listed = count("dir_listings");
+    // Unchanged: answered from the kernel's cache, the backend is not listed again.
+    for _ in 0..3 {
+        assert_eq!(names(&m.p("d")), want);
+    }
+    assert_eq!(count("dir_listings"), listed, "{}", m.stats());
+    assert!(count("dir_cache_kept") >= 3);
+
+    // Another node adds a name: seen.
+    fs::write(d.join("other-node"), b"y").unwrap();
+    let want = names(&d);
+    assert_eq!(names(&m.p("d")), want, "a stale listing was served");
+    assert_eq!(count("dir_listings"), listed + 1);
+    // A change through the mount is seen at once.
+    fs::write(m.p("d/mine"), b"z").unwrap();
+    fs::remove_file(m.p("d/f7")).unwrap();
+    let want = names(&d);
+    assert!(want.contains(&"mine".to_string()) && !want.contains(&"f7".to_string()));
+    assert_eq!(names(&m.p("d")), want);
+    // The directory just changed: its listing is not recorded as cacheable (a change in
+    // the same timestamp tick would be invisible), so every listing reads the backend.
+    let n = count("dir_listings");
+    assert_eq!(names(&m.p("d")), want);
+    assert_eq!(names(&m.p("d")), want);
+    assert_eq!(count("dir_listings"), n + 2);
+
+    // --no-dir-cache: every listing reads the backend.
+    drop(m);
+    settle();
+    let m = Mount::new(b.path(), &["-o", "no_dir_cache"]);
+    for _ in 0..3 {
+        assert_eq!(names(&m.p("d")), want);
+    }
+    assert_eq!(json_u64(&m.stats(), "dir_listings"), 3);
+    assert_eq!(json_u64(&m.stats(), "dir_cache_kept"), 0);
 }
