@@ -49,6 +49,15 @@ pub struct FsConfig {
     pub dir_cache: bool,
 }
 
+/// How the kernel may cache a directory listing (see [`SparseFs::opendir`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DirCache {
+    /// Cache what is read now (`FOPEN_CACHE_DIR`).
+    pub cache: bool,
+    /// The cached listing is current (`FOPEN_KEEP_CACHE`).
+    pub keep: bool,
+}
+
 /// Seconds a directory must have been unchanged before a listing of it may be served
 /// from the kernel's cache later (two of a coarse timestamp's ticks).
 const SETTLED: i64 = 2;
@@ -95,6 +104,8 @@ enum Handle {
         inode: Arc<Inode>,
         /// The directory's stamp at opendir.
         stamp: crate::inodes::Stamp,
+        /// The kernel was asked to cache the listing.
+        cache: bool,
         /// The snapshot, taken at the first readdir (not at all when the kernel answers
         /// from its cache).
         entries: Arc<Mutex<Option<Arc<DirSnapshot>>>>,
@@ -1285,53 +1296,58 @@ impl SparseFs {
         Ok(done as u32)
     }
 
-    /// opendir. Returns the handle and whether the kernel may keep its cached listing
-    /// of the directory (`FOPEN_KEEP_CACHE` with `FOPEN_CACHE_DIR`): when the backend
-    /// still shows the stamp (size, mtime, ctime) of the last listing recorded as settled
-    /// (see [`Self::readdir`]). Changes through this mount move the mtime (and the
-    /// kernel drops its cache itself); another node's change moves the backend's mtime,
-    /// seen by the fresh stat here; with `--no-dir-cache` nothing is cached.
+    /// opendir. Returns the handle and how the kernel may cache the listing: `cache`
+    /// (`FOPEN_CACHE_DIR`) once the backend shows the directory with the stamp (size,
+    /// mtime, ctime) of a listing already read (so a tree listed once, by find or rsync,
+    /// does not pay for filling the cache), `keep` (`FOPEN_KEEP_CACHE`: the kernel's cached
+    /// listing may be used) when the kernel was asked to cache a listing of that same
+    /// stamp. Only listings taken when the directory had been unchanged for [`SETTLED`]
+    /// count (see [`Self::readdir`]). Changes through this mount move the mtime (and the
+    /// kernel drops its cache itself); another node's change moves the backend's mtime
+    /// and ctime, seen by the fresh stat here; with `--no-dir-cache` nothing is cached.
     ///
     /// # Errors
     /// `ENOTDIR`, the backend's errno.
-    pub fn opendir(&self, ino: u64) -> io::Result<(u64, bool)> {
+    pub fn opendir(&self, ino: u64) -> io::Result<(u64, DirCache)> {
         let inode = self.inode(ino)?;
         if inode.kind != libc::S_IFDIR {
             return Err(errno(libc::ENOTDIR));
         }
         let st = sys::fstat_fresh(inode.fd())?;
         let stamp = stamp_of(&st);
-        let keep = self.sh.cfg.dir_cache && *inode.listed.lock() == Some(stamp);
-        if keep {
+        let seen = *inode.listed.lock();
+        let cache = DirCache {
+            cache: self.sh.cfg.dir_cache && seen.read == Some(stamp),
+            keep: self.sh.cfg.dir_cache && seen.cached == Some(stamp),
+        };
+        if cache.keep {
             self.sh.stats.dir_cache_kept.fetch_add(1, Relaxed);
         }
         let fh = self.new_fh(Handle::Dir {
             inode,
             stamp,
+            cache: cache.cache,
             entries: Arc::default(),
         });
-        Ok((fh, keep))
-    }
-
-    /// Whether the kernel may cache directory listings (`--no-dir-cache` not given).
-    pub fn dir_cache(&self) -> bool {
-        self.sh.cfg.dir_cache
+        Ok((fh, cache))
     }
 
     /// The snapshot entries of a directory handle: one per handle, taken at its first
-    /// readdir. The stamp taken at opendir is recorded as the listed one when the
-    /// directory had then been unchanged for [`SETTLED`]: a change in the same timestamp
-    /// tick as the stamp would otherwise go unseen.
+    /// readdir. The stamp taken at opendir is recorded (as read, and as cached when the
+    /// handle asked the kernel to cache) when the directory had then been unchanged for
+    /// [`SETTLED`]: a change in the same timestamp tick as the stamp would otherwise go
+    /// unseen.
     ///
     /// # Errors
     /// `EBADF`, the backend's errno.
     pub fn readdir(&self, fh: u64) -> io::Result<Arc<DirSnapshot>> {
-        let (inode, stamp, slot) = match self.sh.handles.read().get(&fh) {
+        let (inode, stamp, cache, slot) = match self.sh.handles.read().get(&fh) {
             Some(Handle::Dir {
                 inode,
                 stamp,
+                cache,
                 entries,
-            }) => (inode.clone(), *stamp, entries.clone()),
+            }) => (inode.clone(), *stamp, *cache, entries.clone()),
             _ => return Err(errno(libc::EBADF)),
         };
         let mut slot = slot.lock();
@@ -1354,7 +1370,11 @@ impl SparseFs {
             .map_or(0, |d| d.as_secs() as i64);
         // stamp: (size, mtime s, mtime ns, ctime s, ctime ns)
         if self.sh.cfg.dir_cache && stamp.1.max(stamp.3) + SETTLED <= now {
-            *inode.listed.lock() = Some(stamp);
+            let mut seen = inode.listed.lock();
+            seen.read = Some(stamp);
+            if cache {
+                seen.cached = Some(stamp);
+            }
         }
         let e = Arc::new(entries);
         *slot = Some(e.clone());

@@ -512,12 +512,12 @@ impl Filesystem for Adapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            Ok((fh, keep)) => {
+            Ok((fh, c)) => {
                 let mut f = FopenFlags::empty();
-                if self.fs.dir_cache() {
+                if c.cache {
                     f |= FopenFlags::FOPEN_CACHE_DIR;
                 }
-                if keep {
+                if c.keep {
                     f |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
                 reply.opened(FileHandle(fh), f)

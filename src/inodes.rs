@@ -85,6 +85,16 @@ pub fn setid_to_clear(mode: u32) -> u32 {
     bits
 }
 
+/// A directory's stamps at its last listings taken when it had been unchanged for a
+/// while (a later change then moves the stamp).
+#[derive(Default, Clone, Copy)]
+pub struct Listed {
+    /// The last such listing read from the backend.
+    pub read: Option<Stamp>,
+    /// The last such listing the kernel was asked to cache (`FOPEN_CACHE_DIR`).
+    pub cached: Option<Stamp>,
+}
+
 /// One backing inode.
 pub struct Inode {
     /// FUSE node id (= `st_ino` shown to users).
@@ -101,10 +111,8 @@ pub struct Inode {
     /// for it before every write; the answer is remembered until the xattr is set or
     /// removed through the mount.
     pub no_caps: std::sync::atomic::AtomicBool,
-    /// A directory's stamp at its last complete listing taken when it had been unchanged
-    /// for a while: while the backend still shows it, the kernel's cached listing of
-    /// that listing is current (see `SparseFs::opendir`).
-    pub listed: Mutex<Option<Stamp>>,
+    /// What is known of a directory's listings (see `SparseFs::opendir`).
+    pub listed: Mutex<Listed>,
 }
 
 impl Inode {
@@ -145,7 +153,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1 << 40),
             file: Mutex::new(None),
             no_caps: std::sync::atomic::AtomicBool::new(false),
-            listed: Mutex::new(None),
+            listed: Mutex::new(Listed::default()),
         });
         let mut maps = Maps::default();
         maps.by_ino.insert(1, inode.clone());
@@ -209,7 +217,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             file: Mutex::new(None),
             no_caps: std::sync::atomic::AtomicBool::new(false),
-            listed: Mutex::new(None),
+            listed: Mutex::new(Listed::default()),
         });
         m.by_ino.insert(ino, inode.clone());
         m.by_key.insert(key, ino);

@@ -2703,8 +2703,11 @@ fn the_kernel_keeps_a_listing_only_while_the_backend_shows_the_directory_unchang
     let m = Mount::new(b.path(), &[]);
     let count = |k: &str| json_u64(&m.stats(), k);
     let want = names(&d);
+    // The first listing is read; the second (same stamp) is read and cached.
+    assert_eq!(names(&m.p("d")), want);
     assert_eq!(names(&m.p("d")), want);
     let listed = count("dir_listings");
+    assert_eq!(listed, 2, "{}", m.stats());
     // Unchanged: answered from the kernel's cache, the backend is not listed again.
     for _ in 0..3 {
         assert_eq!(names(&m.p("d")), want);
