@@ -14,4 +14,4 @@ fi
 export SPARSEFS_GLUSTER_DIR SPARSEFS_TEST_BACKINGS=gluster
 cargo test --release --test mount -- --test-threads=1 \
   dd_of_zeros real_tools sparse_aware zeros_written fallocate files_not_written \
-  maps_persist a_map_is_never two_mounts scan_makes
+  maps_persist a_map_is_never two_mounts scan_makes a_writer_joining the_kernel_keeps

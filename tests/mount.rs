@@ -2587,8 +2587,16 @@ fn a_writer_joining_passthrough_readers_of_a_dense_file_stays_correct() {
         eprintln!("skipped: kernel passthrough needs root");
         return;
     }
+    for kind in backings() {
+        let Some(b) = Backing::new(&kind) else {
+            continue;
+        };
+        writer_joins_passthrough_readers(&b);
+    }
+}
+
+fn writer_joins_passthrough_readers(b: &Backing) {
     const MIB: usize = 1 << 20;
-    let b = tempfile::tempdir().unwrap();
     let m = Mount::new(b.path(), &[]);
     let data = random_bytes(8 * MIB, 11);
     fs::write(m.p("dense"), &data).unwrap();
@@ -2657,7 +2665,7 @@ fn a_writer_joining_passthrough_readers_of_a_dense_file_stays_correct() {
     drop(w);
     drop(r);
     assert!(fs::read(m.p("dense")).unwrap() == model);
-    assert!(fs::read(b.path().join("dense")).unwrap() == model);
+    assert!(fs::read(b.underlying().join("dense")).unwrap() == model);
 
     // With every handle closed the engine owns the file again: zeros written over data
     // become a hole.
@@ -2691,7 +2699,15 @@ fn the_kernel_keeps_a_listing_only_while_the_backend_shows_the_directory_unchang
     if !fuse_available() {
         return;
     }
-    let b = tempfile::tempdir().unwrap();
+    for kind in backings() {
+        let Some(b) = Backing::new(&kind) else {
+            continue;
+        };
+        listings_follow_the_backend(&b);
+    }
+}
+
+fn listings_follow_the_backend(b: &Backing) {
     let d = b.path().join("d");
     fs::create_dir(&d).unwrap();
     for i in 0..200 {
