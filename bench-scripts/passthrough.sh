@@ -17,6 +17,7 @@ runs=3 size_mib=2048 files=20000 dirents=50000 fio_s=20 lsreps=7
 bin=$repo/target/release/sparsefs
 under=/var/tmp
 md=$repo/docs/bench/passthrough.md
+cmdline="$*"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) runs=1 size_mib=256 files=2000 dirents=5000 fio_s=5 lsreps=3; shift ;;
@@ -104,7 +105,7 @@ mkdir -p "$(dirname "$md")"
 {
   echo "# Passthrough benchmark"
   echo
-  echo "Command: \`bench-scripts/passthrough.sh $*\` ($runs runs, medians). Machine: $(nproc) vCPU,"
+  echo "Command: \`bench-scripts/passthrough.sh $cmdline\` ($runs runs, medians). Machine: $(nproc) vCPU,"
   echo "$(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs),"
   echo "backing: $(stat -f -c %T "$under") directory under $under; bindfs $(bindfs --version 2>&1 | head -1 | awk '{print $2}'); $(date -u +%Y-%m-%d)."
   if [ "$vmstate" != none ]; then
@@ -138,5 +139,8 @@ mkdir -p "$(dirname "$md")"
   echo "create+stat+unlink; ls-f lists $dirents entries, median of $lsreps listings each with cold caches"
   echo "(drop_caches before each), ls-f-warm the same with warm caches; rand-4k is fio"
   echo "randwrite 4 KiB psync for ${fio_s} s into a 512 MiB file (write IOPS)."
+  echo "sparsefs's seq-read is a kernel passthrough read (a read-only open of a file without"
+  echo "holes, daemon run as root); its ls-f-warm listings come from the kernel's directory"
+  echo "cache, kept while the backing directory shows the same stamp (docs/semantics.md)."
 } > "$md"
 cat "$md"
