@@ -99,12 +99,23 @@ impl SparseFile {
         stats: Arc<Stats>,
     ) -> io::Result<Self> {
         let size = backend.size()?;
+        Ok(Self::open_sized(backend, size, geo, caps, stats))
+    }
+
+    /// [`Self::open`] of a backend whose size the caller knows (it just made the file).
+    pub fn open_sized(
+        backend: Box<dyn BackendFile>,
+        size: u64,
+        geo: Geometry,
+        caps: Caps,
+        stats: Arc<Stats>,
+    ) -> Self {
         let index = if size == 0 {
             ExtentIndex::empty()
         } else {
             ExtentIndex::unknown(size)
         };
-        Ok(Self {
+        Self {
             backend,
             dirty: Coalescer::new(geo.block),
             geo,
@@ -122,7 +133,7 @@ impl SparseFile {
             last_write_time: None,
             pending_windows: Vec::new(),
             pending_behind: None,
-        })
+        }
     }
 
     /// The backend this file flushes to.

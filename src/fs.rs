@@ -171,6 +171,8 @@ struct Child {
     ino: Option<u64>,
     /// Its backing inode number if this is its only link and maps are stored.
     last_link: Option<u64>,
+    /// Its link count (regular files only).
+    nlink: libc::nlink_t,
 }
 
 /// The sparsefs filesystem core.
@@ -359,16 +361,18 @@ impl SparseFs {
     }
 
     fn node(&self, inode: &Arc<Inode>) -> io::Result<Arc<FileNode>> {
-        Ok(self.node_with(inode, None)?.0)
+        Ok(self.node_with(inode, None, None)?.0)
     }
 
     /// The file's node, made now (with `data`, an open fd of the file, if given; else a
     /// reopen of the inode's `O_PATH` fd) if it has none; `true` if made now (its stamp is
-    /// fresh).
+    /// fresh). `known`: a stat of the file known to be current (it was just made or
+    /// emptied), taken instead of a fresh one.
     fn node_with(
         &self,
         inode: &Arc<Inode>,
         data: Option<OwnedFd>,
+        known: Option<&libc::stat>,
     ) -> io::Result<(Arc<FileNode>, bool)> {
         let mut slot = inode.file.lock();
         if let Some(n) = &*slot {
@@ -397,14 +401,17 @@ impl SparseFs {
             self.sh.data_fds.clone(),
         ));
         let backend: Box<dyn BackendFile> = Box::new(data.clone());
-        let engine = SparseFile::open(
-            backend,
-            self.sh.cfg.geo,
-            self.sh.caps,
-            self.sh.stats.clone(),
-        )?;
-        let st = sys::fstat_fresh(inode.fd())?;
-        let mut engine = engine;
+        let (geo, caps, stats) = (self.sh.cfg.geo, self.sh.caps, self.sh.stats.clone());
+        let (mut engine, st) = match known {
+            Some(st) => (
+                SparseFile::open_sized(backend, st.st_size as u64, geo, caps, stats),
+                *st,
+            ),
+            None => (
+                SparseFile::open(backend, geo, caps, stats)?,
+                sys::fstat_fresh(inode.fd())?,
+            ),
+        };
         let persisted = self.load_map(inode, &mut engine, &st);
         let node = Arc::new(FileNode {
             engine: RwLock::new(engine),
@@ -524,9 +531,11 @@ impl SparseFs {
 
     /// Truncates a file through its engine.
     fn truncate_node(&self, node: &FileNode, size: u64) -> io::Result<()> {
-        node.changed.store(true, Relaxed);
         let mut e = node.engine.write();
         self.resync(node, &mut e)?;
+        if e.size() != size || e.is_dirty() {
+            node.changed.store(true, Relaxed);
+        }
         e.truncate(size)?;
         self.settle(node, &mut e)
     }
@@ -557,6 +566,7 @@ impl SparseFs {
             known,
             ino: Some(st.st_ino),
             last_link,
+            nlink: st.st_nlink,
         }
     }
 
@@ -685,17 +695,35 @@ impl SparseFs {
         who: Caller,
         f: impl Fn(&std::ffi::CStr) -> io::Result<()>,
     ) -> io::Result<(Arc<Inode>, libc::stat)> {
+        let (i, st, _) = self.create_as_with(parent, name, who, |c| f(c).map(|()| None))?;
+        Ok((i, st))
+    }
+
+    /// [`Self::create_as`] for an operation that may return an open fd of what it made
+    /// (create): the inode's `O_PATH` fd is then reopened from it through /proc (no
+    /// second lookup of the name on the backend, and no race with a rename).
+    fn create_as_with(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+        who: Caller,
+        f: impl Fn(&std::ffi::CStr) -> io::Result<Option<OwnedFd>>,
+    ) -> io::Result<(Arc<Inode>, libc::stat, Option<OwnedFd>)> {
         let c = self.name_ok(parent.ino, name)?;
-        {
+        let made = {
             let _ids = self
                 .sh
                 .cfg
                 .creds
                 .then(|| sys::FsIds::switch(who.uid, who.gid));
-            f(&c)?;
-        }
-        let fd = sys::openat(parent.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        self.entry(fd)
+            f(&c)?
+        };
+        let fd = match &made {
+            Some(m) => sys::reopen(m.as_fd(), libc::O_PATH)?,
+            None => sys::openat(parent.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?,
+        };
+        let (i, st) = self.entry(fd)?;
+        Ok((i, st, made))
     }
 
     /// mknod (regular files, fifos, sockets, devices).
@@ -764,8 +792,19 @@ impl SparseFs {
         let c = sys::component(name)?;
         let child = self.child(&dir, &c);
         sys::unlinkat(dir.fd(), &c, 0)?;
-        self.restamp(child.known);
-        self.forget_record(child.last_link);
+        // The last name of a file: nothing can open it again, so its stamp no longer
+        // matters; its stored record is dropped unless this mount knows it has none.
+        let unrecorded = child
+            .known
+            .as_ref()
+            .and_then(|i| i.node())
+            .is_some_and(|n| !n.persisted.load(Relaxed));
+        if child.nlink > 1 {
+            self.restamp(child.known);
+        }
+        if !unrecorded {
+            self.forget_record(child.last_link);
+        }
         Ok(())
     }
 
@@ -837,8 +876,9 @@ impl SparseFs {
         flags: i32,
         data: Option<OwnedFd>,
         make: Option<MakeToken<'_>>,
+        known: Option<&libc::stat>,
     ) -> io::Result<Opened> {
-        let (node, made) = self.node_with(inode, data)?;
+        let (node, made) = self.node_with(inode, data, known)?;
         if !made {
             self.refresh_if_stale(inode, &node)?;
         } else if node.persisted.load(Relaxed)
@@ -945,7 +985,7 @@ impl SparseFs {
     pub fn open(&self, ino: u64, flags: i32, make: Option<MakeToken<'_>>) -> io::Result<Opened> {
         let inode = self.inode(ino)?;
         match inode.kind {
-            libc::S_IFREG => self.open_node(&inode, flags, None, make),
+            libc::S_IFREG => self.open_node(&inode, flags, None, make, None),
             libc::S_IFDIR => Err(errno(libc::EISDIR)),
             _ => Err(errno(libc::ENXIO)),
         }
@@ -1001,30 +1041,38 @@ impl SparseFs {
     ) -> io::Result<(Entry, Opened)> {
         let dir = self.inode(parent)?;
         let excl = flags & libc::O_EXCL;
+        let trunc = flags & libc::O_TRUNC;
         // The fd that created the file becomes its data fd (no close and reopen: an
-        // open round trip on a networked backend).
-        let made = std::cell::Cell::new(None);
-        let (inode, _) = self.create_as(&dir, name, who, |c| {
-            made.set(Some(sys::openat(
+        // open round trip on a networked backend). O_TRUNC is the backend's too, so that
+        // the file is empty when it is looked at.
+        let (inode, st, made) = self.create_as_with(&dir, name, who, |c| {
+            sys::openat(
                 dir.fd(),
                 c,
-                libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl,
+                libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl | trunc,
                 mode & !umask & 0o7777,
-            )?));
-            Ok(())
+            )
+            .map(Some)
         })?;
         if inode.kind != libc::S_IFREG {
             self.forget(inode.ino, 1);
             return Err(errno(libc::EEXIST));
         }
+        // A file this create made (O_EXCL) or emptied (O_TRUNC) is what the stat just
+        // taken shows: its sparse state needs no stat of its own (one or two round trips
+        // per created file on a networked backend).
+        let known = (excl != 0 || trunc != 0).then_some(&st);
         // No new passthrough for a writable open, but one of a file (an existing file, by
         // a name the kernel had not looked up) that has passthrough handles must join them.
-        let opened = self.open_node(&inode, flags, made.take(), None)?;
-        if flags & libc::O_TRUNC != 0 {
+        let opened = self.open_node(&inode, flags, made, None, known)?;
+        if trunc != 0 {
             let node = self.node(&inode)?;
             self.truncate_node(&node, 0)?;
         }
-        let st = self.stat_of(&inode)?;
+        let st = match known {
+            Some(st) if st.st_size == 0 => self.sparse_stat(&inode, *st),
+            _ => self.stat_of(&inode)?,
+        };
         Ok(((inode.ino, st), opened))
     }
 
@@ -1135,12 +1183,17 @@ impl SparseFs {
             Some(Handle::File {
                 inode, node, pt, ..
             }) => {
+                // The stamp is recorded where this mount changes the file (close_flush of
+                // a changed file, setattr, a bypassed file's reset), not again here: a
+                // round trip per close, and a record now could cover another node's
+                // change made since.
                 let r = self.close_flush(&inode, &node);
-                if let Some(writable) = pt {
-                    self.release_passthrough(&node, writable);
+                if let Some(writable) = pt
+                    && self.release_passthrough(&node, writable)
+                {
+                    self.record_stamp(&inode, &node);
                 }
                 if node.opens.fetch_sub(1, Relaxed) == 1 && r.is_ok() {
-                    self.record_stamp(&inode, &node);
                     self.park_if_over_budget(&node);
                 }
                 r
@@ -1153,7 +1206,9 @@ impl SparseFs {
     /// (the kernel released its files before telling us) and a bypassed engine takes the
     /// backend's size and an unknown map again (what passthrough writers did is not
     /// known; reads and SEEK_DATA of it then ask the backend).
-    fn release_passthrough(&self, node: &FileNode, writable: bool) {
+    ///
+    /// Returns whether a bypassed engine was reset (its stamp is then to be recorded).
+    fn release_passthrough(&self, node: &FileNode, writable: bool) -> bool {
         let mut pt = node.pt.lock();
         pt.handles -= 1;
         if writable {
@@ -1169,12 +1224,14 @@ impl SparseFs {
                 if let Err(err) = synced {
                     // The engine stays bypassed (resynced before each use) until it works.
                     warn!(error = %err, "file written through passthrough: state not refreshed");
-                    return;
+                    return false;
                 }
                 node.changed.store(false, Relaxed);
                 node.bypass.store(false, Relaxed);
+                return true;
             }
         }
+        false
     }
 
     /// Closes an idle file's read-write fd when more than the budget are open (it is
@@ -1531,7 +1588,11 @@ impl SparseFs {
         }
         // Only through an open file: its sparse state exists while it is open.
         let node = inode.node().ok_or_else(|| errno(libc::EBADF))?;
-        let found = node.engine.write().scan_zeros(off, len, dig)?;
+        let found = {
+            let mut e = node.engine.write();
+            self.resync(&node, &mut e)?;
+            e.scan_zeros(off, len, dig)?
+        };
         // Punching moves the file's ctime: the map is stored again at close, with a
         // fresh stamp, or the next mount would find it stale.
         if found > 0 || dig {
