@@ -192,6 +192,15 @@ fn backings() -> Vec<String> {
         .collect()
 }
 
+/// Runs `f` on a fresh backing of every kind under test that is available here.
+fn for_each_backing(f: impl Fn(&Backing)) {
+    for kind in backings() {
+        if let Some(b) = Backing::new(&kind) {
+            f(&b);
+        }
+    }
+}
+
 /// A running `sparsefs mount -f`, unmounted (and the daemon reaped) on drop.
 struct Mount {
     dir: TempDir,
@@ -2587,12 +2596,7 @@ fn a_writer_joining_passthrough_readers_of_a_dense_file_stays_correct() {
         eprintln!("skipped: kernel passthrough needs root");
         return;
     }
-    for kind in backings() {
-        let Some(b) = Backing::new(&kind) else {
-            continue;
-        };
-        writer_joins_passthrough_readers(&b);
-    }
+    for_each_backing(writer_joins_passthrough_readers);
 }
 
 fn writer_joins_passthrough_readers(b: &Backing) {
@@ -2699,12 +2703,7 @@ fn the_kernel_keeps_a_listing_only_while_the_backend_shows_the_directory_unchang
     if !fuse_available() {
         return;
     }
-    for kind in backings() {
-        let Some(b) = Backing::new(&kind) else {
-            continue;
-        };
-        listings_follow_the_backend(&b);
-    }
+    for_each_backing(listings_follow_the_backend);
 }
 
 fn listings_follow_the_backend(b: &Backing) {
