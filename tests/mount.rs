@@ -2713,7 +2713,20 @@ fn listings_follow_the_backend(b: &Backing) {
         fs::write(d.join(format!("f{i}")), b"x").unwrap();
     }
     // A listing is kept only when the directory had been unchanged for 2 s before it.
-    let settle = || std::thread::sleep(Duration::from_millis(2100));
+    let settle = || {
+        wait_for(
+            "the directory unchanged for 2 s",
+            Duration::from_secs(10),
+            || {
+                let ct = fs::metadata(&d).unwrap().ctime();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                now >= ct + 2
+            },
+        )
+    };
     settle();
     let m = Mount::new(b.path(), &[]);
     let count = |k: &str| json_u64(&m.stats(), k);
