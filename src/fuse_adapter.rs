@@ -223,8 +223,6 @@ impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(128 << 10);
-        // readdirplus when the kernel finds it useful (ls -l), plain readdir otherwise
-        // (ls -f of a huge directory); directory operations may run in parallel.
         // Kernel passthrough (read-only opens of dense files, see SparseFs::open): needs
         // a stacking depth of 1 (the backend may not itself be a stacked filesystem).
         if self.fs.passthrough_wanted()
@@ -234,6 +232,8 @@ impl Filesystem for Adapter {
             self.passthrough
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        // readdirplus when the kernel finds it useful (ls -l), plain readdir otherwise
+        // (ls -f of a huge directory); directory operations may run in parallel.
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
