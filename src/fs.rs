@@ -1370,8 +1370,12 @@ impl SparseFs {
         if inode.kind != libc::S_IFDIR {
             return Err(errno(libc::ENOTDIR));
         }
-        let st = sys::fstat_fresh(inode.fd())?;
-        let stamp = stamp_of(&st);
+        // The stat is only for the cache decision (a round trip on a networked backend).
+        let stamp = if self.sh.cfg.dir_cache {
+            stamp_of(&sys::fstat_fresh(inode.fd())?)
+        } else {
+            Default::default()
+        };
         let seen = *inode.listed.lock();
         let cache = DirCache {
             cache: self.sh.cfg.dir_cache && seen.read == Some(stamp),
