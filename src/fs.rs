@@ -97,8 +97,8 @@ enum Handle {
         inode: Arc<Inode>,
         node: Arc<FileNode>,
         flags: i32,
-        /// A kernel passthrough handle (writable: `Some(true)`).
-        pt: Option<bool>,
+        /// A kernel passthrough handle.
+        pt: bool,
     },
     Dir {
         inode: Arc<Inode>,
@@ -899,7 +899,6 @@ impl SparseFs {
                     e.reset_from_backend()?;
                     node.bypass.store(true, Relaxed);
                 }
-                pt.writers += 1;
                 self.sh.stats.passthrough_writers.fetch_add(1, Relaxed);
             }
             pt.handles += 1;
@@ -930,7 +929,7 @@ impl SparseFs {
             inode: inode.clone(),
             node,
             flags,
-            pt: token.as_ref().map(|_| writable),
+            pt: token.is_some(),
         });
         Ok(Opened {
             fh,
@@ -1188,9 +1187,7 @@ impl SparseFs {
                 // round trip per close, and a record now could cover another node's
                 // change made since.
                 let r = self.close_flush(&inode, &node);
-                if let Some(writable) = pt
-                    && self.release_passthrough(&node, writable)
-                {
+                if pt && self.release_passthrough(&node) {
                     self.record_stamp(&inode, &node);
                 }
                 if node.opens.fetch_sub(1, Relaxed) == 1 && r.is_ok() {
@@ -1208,12 +1205,9 @@ impl SparseFs {
     /// known; reads and SEEK_DATA of it then ask the backend).
     ///
     /// Returns whether a bypassed engine was reset (its stamp is then to be recorded).
-    fn release_passthrough(&self, node: &FileNode, writable: bool) -> bool {
+    fn release_passthrough(&self, node: &FileNode) -> bool {
         let mut pt = node.pt.lock();
         pt.handles -= 1;
-        if writable {
-            pt.writers -= 1;
-        }
         if pt.handles == 0 {
             pt.token = None;
             if node.bypass.load(Relaxed) {

@@ -68,8 +68,6 @@ pub type PassToken = Arc<dyn std::any::Any + Send + Sync>;
 pub struct Passthrough {
     /// Open passthrough handles.
     pub handles: u32,
-    /// Of which writable.
-    pub writers: u32,
     /// The registered backing file, held while `handles > 0`.
     pub token: Option<PassToken>,
 }
