@@ -143,6 +143,9 @@ pub fn mount(
 
 /// Mounts and serves until unmounted. Returns the exit status.
 pub fn run(cfg: MountConfig) -> i32 {
+    if let Some(m) = crate::lock::mode_from_env() {
+        crate::lock::set_mode(m);
+    }
     sys::raise_nofile();
     sys::set_umask(0);
     if cfg.foreground {

@@ -17,6 +17,9 @@ use std::ops::Bound::{Excluded, Included, Unbounded};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeSet {
     map: BTreeMap<u64, u64>,
+    /// Bytes covered (kept with every change: `st_blocks` of a file with 100k extents is
+    /// read at every stat).
+    total: u64,
 }
 
 impl RangeSet {
@@ -37,7 +40,18 @@ impl RangeSet {
 
     /// Total bytes covered.
     pub fn total(&self) -> u64 {
-        self.map.iter().map(|(s, e)| e - s).sum()
+        self.total
+    }
+
+    fn put(&mut self, s: u64, e: u64) {
+        self.total += e - s;
+        self.map.insert(s, e);
+    }
+
+    fn take(&mut self, s: u64) {
+        if let Some(e) = self.map.remove(&s) {
+            self.total -= e - s;
+        }
     }
 
     /// Adds `[start, end)`, merging with neighbours.
@@ -51,7 +65,7 @@ impl RangeSet {
         {
             start = s;
             end = end.max(e);
-            self.map.remove(&s);
+            self.take(s);
         }
         // Ranges starting inside [start, end] merge in.
         let inside: Vec<(u64, u64)> = self
@@ -61,9 +75,9 @@ impl RangeSet {
             .collect();
         for (s, e) in inside {
             end = end.max(e);
-            self.map.remove(&s);
+            self.take(s);
         }
-        self.map.insert(start, end);
+        self.put(start, end);
     }
 
     /// Removes `[start, end)`, splitting ranges that straddle its ends.
@@ -74,9 +88,10 @@ impl RangeSet {
         if let Some((&s, &e)) = self.map.range(..start).next_back()
             && e > start
         {
-            self.map.insert(s, start);
+            self.take(s);
+            self.put(s, start);
             if e > end {
-                self.map.insert(end, e);
+                self.put(end, e);
                 return;
             }
         }
@@ -86,9 +101,9 @@ impl RangeSet {
             .map(|(&s, &e)| (s, e))
             .collect();
         for (s, e) in inside {
-            self.map.remove(&s);
+            self.take(s);
             if e > end {
-                self.map.insert(end, e);
+                self.put(end, e);
             }
         }
     }

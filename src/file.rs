@@ -595,6 +595,19 @@ impl SparseFile {
         Ok(())
     }
 
+    /// What `stat` and open decisions need of the engine, published after each change
+    /// (see [`crate::node::View`]).
+    pub fn view(&self) -> crate::node::View {
+        crate::node::View {
+            size: self.size,
+            dirty: self.is_dirty(),
+            exact: self.index.exact,
+            blocks: self.blocks_512(),
+            dense: self.index.data.total() >= self.size,
+            written: self.unflushed_write_time(),
+        }
+    }
+
     /// When the application last wrote, while that write is not yet on the backend
     /// (stat reports it as mtime/ctime, as a local file would).
     pub fn unflushed_write_time(&self) -> Option<std::time::SystemTime> {

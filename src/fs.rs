@@ -8,10 +8,11 @@ use crate::backend::reopen::Reopening;
 use crate::backend::{BackendFile, Caps, Whence, probe};
 use crate::file::{Depth, Geometry, SparseFile};
 pub use crate::inodes::PassToken;
-use crate::inodes::{FileNode, Inode, InodeTable, Passthrough, setid_to_clear, stamp_of};
+use crate::inodes::{FileNode, Inode, InodeTable, stamp_of};
+use crate::lock::{Condvar, Mutex, Rank, RwLock};
+use crate::node::{NodeState, OpenPlan, Record};
 use crate::stats::{Stats, Trigger};
 use crate::sys::{self, DirEntry, DirSnapshot};
-use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -107,7 +108,7 @@ enum Handle {
         /// The kernel was asked to cache the listing.
         cache: bool,
         /// The snapshot, taken at the first readdir (not at all when the kernel answers
-        /// from its cache).
+        /// from its cache). Rank `DirSnapshot`, held across the backend listing.
         entries: Arc<Mutex<Option<Arc<DirSnapshot>>>>,
     },
 }
@@ -138,17 +139,24 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// Lock ranks (see [`crate::lock`]): the handle table, the dirty set and the wake-up
+/// mutex are leaves, taken briefly and released before anything else is locked (the
+/// dirty set under a file's engine).
 struct Shared {
     cfg: FsConfig,
     caps: Caps,
     stats: Arc<Stats>,
     inodes: InodeTable,
+    /// Rank `Handles`, a leaf.
     handles: RwLock<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Files with unflushed data, for the flusher. Rank `DirtySet`, a leaf (taken under
+    /// a file's engine).
     dirty: Mutex<HashMap<u64, Arc<FileNode>>>,
     stop: AtomicBool,
     frozen: AtomicBool,
     wake: Condvar,
+    /// Rank `Wake`, a leaf.
     wake_lock: Mutex<()>,
     /// Tells the kernel to drop an inode's cached attributes (set by the mount).
     invalidate_attrs: std::sync::OnceLock<AttrInvalidator>,
@@ -178,11 +186,30 @@ struct Child {
 /// The sparsefs filesystem core.
 pub struct SparseFs {
     sh: Arc<Shared>,
+    /// Rank `Flusher`, a leaf.
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// A stat with its FUSE id.
-pub type Entry = (u64, libc::stat);
+/// A stat with its FUSE id and generation.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    /// The FUSE id.
+    pub ino: u64,
+    /// The FUSE generation of the id (see [`crate::inodes::InodeTable::insert_lookup`]).
+    pub generation: u64,
+    /// The attributes.
+    pub attr: libc::stat,
+}
+
+impl Entry {
+    fn of(inode: &Inode, attr: libc::stat) -> Self {
+        Self {
+            ino: inode.ino,
+            generation: inode.generation,
+            attr,
+        }
+    }
+}
 
 impl SparseFs {
     /// Opens the backing directory and probes what it really does.
@@ -208,18 +235,18 @@ impl SparseFs {
                 caps,
                 stats,
                 inodes,
-                handles: RwLock::new(HashMap::new()),
+                handles: RwLock::new(Rank::Handles, HashMap::new()),
                 next_fh: AtomicU64::new(1),
-                dirty: Mutex::new(HashMap::new()),
+                dirty: Mutex::new(Rank::DirtySet, HashMap::new()),
                 stop: AtomicBool::new(false),
                 frozen: AtomicBool::new(false),
                 wake: Condvar::new(),
-                wake_lock: Mutex::new(()),
+                wake_lock: Mutex::new(Rank::Wake, ()),
                 invalidate_attrs: std::sync::OnceLock::new(),
                 data_fds: Arc::new(AtomicU64::new(0)),
                 data_fd_budget: (sys::nofile_limit() / 8).max(64),
             }),
-            flusher: Mutex::new(None),
+            flusher: Mutex::new(Rank::Flusher, None),
         })
     }
 
@@ -263,7 +290,7 @@ impl SparseFs {
         }
         let mut failed = 0;
         for node in self.sh.inodes.nodes() {
-            if let Err(e) = node.engine.write().flush(Depth::Full, Trigger::Unmount) {
+            if let Err(e) = node.with_engine(|e, _| e.flush(Depth::Full, Trigger::Unmount)) {
                 error!(error = %e, "flush at unmount failed: data of a file could not be written");
                 failed += 1;
             }
@@ -286,37 +313,35 @@ impl SparseFs {
 
     /// The stat of an inode, with size and blocks from its sparse state.
     fn stat_of(&self, inode: &Inode) -> io::Result<libc::stat> {
-        Ok(self.sparse_stat(inode, sys::fstat(inode.fd())?))
+        Ok(self.sparse_stat(inode, sys::fstat(inode.fd().as_fd())?))
     }
 
     /// `st` (a stat of the inode's backing file) with the inode number, block size, and
-    /// size and blocks from its sparse state.
+    /// size, times and blocks from its sparse state where that is trusted (see
+    /// [`NodeState::stat_view`]). Reads the node's state only: never waits for a flush.
     fn sparse_stat(&self, inode: &Inode, mut st: libc::stat) -> libc::stat {
         st.st_ino = inode.ino;
         st.st_blksize = self.sh.cfg.geo.block as _;
-        if let Some(node) = inode.node()
-            && !node.bypass.load(Relaxed)
-        {
-            let open = node.opens.load(Relaxed) > 0;
-            let e = node.engine.read();
-            if open || e.is_dirty() || *node.stamp.lock() == Some(stamp_of(&st)) {
-                st.st_size = e.size() as i64;
-                if let Some(t) = e.unflushed_write_time()
-                    && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
-                {
-                    let (s, ns) = (d.as_secs() as i64, d.subsec_nanos() as i64);
-                    if (s, ns) > (st.st_mtime, st.st_mtime_nsec) {
-                        (st.st_mtime, st.st_mtime_nsec) = (s, ns);
-                    }
-                    if (s, ns) > (st.st_ctime, st.st_ctime_nsec) {
-                        (st.st_ctime, st.st_ctime_nsec) = (s, ns);
-                    }
+        let view = inode
+            .node()
+            .and_then(|n| n.with_state(|s| s.stat_view(&stamp_of(&st))));
+        if let Some(v) = view {
+            st.st_size = v.size as i64;
+            if let Some(t) = v.written
+                && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+            {
+                let (s, ns) = (d.as_secs() as i64, d.subsec_nanos() as i64);
+                if (s, ns) > (st.st_mtime, st.st_mtime_nsec) {
+                    (st.st_mtime, st.st_mtime_nsec) = (s, ns);
                 }
-                if e.exact() {
-                    st.st_blocks = e.blocks_512() as i64;
-                } else if e.is_dirty() {
-                    st.st_blocks = st.st_blocks.max(e.blocks_512() as i64);
+                if (s, ns) > (st.st_ctime, st.st_ctime_nsec) {
+                    (st.st_ctime, st.st_ctime_nsec) = (s, ns);
                 }
+            }
+            if v.exact {
+                st.st_blocks = v.blocks as i64;
+            } else if v.dirty {
+                st.st_blocks = st.st_blocks.max(v.blocks as i64);
             }
         }
         st
@@ -326,7 +351,11 @@ impl SparseFs {
         // One stat serves the table (dev, ino) and the reply: a round trip each on a
         // networked backend.
         let st = sys::fstat(fd.as_fd())?;
-        let inode = self.sh.inodes.insert_lookup(fd, &st);
+        let key = (st.st_dev, st.st_ino);
+        let inode = self
+            .sh
+            .inodes
+            .insert_lookup(fd, &st, |node| same_file(key, node));
         let st = self.sparse_stat(&inode, st);
         Ok((inode, st))
     }
@@ -341,9 +370,9 @@ impl SparseFs {
         }
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
-        let fd = sys::openat(dir.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let fd = sys::openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (inode, st) = self.entry(fd)?;
-        Ok((inode.ino, st))
+        Ok(Entry::of(&inode, st))
     }
 
     /// Drops lookups.
@@ -367,16 +396,17 @@ impl SparseFs {
     /// The file's node, made now (with `data`, an open fd of the file, if given; else a
     /// reopen of the inode's `O_PATH` fd) if it has none; `true` if made now (its stamp is
     /// fresh). `known`: a stat of the file known to be current (it was just made or
-    /// emptied), taken instead of a fresh one.
+    /// emptied), taken instead of a fresh one. The node is built without any lock (it
+    /// takes backend calls); of two racing builders one installs its node and the other's
+    /// is dropped.
     fn node_with(
         &self,
         inode: &Arc<Inode>,
         data: Option<OwnedFd>,
         known: Option<&libc::stat>,
     ) -> io::Result<(Arc<FileNode>, bool)> {
-        let mut slot = inode.file.lock();
-        if let Some(n) = &*slot {
-            return Ok((n.clone(), false));
+        if let Some(n) = inode.node() {
+            return Ok((n, false));
         }
         if inode.kind != libc::S_IFREG {
             return Err(errno(libc::EINVAL));
@@ -409,46 +439,43 @@ impl SparseFs {
             ),
             None => (
                 SparseFile::open(backend, geo, caps, stats)?,
-                sys::fstat_fresh(inode.fd())?,
+                sys::fstat_fresh(inode.fd().as_fd())?,
             ),
         };
-        let persisted = self.load_map(inode, &mut engine, &st);
-        let node = Arc::new(FileNode {
-            engine: RwLock::new(engine),
-            opens: std::sync::atomic::AtomicU32::new(0),
-            stamp: Mutex::new(Some(stamp_of(&st))),
-            changed: AtomicBool::new(false),
-            persisted: AtomicBool::new(persisted),
-            setid: AtomicBool::new(setid_to_clear(st.st_mode) != 0),
-            data,
-            pt: Mutex::new(Passthrough::default()),
-            bypass: AtomicBool::new(false),
-        });
-        *slot = Some(node.clone());
-        Ok((node, true))
+        let record = self.load_map(inode, &mut engine, &st);
+        let state = NodeState::new(stamp_of(&st), st.st_mode, record, engine.view());
+        let node = Arc::new(FileNode::new(engine, state, data));
+        Ok(inode.install(node))
     }
 
-    /// Resets a file's sparse state when the backend changed outside this mount since
-    /// we last knew it (close-to-open: checked when nobody has it open).
+    /// Close-to-open: when nobody has the file open, a fresh stat of the backend that
+    /// shows another stamp than the one last known to match means the file changed
+    /// outside this mount: its sparse state is dropped and its stored map loaded again.
+    /// Called inside the node's open transition (opens of the file wait; stat does not).
     fn refresh_if_stale(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
-        if node.opens.load(Relaxed) > 0 {
+        let Some(ticket) = node.with_state(|s| (s.opens() == 0).then(|| s.stamp_ticket())) else {
+            return Ok(());
+        };
+        let st = sys::fstat_fresh(inode.fd().as_fd())?;
+        let now = stamp_of(&st);
+        node.with_state(|s| s.saw_mode(st.st_mode));
+        if !node.with_state(|s| s.stale(&now)) {
             return Ok(());
         }
-        let st = sys::fstat_fresh(inode.fd())?;
-        node.setid.store(setid_to_clear(st.st_mode) != 0, Relaxed);
-        let mut stamp = node.stamp.lock();
-        let mut e = node.engine.write();
-        if !e.is_dirty() && *stamp != Some(stamp_of(&st)) {
+        node.with_engine(|e, state| {
+            // Checked again under the engine: a truncate by path may have run meanwhile.
+            if !state.with(|s| s.stale(&now)) {
+                return Ok(());
+            }
             debug!(
                 ino = inode.ino,
                 "backing file changed outside the mount: map dropped"
             );
             e.reset_from_backend()?;
-            let p = self.load_map(inode, &mut e, &st);
-            node.persisted.store(p, Relaxed);
-            *stamp = Some(stamp_of(&st));
-        }
-        Ok(())
+            let record = self.load_map(inode, e, &st);
+            state.with(|s| s.refreshed(ticket, now, record));
+            Ok(())
+        })
     }
 
     fn persist(&self) -> io::Result<Persist<'_>> {
@@ -459,24 +486,26 @@ impl SparseFs {
     }
 
     /// Loads a persisted map for a clean file of unknown layout (see [`Persist::load`]).
-    /// Returns whether a record exists.
-    fn load_map(&self, inode: &Inode, e: &mut SparseFile, st: &libc::stat) -> bool {
+    /// Returns the record state found.
+    fn load_map(&self, inode: &Inode, e: &mut SparseFile, st: &libc::stat) -> Record {
         if self.sh.cfg.map_store == MapStore::None || e.size() == 0 || e.exact() {
-            return false;
+            return Record::None;
         }
-        let Ok(p) = self.persist() else { return false };
-        match p.load(inode.fd(), st) {
-            Loaded::None => false,
+        let Ok(p) = self.persist() else {
+            return Record::None;
+        };
+        match p.load(inode.fd().as_fd(), st) {
+            Loaded::None => Record::None,
             Loaded::Stale => {
                 debug!(
                     ino = inode.ino,
                     "persisted extent map is stale (file changed since): file treated as data"
                 );
-                true
+                Record::Stored
             }
             Loaded::Refused(err) => {
                 warn!(ino = inode.ino, error = %err, "persisted extent map refused: file treated as data");
-                true
+                Record::Stored
             }
             Loaded::Map(data) => {
                 debug!(
@@ -485,27 +514,36 @@ impl SparseFs {
                     "persisted extent map loaded"
                 );
                 e.adopt_map(data);
-                true
+                Record::Stored
             }
         }
     }
 
-    /// Persists a clean file's exact map; a file without holes has its record removed.
-    /// Failures only cost the knowledge, never correctness: logged.
-    fn store_map(&self, inode: &Inode, node: &FileNode, e: &SparseFile) {
-        if self.sh.cfg.map_store == MapStore::None || !e.exact() || e.is_dirty() {
-            return;
+    /// Persists a clean file's exact map; a file without holes has a record that may
+    /// exist (`replaces`) removed. Returns whether a record exists now (`None`: the store
+    /// failed, one may). Failures only cost the knowledge, never correctness: logged.
+    fn store_map(&self, inode: &Inode, e: &SparseFile, replaces: bool) -> Option<bool> {
+        if self.sh.cfg.map_store == MapStore::None {
+            return Some(false);
         }
-        let Ok(p) = self.persist() else { return };
+        if !e.exact() || e.is_dirty() {
+            return Some(replaces);
+        }
+        let Ok(p) = self.persist() else {
+            return Some(replaces);
+        };
         if e.index_data().total() >= e.size() {
-            if node.persisted.swap(false, Relaxed) {
-                p.remove(inode.fd());
+            if replaces {
+                p.remove(inode.fd().as_fd());
             }
-            return;
+            return Some(false);
         }
-        match p.store(inode.fd(), e.index_data()) {
-            Ok(()) => node.persisted.store(true, Relaxed),
-            Err(err) => warn!(ino = inode.ino, error = %err, "extent map not persisted"),
+        match p.store(inode.fd().as_fd(), e.index_data()) {
+            Ok(()) => Some(true),
+            Err(err) => {
+                warn!(ino = inode.ino, error = %err, "extent map not persisted");
+                None
+            }
         }
     }
 
@@ -517,13 +555,19 @@ impl SparseFs {
         sys::component(name)
     }
 
-    /// Flushes a file for close and persists its map if it changed.
+    /// Flushes a file for close and, if it changed through the mount, stores its map
+    /// (under the engine: the record is the engine's map) and records its stamp.
     fn close_flush(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
-        let mut e = node.engine.write();
-        e.flush(Depth::Full, Trigger::Close)?;
-        if node.changed.swap(false, Relaxed) {
-            self.store_map(inode, node, &e);
-            drop(e);
+        let changed = node.with_engine(|e, state| {
+            e.flush(Depth::Full, Trigger::Close)?;
+            let Some(replaces) = state.with(|s| s.take_store()) else {
+                return Ok::<_, io::Error>(false);
+            };
+            let exists = self.store_map(inode, e, replaces);
+            state.with(|s| s.stored(exists));
+            Ok(true)
+        })?;
+        if changed {
             self.record_stamp(inode, node);
         }
         Ok(())
@@ -531,13 +575,12 @@ impl SparseFs {
 
     /// Truncates a file through its engine.
     fn truncate_node(&self, node: &FileNode, size: u64) -> io::Result<()> {
-        let mut e = node.engine.write();
-        self.resync(node, &mut e)?;
-        if e.size() != size || e.is_dirty() {
-            node.changed.store(true, Relaxed);
-        }
-        e.truncate(size)?;
-        self.settle(node, &mut e)
+        node.change(|e, state| {
+            if e.size() != size || e.is_dirty() {
+                state.with(|s| s.changed());
+            }
+            e.truncate(size)
+        })
     }
 
     /// What unlink and rename need to know of `name` in `dir`, from one `fstatat` (a
@@ -546,7 +589,7 @@ impl SparseFs {
     /// changes never make its map look stale), and its inode number if it is a regular
     /// file whose only link this is (removing the name ends the file and its stored map).
     fn child(&self, dir: &Inode, name: &std::ffi::CStr) -> Child {
-        let Ok(st) = sys::fstatat_nofollow(dir.fd(), name) else {
+        let Ok(st) = sys::fstatat_nofollow(dir.fd().as_fd(), name) else {
             return Child::default();
         };
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -585,12 +628,13 @@ impl SparseFs {
         }
     }
 
-    /// Records the backend's current stamp as "known to match". The stat is taken under
-    /// the stamp lock, so of two racing recorders the later stat is the one kept.
+    /// Records the backend's current stamp as "known to match". The stat runs without
+    /// any lock; of racing recorders the one that asked last wins (see
+    /// [`NodeState::stamp_ticket`]).
     fn record_stamp(&self, inode: &Inode, node: &FileNode) {
-        let mut stamp = node.stamp.lock();
-        if let Ok(st) = sys::fstat_fresh(inode.fd()) {
-            *stamp = Some(stamp_of(&st));
+        let ticket = node.with_state(|s| s.stamp_ticket());
+        if let Ok(st) = sys::fstat_fresh(inode.fd().as_fd()) {
+            node.with_state(|s| s.record_stamp(ticket, stamp_of(&st)));
         }
     }
 
@@ -608,11 +652,11 @@ impl SparseFs {
             None
         };
         if let Some(n) = &node {
-            self.refresh_if_stale(&inode, n)?;
+            n.transition(|n| self.refresh_if_stale(&inode, n))?;
             if let Some(size) = a.size {
                 self.truncate_node(n, size)?;
             } else {
-                n.engine.write().flush(Depth::Full, Trigger::Sync)?;
+                n.with_engine(|e, _| e.flush(Depth::Full, Trigger::Sync))?;
             }
         } else if a.size.is_some() {
             return Err(errno(if inode.kind == libc::S_IFDIR {
@@ -624,11 +668,11 @@ impl SparseFs {
         if let Some(mode) = a.mode
             && inode.kind != libc::S_IFLNK
         {
-            sys::chmod(inode.fd(), mode & 0o7777)?;
+            sys::chmod(inode.fd().as_fd(), mode & 0o7777)?;
         }
         if a.uid.is_some() || a.gid.is_some() {
             sys::chown(
-                inode.fd(),
+                inode.fd().as_fd(),
                 a.uid.unwrap_or(u32::MAX),
                 a.gid.unwrap_or(u32::MAX),
             )?;
@@ -646,7 +690,7 @@ impl SparseFs {
                 Some(Some(t)) => t,
             };
             sys::utimens(
-                inode.fd(),
+                inode.fd().as_fd(),
                 &[ts(a.atime), ts(a.mtime)],
                 inode.kind == libc::S_IFLNK,
             )?;
@@ -656,7 +700,7 @@ impl SparseFs {
         }
         let st = self.stat_of(&inode)?;
         if let Some(n) = &node {
-            n.setid.store(setid_to_clear(st.st_mode) != 0, Relaxed);
+            n.with_state(|s| s.saw_mode(st.st_mode));
         }
         Ok(st)
     }
@@ -665,16 +709,16 @@ impl SparseFs {
     /// that to us for uncached (direct-I/O) writes (`FUSE_WRITE_KILL_SUIDGID`), and the
     /// backend would not do it: the daemon writes with `CAP_FSETID`.
     fn clear_setid(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
-        let st = sys::fstat(inode.fd())?;
-        let bits = setid_to_clear(st.st_mode);
+        let st = sys::fstat(inode.fd().as_fd())?;
+        let bits = crate::node::setid_to_clear(st.st_mode);
         if bits != 0 {
-            sys::chmod(inode.fd(), st.st_mode & 0o7777 & !bits)?;
+            sys::chmod(inode.fd().as_fd(), st.st_mode & 0o7777 & !bits)?;
             self.record_stamp(inode, node);
             if let Some(f) = self.sh.invalidate_attrs.get() {
                 f(inode.ino);
             }
         }
-        node.setid.store(false, Relaxed);
+        node.with_state(|s| s.setid_cleared());
         Ok(())
     }
 
@@ -683,7 +727,7 @@ impl SparseFs {
     /// # Errors
     /// `EINVAL` if not a symlink.
     pub fn readlink(&self, ino: u64) -> io::Result<OsString> {
-        sys::readlink(self.inode(ino)?.fd())
+        sys::readlink(self.inode(ino)?.fd().as_fd())
     }
 
     /// Runs a creating operation as the caller (so the new node belongs to them), and
@@ -720,7 +764,7 @@ impl SparseFs {
         };
         let fd = match &made {
             Some(m) => sys::reopen(m.as_fd(), libc::O_PATH)?,
-            None => sys::openat(parent.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?,
+            None => sys::openat(parent.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?,
         };
         let (i, st) = self.entry(fd)?;
         Ok((i, st, made))
@@ -741,9 +785,9 @@ impl SparseFs {
     ) -> io::Result<Entry> {
         let dir = self.inode(parent)?;
         let (i, st) = self.create_as(&dir, name, who, |c| {
-            sys::mknodat(dir.fd(), c, mode & !umask, rdev as u64)
+            sys::mknodat(dir.fd().as_fd(), c, mode & !umask, rdev as u64)
         })?;
-        Ok((i.ino, st))
+        Ok(Entry::of(&i, st))
     }
 
     /// mkdir.
@@ -760,9 +804,9 @@ impl SparseFs {
     ) -> io::Result<Entry> {
         let dir = self.inode(parent)?;
         let (i, st) = self.create_as(&dir, name, who, |c| {
-            sys::mkdirat(dir.fd(), c, mode & !umask & 0o7777)
+            sys::mkdirat(dir.fd().as_fd(), c, mode & !umask & 0o7777)
         })?;
-        Ok((i.ino, st))
+        Ok(Entry::of(&i, st))
     }
 
     /// symlink.
@@ -778,9 +822,9 @@ impl SparseFs {
     ) -> io::Result<Entry> {
         let dir = self.inode(parent)?;
         let (i, st) = self.create_as(&dir, name, who, |c| {
-            sys::symlinkat(target.as_os_str(), dir.fd(), c)
+            sys::symlinkat(target.as_os_str(), dir.fd().as_fd(), c)
         })?;
-        Ok((i.ino, st))
+        Ok(Entry::of(&i, st))
     }
 
     /// unlink.
@@ -791,14 +835,14 @@ impl SparseFs {
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
         let child = self.child(&dir, &c);
-        sys::unlinkat(dir.fd(), &c, 0)?;
+        sys::unlinkat(dir.fd().as_fd(), &c, 0)?;
         // The last name of a file: nothing can open it again, so its stamp no longer
         // matters; its stored record is dropped unless this mount knows it has none.
         let unrecorded = child
             .known
             .as_ref()
             .and_then(|i| i.node())
-            .is_some_and(|n| !n.persisted.load(Relaxed));
+            .is_some_and(|n| !n.with_state(|s| s.recorded()));
         if child.nlink > 1 {
             self.restamp(child.known);
         }
@@ -814,7 +858,7 @@ impl SparseFs {
     /// The backend's errno.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
-        sys::unlinkat(dir.fd(), &sys::component(name)?, libc::AT_REMOVEDIR)
+        sys::unlinkat(dir.fd().as_fd(), &sys::component(name)?, libc::AT_REMOVEDIR)
     }
 
     /// rename / renameat2 (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
@@ -837,7 +881,7 @@ impl SparseFs {
         );
         let moved = self.child(&a, &on);
         let target = self.child(&b, &nn);
-        sys::renameat2(a.fd(), &on, b.fd(), &nn, flags)?;
+        sys::renameat2(a.fd().as_fd(), &on, b.fd().as_fd(), &nn, flags)?;
         self.restamp(moved.known);
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.restamp(target.known);
@@ -857,11 +901,11 @@ impl SparseFs {
         let inode = self.inode(ino)?;
         let dir = self.inode(newparent)?;
         let c = self.name_ok(newparent, newname)?;
-        sys::link(inode.fd(), dir.fd(), &c)?;
+        sys::link(inode.fd().as_fd(), dir.fd().as_fd(), &c)?;
         self.restamp(Some(inode.clone()));
-        let fd = sys::openat(dir.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let fd = sys::openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (i, st) = self.entry(fd)?;
-        Ok((i.ino, st))
+        Ok(Entry::of(&i, st))
     }
 
     fn new_fh(&self, h: Handle) -> u64 {
@@ -870,6 +914,9 @@ impl SparseFs {
         fh
     }
 
+    /// Opens a handle of a regular file, as one transition of its node (see
+    /// [`FileNode::transition`]): the staleness check, the choice between an ordinary
+    /// and a passthrough handle (and a joining writer's bypass), and the count.
     fn open_node(
         &self,
         inode: &Arc<Inode>,
@@ -879,52 +926,54 @@ impl SparseFs {
         known: Option<&libc::stat>,
     ) -> io::Result<Opened> {
         let (node, made) = self.node_with(inode, data, known)?;
-        if !made {
-            self.refresh_if_stale(inode, &node)?;
-        } else if node.persisted.load(Relaxed)
-            && node.engine.read().exact()
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let qualifies =
+            make.is_some() && self.sh.cfg.passthrough && !writable && flags & libc::O_DIRECT == 0;
+        let token = node.transition(|node| -> io::Result<Option<PassToken>> {
+            if !made {
+                self.refresh_if_stale(inode, node)?;
+            }
+            let token = match node.with_state(|s| s.plan_open(writable, qualifies)) {
+                OpenPlan::Ordinary => None,
+                OpenPlan::Join { token, bypass } => {
+                    if bypass {
+                        node.with_engine(|e, state| -> io::Result<()> {
+                            e.flush(Depth::Full, Trigger::Sync)?;
+                            e.reset_from_backend()?;
+                            state.with(|s| s.bypass());
+                            Ok(())
+                        })?;
+                    }
+                    if writable {
+                        self.sh.stats.passthrough_writers.fetch_add(1, Relaxed);
+                    }
+                    Some(token)
+                }
+                OpenPlan::Passthrough => {
+                    let make = make.expect("qualifies only with a registrar");
+                    match sys::reopen(inode.fd().as_fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            debug!(ino = inode.ino, error = %e, "passthrough refused: ordinary open");
+                            None
+                        }
+                    }
+                }
+            };
+            node.with_state(|s| s.opened(token.clone()));
+            Ok(token)
+        })?;
+        if token.is_some() {
+            self.sh.stats.passthrough_opens.fetch_add(1, Relaxed);
+        }
+        // A stored map just loaded: the kernel's attributes from the lookup show the
+        // backend's allocation, not the map's (cp decides on the fstat after its open).
+        if made
+            && node.with_state(|s| s.recorded() && s.view().exact)
             && let Some(f) = self.sh.invalidate_attrs.get()
         {
             f(inode.ino);
         }
-        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        // The choice and the count are made under the passthrough lock: a file's handles
-        // are all passthrough or all ordinary (see [`Passthrough`]).
-        let mut pt = node.pt.lock();
-        let token = if let Some(t) = pt.token.clone() {
-            if writable {
-                if !node.bypass.load(Relaxed) {
-                    let mut e = node.engine.write();
-                    e.flush(Depth::Full, Trigger::Sync)?;
-                    e.reset_from_backend()?;
-                    node.bypass.store(true, Relaxed);
-                }
-                self.sh.stats.passthrough_writers.fetch_add(1, Relaxed);
-            }
-            pt.handles += 1;
-            Some(t)
-        } else if let Some(make) = make
-            && self.passthrough_ok(&node, flags)
-        {
-            match sys::reopen(inode.fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
-                Ok(t) => {
-                    pt.token = Some(t.clone());
-                    pt.handles = 1;
-                    Some(t)
-                }
-                Err(e) => {
-                    debug!(ino = inode.ino, error = %e, "passthrough refused: ordinary open");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        if token.is_some() {
-            self.sh.stats.passthrough_opens.fetch_add(1, Relaxed);
-        }
-        node.opens.fetch_add(1, Relaxed);
-        drop(pt);
         let fh = self.new_fh(Handle::File {
             inode: inode.clone(),
             node,
@@ -935,41 +984,6 @@ impl SparseFs {
             fh,
             passthrough: token,
         })
-    }
-
-    /// Whether a first open of a file may be a kernel passthrough (reads go from the
-    /// kernel to the backend file without the daemon): read-only, not `O_DIRECT`, nobody
-    /// else has it open, nothing buffered, and no known holes (reads of those are served
-    /// from the index without backend I/O: passthrough would read them from the backend).
-    fn passthrough_ok(&self, node: &FileNode, flags: i32) -> bool {
-        if !self.sh.cfg.passthrough
-            || flags & libc::O_ACCMODE != libc::O_RDONLY
-            || flags & libc::O_DIRECT != 0
-            || node.opens.load(Relaxed) > 0
-        {
-            return false;
-        }
-        let e = node.engine.read();
-        !e.is_dirty() && e.index_data().total() >= e.size()
-    }
-
-    /// A bypassed file's engine made to match the backend again: writable passthrough
-    /// handles change the backend file behind the engine (see [`FileNode::bypass`]).
-    fn resync(&self, node: &FileNode, e: &mut SparseFile) -> io::Result<()> {
-        if node.bypass.load(Relaxed) {
-            e.flush(Depth::Full, Trigger::Sync)?;
-            e.reset_from_backend()?;
-        }
-        Ok(())
-    }
-
-    /// After a change through the engine of a bypassed file: everything to the backend
-    /// now, so that it is ordered with the passthrough writers' own writes.
-    fn settle(&self, node: &FileNode, e: &mut SparseFile) -> io::Result<()> {
-        if node.bypass.load(Relaxed) {
-            e.flush(Depth::Full, Trigger::Sync)?;
-        }
-        Ok(())
     }
 
     /// open. `O_DIRECT` and other flags stay with the handle; the backend fd is shared
@@ -1046,7 +1060,7 @@ impl SparseFs {
         // the file is empty when it is looked at.
         let (inode, st, made) = self.create_as_with(&dir, name, who, |c| {
             sys::openat(
-                dir.fd(),
+                dir.fd().as_fd(),
                 c,
                 libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl | trunc,
                 mode & !umask & 0o7777,
@@ -1072,7 +1086,7 @@ impl SparseFs {
             Some(st) if st.st_size == 0 => self.sparse_stat(&inode, *st),
             _ => self.stat_of(&inode)?,
         };
-        Ok(((inode.ino, st), opened))
+        Ok((Entry::of(&inode, st), opened))
     }
 
     fn file(&self, fh: u64) -> io::Result<(Arc<Inode>, Arc<FileNode>, i32)> {
@@ -1090,13 +1104,7 @@ impl SparseFs {
     /// The backend's errno.
     pub fn read(&self, fh: u64, off: u64, size: u32) -> io::Result<Vec<u8>> {
         let (_, node, _) = self.file(fh)?;
-        if node.bypass.load(Relaxed) {
-            let mut e = node.engine.write();
-            self.resync(&node, &mut e)?;
-            return e.read(off, size as usize);
-        }
-        let e = node.engine.read();
-        e.read(off, size as usize)
+        node.read(|e| e.read(off, size as usize))
     }
 
     /// write: buffered in the file's coalescer; `O_SYNC`/`O_DSYNC` handles flush and
@@ -1123,21 +1131,12 @@ impl SparseFs {
         if self.sh.frozen.load(Relaxed) {
             return Err(errno(libc::EIO));
         }
-        if clear_setid && node.setid.load(Relaxed) {
+        if clear_setid && node.with_state(|s| s.setid()) {
             self.clear_setid(&inode, &node)?;
         }
-        node.changed.store(true, Relaxed);
-        let mut pending = false;
-        {
-            let mut e = node.engine.write();
-            if node.bypass.load(Relaxed) {
-                // Only copy_file_range writes through the engine of a bypassed file.
-                self.resync(&node, &mut e)?;
-                e.buffer(off, data)?;
-                self.settle(&node, &mut e)?;
-                return Ok((data.len() as u32, false));
-            }
-            pending = e.buffer(off, data)? || pending;
+        let pending = node.change(|e, state| {
+            state.with(|s| s.changed());
+            let pending = e.buffer(off, data)?;
             if flags & libc::O_DSYNC != 0 {
                 let depth = if flags & libc::O_SYNC == libc::O_SYNC {
                     Depth::Sync
@@ -1151,14 +1150,17 @@ impl SparseFs {
             if e.is_dirty() {
                 self.sh.dirty.lock().insert(ino, node.clone());
             }
-        }
+            // A bypassed file's change is flushed whole by `change` (only copy_file_range
+            // writes through the engine of one): nothing is left for after the reply.
+            Ok(pending && !state.with(|s| s.bypassed()))
+        })?;
         Ok((data.len() as u32, pending))
     }
 
     /// Runs the backend writes a [`Self::write`] found ready, after its reply.
     pub fn after_write(&self, fh: u64) {
         if let Ok((_, node, _)) = self.file(fh) {
-            node.engine.write().run_pending_deferred();
+            node.with_engine(|e, _| e.run_pending_deferred());
         }
     }
 
@@ -1178,65 +1180,61 @@ impl SparseFs {
     /// The backend's errno (not seen by close(2); logged).
     pub fn release(&self, fh: u64) -> io::Result<()> {
         let h = self.sh.handles.write().remove(&fh);
-        match h {
-            Some(Handle::File {
-                inode, node, pt, ..
-            }) => {
-                // The stamp is recorded where this mount changes the file (close_flush of
-                // a changed file, setattr, a bypassed file's reset), not again here: a
-                // round trip per close, and a record now could cover another node's
-                // change made since.
-                let r = self.close_flush(&inode, &node);
-                if pt && self.release_passthrough(&node) {
-                    self.record_stamp(&inode, &node);
-                }
-                if node.opens.fetch_sub(1, Relaxed) == 1 && r.is_ok() {
-                    self.park_if_over_budget(&node);
-                }
-                r
+        let Some(Handle::File {
+            inode, node, pt, ..
+        }) = h
+        else {
+            return Ok(());
+        };
+        // The stamp is recorded where this mount changes the file (close_flush of a
+        // changed file, setattr, the end of a bypass), not again here: a round trip per
+        // close, and a record now could cover another node's change made since.
+        let r = self.close_flush(&inode, &node);
+        node.transition(|node| {
+            let rel = node.with_state(|s| s.released(pt));
+            if rel.end_bypass && self.end_bypass(node) {
+                self.record_stamp(&inode, node);
             }
-            Some(Handle::Dir { .. }) | None => Ok(()),
-        }
+            if rel.last && r.is_ok() {
+                self.park_if_over_budget(node);
+            }
+        });
+        r
     }
 
-    /// Ends a passthrough handle. With the last one the backing file registration goes
-    /// (the kernel released its files before telling us) and a bypassed engine takes the
-    /// backend's size and an unknown map again (what passthrough writers did is not
-    /// known; reads and SEEK_DATA of it then ask the backend).
-    ///
-    /// Returns whether a bypassed engine was reset (its stamp is then to be recorded).
-    fn release_passthrough(&self, node: &FileNode) -> bool {
-        let mut pt = node.pt.lock();
-        pt.handles -= 1;
-        if pt.handles == 0 {
-            pt.token = None;
-            if node.bypass.load(Relaxed) {
-                let mut e = node.engine.write();
-                let synced = e
-                    .flush(Depth::Full, Trigger::Close)
-                    .and_then(|()| e.reset_from_backend());
-                if let Err(err) = synced {
-                    // The engine stays bypassed (resynced before each use) until it works.
-                    warn!(error = %err, "file written through passthrough: state not refreshed");
-                    return false;
+    /// Ends the bypass of a file whose passthrough handles are all closed (the kernel
+    /// released its files before telling us): its engine takes the backend's size and an
+    /// unknown map again (what passthrough writers did is not known; reads and SEEK_DATA
+    /// of it then ask the backend). Returns whether it worked (the stamp is then to be
+    /// recorded); if not, the file stays bypassed and the next release tries again.
+    fn end_bypass(&self, node: &FileNode) -> bool {
+        node.with_engine(|e, state| {
+            let synced = e
+                .flush(Depth::Full, Trigger::Close)
+                .and_then(|()| e.reset_from_backend());
+            match synced {
+                Ok(()) => {
+                    state.with(|s| s.bypass_ended());
+                    true
                 }
-                node.changed.store(false, Relaxed);
-                node.bypass.store(false, Relaxed);
-                return true;
+                Err(err) => {
+                    warn!(error = %err, "file written through passthrough: state not refreshed");
+                    false
+                }
             }
-        }
-        false
+        })
     }
 
     /// Closes an idle file's read-write fd when more than the budget are open (it is
     /// opened again on its next use): a working set keeps its fds, a tree of many files
-    /// written once does not hold two fds per file.
+    /// written once does not hold two fds per file. Called in the file's last-close
+    /// transition, so no open races it.
     fn park_if_over_budget(&self, node: &FileNode) {
         if self.sh.data_fds.load(Relaxed) <= self.sh.data_fd_budget {
             return;
         }
-        let e = node.engine.read();
-        if node.opens.load(Relaxed) == 0 && !e.is_dirty() && node.data.park() {
+        let idle = node.with_state(|s| s.opens() == 0 && !s.view().dirty);
+        if idle && node.data.park() {
             self.sh.stats.data_fds_parked.fetch_add(1, Relaxed);
         }
     }
@@ -1247,14 +1245,12 @@ impl SparseFs {
     /// The backend's errno.
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
         let (_, node, _) = self.file(fh)?;
-        node.engine.write().flush(
-            if datasync {
-                Depth::DataSync
-            } else {
-                Depth::Sync
-            },
-            Trigger::Fsync,
-        )
+        let depth = if datasync {
+            Depth::DataSync
+        } else {
+            Depth::Sync
+        };
+        node.with_engine(|e, _| e.flush(depth, Trigger::Fsync))
     }
 
     /// lseek SEEK_DATA / SEEK_HOLE from the extent index.
@@ -1271,9 +1267,7 @@ impl SparseFs {
             libc::SEEK_HOLE => Whence::Hole,
             _ => return Err(errno(libc::EINVAL)),
         };
-        let mut e = node.engine.write();
-        self.resync(&node, &mut e)?;
-        e.seek(off as u64, w)?
+        node.change(|e, _| e.seek(off as u64, w))?
             .map(|x| x as i64)
             .ok_or_else(|| errno(libc::ENXIO))
     }
@@ -1285,12 +1279,10 @@ impl SparseFs {
     /// `EOPNOTSUPP` for unsupported modes (never `ENOSYS`), the backend's errno.
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> io::Result<()> {
         let (_, node, _) = self.file(fh)?;
-        node.changed.store(true, Relaxed);
-        let mut e = node.engine.write();
-        self.resync(&node, &mut e)?;
-        let r = self.fallocate_engine(&mut e, off, len, mode);
-        self.settle(&node, &mut e)?;
-        r
+        node.change(|e, state| {
+            state.with(|s| s.changed());
+            self.fallocate_engine(e, off, len, mode)
+        })
     }
 
     fn fallocate_engine(
@@ -1366,7 +1358,7 @@ impl SparseFs {
         }
         // The stat is only for the cache decision (a round trip on a networked backend).
         let stamp = if self.sh.cfg.dir_cache {
-            stamp_of(&sys::fstat_fresh(inode.fd())?)
+            stamp_of(&sys::fstat_fresh(inode.fd().as_fd())?)
         } else {
             Default::default()
         };
@@ -1382,7 +1374,7 @@ impl SparseFs {
             inode,
             stamp,
             cache: cache.cache,
-            entries: Arc::default(),
+            entries: Arc::new(Mutex::new(Rank::DirSnapshot, None)),
         });
         Ok((fh, cache))
     }
@@ -1413,7 +1405,7 @@ impl SparseFs {
         entries.push(inode.ino, libc::DT_DIR, b".");
         entries.push(inode.ino, libc::DT_DIR, b"..");
         let dev = inode.key.0;
-        sys::read_dir_into(inode.fd(), &mut entries, |ino, name| {
+        sys::read_dir_into(inode.fd().as_fd(), &mut entries, |ino, name| {
             if inode.ino == 1 && name == SIDECAR_DIR.as_bytes() {
                 return None;
             }
@@ -1466,7 +1458,7 @@ impl SparseFs {
     /// The backend's errno.
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> io::Result<()> {
         let inode = self.inode(ino)?;
-        let d = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let d = sys::reopen(inode.fd().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         sys::fsync(d.as_fd(), datasync)
     }
 
@@ -1475,7 +1467,7 @@ impl SparseFs {
     /// # Errors
     /// The backend's errno.
     pub fn statfs(&self, ino: u64) -> io::Result<libc::statvfs> {
-        sys::statvfs(self.inode(ino)?.fd())
+        sys::statvfs(self.inode(ino)?.fd().as_fd())
     }
 
     fn xattr_ok(&self, inode: &Inode) -> io::Result<()> {
@@ -1511,7 +1503,7 @@ impl SparseFs {
             return Err(errno(libc::ENODATA));
         }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
-        let r = sys::getxattr(inode.fd(), &c, size as usize);
+        let r = sys::getxattr(inode.fd().as_fd(), &c, size as usize);
         if caps && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENODATA)) {
             inode.no_caps.store(true, Relaxed);
         }
@@ -1528,8 +1520,8 @@ impl SparseFs {
             return Ok(Vec::new());
         }
         // Our own map xattr is not listed: fetch the whole list and filter it.
-        let n = sys::listxattr(inode.fd(), 0)?.len();
-        let all = sys::listxattr(inode.fd(), n.max(1))?;
+        let n = sys::listxattr(inode.fd().as_fd(), 0)?.len();
+        let all = sys::listxattr(inode.fd().as_fd(), n.max(1))?;
         let hidden = format!("{MAP_XATTR}\0");
         let mut out = Vec::with_capacity(all.len());
         for item in all.split_inclusive(|&b| b == 0) {
@@ -1561,7 +1553,7 @@ impl SparseFs {
             return self.scan_request(&inode, value);
         }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
-        sys::setxattr(inode.fd(), &c, value, flags)?;
+        sys::setxattr(inode.fd().as_fd(), &c, value, flags)?;
         self.restamp(Some(inode));
         Ok(())
     }
@@ -1586,18 +1578,15 @@ impl SparseFs {
         }
         // Only through an open file: its sparse state exists while it is open.
         let node = inode.node().ok_or_else(|| errno(libc::EBADF))?;
-        let found = {
-            let mut e = node.engine.write();
-            self.resync(&node, &mut e)?;
-            e.scan_zeros(off, len, dig)?
-        };
-        // Punching moves the file's ctime: the map is stored again at close, with a
-        // fresh stamp, or the next mount would find it stale.
-        if found > 0 || dig {
-            node.changed.store(true, Relaxed);
-            node.persisted.store(true, Relaxed);
-        }
-        Ok(())
+        node.change(|e, state| {
+            let found = e.scan_zeros(off, len, dig)?;
+            // Punching moves the file's ctime: the map is stored again at close, with a
+            // fresh stamp, or the next mount would find it stale.
+            if found > 0 || dig {
+                state.with(|s| s.scanned());
+            }
+            Ok(())
+        })
     }
 
     /// removexattr.
@@ -1612,7 +1601,7 @@ impl SparseFs {
         self.xattr_ok(&inode)?;
         inode.no_caps.store(false, Relaxed);
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
-        sys::removexattr(inode.fd(), &c)?;
+        sys::removexattr(inode.fd().as_fd(), &c)?;
         self.restamp(Some(inode));
         Ok(())
     }
@@ -1626,7 +1615,7 @@ impl SparseFs {
         if inode.kind == libc::S_IFLNK {
             return Ok(());
         }
-        sys::access(inode.fd(), mask)
+        sys::access(inode.fd().as_fd(), mask)
     }
 }
 
@@ -1673,26 +1662,39 @@ fn flusher(sh: &Shared) {
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         for (ino, node) in nodes {
-            let mut e = node.engine.write();
-            let old = e
-                .dirty_since()
-                .is_some_and(|t| now.duration_since(t) >= sh.cfg.dirty_age);
-            if old || over {
-                if over {
-                    e.flush_background(Trigger::DirtyLimit, Duration::ZERO);
-                } else {
-                    e.flush_background(Trigger::Age, sh.cfg.dirty_age);
+            node.with_engine(|e, _| {
+                let old = e
+                    .dirty_since()
+                    .is_some_and(|t| now.duration_since(t) >= sh.cfg.dirty_age);
+                if old || over {
+                    if over {
+                        e.flush_background(Trigger::DirtyLimit, Duration::ZERO);
+                    } else {
+                        e.flush_background(Trigger::Age, sh.cfg.dirty_age);
+                    }
                 }
-            }
-            if e.dirty_since().is_none() {
-                sh.dirty.lock().remove(&ino);
-            }
+                if e.dirty_since().is_none() {
+                    sh.dirty.lock().remove(&ino);
+                }
+            });
         }
+    }
+}
+
+/// Whether an idle file node's data fd still holds the file its backing inode number
+/// names (asked when a lookup shows another ctime under that number; see
+/// `InodeTable::insert_lookup`). A parked node (no fd) has nothing of another file to
+/// write to: it reopens from the inode's fd, which each lookup refreshes.
+fn same_file(key: (u64, u64), node: &FileNode) -> bool {
+    match node.data.open_identity() {
+        Some(id) => matches!(id, Ok(k) if k == key),
+        None => true,
     }
 }
 
 /// A read-write fd of a regular file from its `O_PATH` fd (read-only where the daemon may
 /// not write it).
 fn reopen_data(inode: &Inode) -> io::Result<OwnedFd> {
-    sys::reopen(inode.fd(), libc::O_RDWR).or_else(|_| sys::reopen(inode.fd(), libc::O_RDONLY))
+    sys::reopen(inode.fd().as_fd(), libc::O_RDWR)
+        .or_else(|_| sys::reopen(inode.fd().as_fd(), libc::O_RDONLY))
 }

@@ -252,7 +252,7 @@ impl Filesystem for Adapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
+            Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("lookup", reply, e),
         }
     }
@@ -321,7 +321,7 @@ impl Filesystem for Adapter {
             .fs
             .mknod(parent.0, name, mode, umask, rdev, caller(req))
         {
-            Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
+            Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("mknod", reply, e),
         }
     }
@@ -336,7 +336,7 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         match self.fs.mkdir(parent.0, name, mode, umask, caller(req)) {
-            Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
+            Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("mkdir", reply, e),
         }
     }
@@ -364,7 +364,7 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         match self.fs.symlink(parent.0, link_name, target, caller(req)) {
-            Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
+            Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("symlink", reply, e),
         }
     }
@@ -397,7 +397,7 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         match self.fs.link(ino.0, newparent.0, newname) {
-            Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
+            Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("link", reply, e),
         }
     }
@@ -581,13 +581,13 @@ impl Filesystem for Adapter {
                         Err(_) => break,
                     };
                     let is_dot = e.name == "." || e.name == "..";
-                    let (node, st) = match &looked {
-                        Some((n, st)) => (*n, attr(st)),
+                    let (node, generation, st) = match &looked {
+                        Some(l) => (l.ino, l.generation, attr(&l.attr)),
                         // `.`/`..` carry no attributes the kernel uses.
                         None if is_dot => {
                             let mut a = attr(&dot_stat(e.kind));
                             a.ino = INodeNo(e.ino);
-                            (0, a)
+                            (0, 0, a)
                         }
                         // Vanished since the snapshot: left out.
                         None => continue,
@@ -598,7 +598,7 @@ impl Filesystem for Adapter {
                         e.name,
                         &TTL,
                         &st,
-                        Generation(0),
+                        Generation(generation),
                     ) {
                         // Did not fit: the kernel never saw it, so undo its lookup.
                         if looked.is_some() {
@@ -733,19 +733,19 @@ impl Filesystem for Adapter {
             .fs
             .create(parent.0, name, mode, umask, flags, caller(req))
         {
-            Ok(((_, st), o)) => match backing(&o) {
+            Ok((en, o)) => match backing(&o) {
                 Some(b) => reply.created_passthrough(
                     &TTL,
-                    &attr(&st),
-                    Generation(0),
+                    &attr(&en.attr),
+                    Generation(en.generation),
                     FileHandle(o.fh),
                     FopenFlags::empty(),
                     b,
                 ),
                 None => reply.created(
                     &TTL,
-                    &attr(&st),
-                    Generation(0),
+                    &attr(&en.attr),
+                    Generation(en.generation),
                     FileHandle(o.fh),
                     self.fopen(flags),
                 ),

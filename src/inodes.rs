@@ -8,80 +8,137 @@
 //! below the backing directory) get synthetic ids from 2^63 up.
 
 use crate::file::SparseFile;
-use parking_lot::{Mutex, RwLock};
+use crate::lock::{Mutex, Rank, RwLock};
+use crate::node::{NodeState, View};
+pub use crate::node::{Stamp, setid_to_clear, stamp_of};
 use std::collections::HashMap;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-/// Identity of a backing file, taken from stat: what "changed outside the mount" is
-/// judged by.
-pub type Stamp = (u64, i64, i64, i64, i64);
-
-/// The stamp of a stat: size, mtime and ctime with nanoseconds.
-pub fn stamp_of(st: &libc::stat) -> Stamp {
-    (
-        st.st_size as u64,
-        st.st_mtime,
-        st.st_mtime_nsec,
-        st.st_ctime,
-        st.st_ctime_nsec,
-    )
+/// One regular file's sparse state, shared by all its handles: three locks, taken in
+/// rank order through the methods below (never handed out).
+///
+/// ```text
+///  gate (NodeGate)  ─>  engine (Engine)  ─>  state (NodeState, leaf)
+///  opens/last closes    reads, writes,       counts, access, record, stamp,
+///  of this file         seeks, flushes       set-id, the engine's view
+/// ```
+pub struct FileNode {
+    /// Rank `NodeGate`, held across backend calls: serialises the open and last-close
+    /// transitions of this file (staleness check, passthrough join and end) with each
+    /// other; nothing else waits for it.
+    gate: Mutex<()>,
+    /// Rank `Engine`, held across backend calls: the file's backend writes and the index
+    /// changes made with them happen in order. Never taken while `state` is held.
+    engine: RwLock<SparseFile>,
+    /// Rank `NodeState`, a leaf, never held across a backend call: the state `stat`,
+    /// open and release read and change together, and the engine's published [`View`].
+    state: Mutex<NodeState<PassToken>>,
+    /// The backend file under the engine, whose fd is closed while idle past a budget.
+    pub data: Arc<crate::backend::reopen::Reopening>,
 }
 
-/// The sparse state of one regular file, shared by all its handles.
-pub struct FileNode {
-    /// The engine. Lock order: an inode's `engine` is taken after the inode table's
-    /// locks have been released, and never two engines at once except in
-    /// copy_file_range (source, released, then destination).
-    pub engine: RwLock<SparseFile>,
-    /// Open handles.
-    pub opens: AtomicU32,
-    /// The backend's stamp when the state was last known to match it.
-    pub stamp: Mutex<Option<Stamp>>,
-    /// The map changed since it was last persisted.
-    pub changed: std::sync::atomic::AtomicBool,
-    /// A persisted map may exist for this file (so one without holes removes it).
-    pub persisted: std::sync::atomic::AtomicBool,
-    /// The mode was last seen with set-id bits that a write by an unprivileged caller
-    /// clears (see [`setid_to_clear`]); kept from every stat the node takes, as the
-    /// kernel keeps `i_mode`, so writes need no stat of their own.
-    pub setid: std::sync::atomic::AtomicBool,
-    /// The backend file under the engine, whose fd is closed while idle past a budget.
-    pub data: std::sync::Arc<crate::backend::reopen::Reopening>,
-    /// Kernel passthrough handles (see [`Passthrough`]). Lock order: before `engine`.
-    pub pt: Mutex<Passthrough>,
-    /// A writable passthrough handle is (or was, until the last handle closes) open: its
-    /// writes reach the backend without the engine, so the engine's size and map are
-    /// taken again from the backend before each use.
-    pub bypass: std::sync::atomic::AtomicBool,
+/// The node's state, reachable from inside an engine section (the state lock ranks
+/// after the engine's).
+pub struct StateRef<'a>(&'a Mutex<NodeState<PassToken>>);
+
+impl StateRef<'_> {
+    /// Runs `f` on the state (a leaf lock: `f` must not call the backend).
+    pub fn with<R>(&self, f: impl FnOnce(&mut NodeState<PassToken>) -> R) -> R {
+        f(&mut self.0.lock())
+    }
+}
+
+impl FileNode {
+    /// A node over `engine`, with its first state.
+    pub fn new(
+        engine: SparseFile,
+        mut state: NodeState<PassToken>,
+        data: Arc<crate::backend::reopen::Reopening>,
+    ) -> Self {
+        state.publish(engine.view());
+        Self {
+            gate: Mutex::new(Rank::NodeGate, ()),
+            engine: RwLock::new(Rank::Engine, engine),
+            state: Mutex::new(Rank::NodeState, state),
+            data,
+        }
+    }
+
+    /// Runs `f` on the state alone (a leaf lock: `f` must not call the backend).
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut NodeState<PassToken>) -> R) -> R {
+        f(&mut self.state.lock())
+    }
+
+    /// Runs an open or last-close transition of this file: one at a time per file.
+    /// Inside, `f` may use the engine and the state (both rank after the gate).
+    pub fn transition<R>(&self, f: impl FnOnce(&Self) -> R) -> R {
+        let _g = self.gate.lock();
+        f(self)
+    }
+
+    /// Runs `f` on the engine as it is (flushes, the flusher, fsync) and publishes the
+    /// engine's view afterwards.
+    pub fn with_engine<R>(&self, f: impl FnOnce(&mut SparseFile, &StateRef<'_>) -> R) -> R {
+        let mut e = self.engine.write();
+        let st = StateRef(&self.state);
+        let r = f(&mut e, &st);
+        st.with(|s| s.publish(e.view()));
+        r
+    }
+
+    /// Runs a change through the engine: for a bypassed file (see
+    /// [`crate::node::Access::Bypassed`]) the engine first takes size and map from the
+    /// backend (after flushing what it holds) and flushes the change at once afterwards,
+    /// so that it is ordered with the passthrough writers' own writes. An error of that
+    /// final flush wins over `f`'s result.
+    pub fn change<R>(
+        &self,
+        f: impl FnOnce(&mut SparseFile, &StateRef<'_>) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.with_engine(|e, st| {
+            let bypassed = st.with(|s| s.bypassed());
+            if bypassed {
+                e.flush(crate::file::Depth::Full, crate::stats::Trigger::Sync)?;
+                e.reset_from_backend()?;
+            }
+            let r = f(e, st);
+            if bypassed {
+                e.flush(crate::file::Depth::Full, crate::stats::Trigger::Sync)?;
+            }
+            r
+        })
+    }
+
+    /// Runs `f` on the engine for reading (shared with other readers). A bypassed file's
+    /// engine is resynced first, so that read goes through [`Self::change`].
+    pub fn read<R>(&self, f: impl FnOnce(&SparseFile) -> io::Result<R>) -> io::Result<R> {
+        if self.with_state(|s| s.bypassed()) {
+            return self.change(|e, _| f(e));
+        }
+        f(&self.engine.read())
+    }
+
+    /// The engine's last published view.
+    pub fn view(&self) -> View {
+        self.with_state(|s| s.view())
+    }
+}
+
+/// An inode's `O_PATH` fd, held (see [`Inode::fd`]).
+pub struct PathFd(Arc<OwnedFd>);
+
+impl AsFd for PathFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 /// What the kernel reads and writes directly for a token's handle (FUSE passthrough: a
 /// backing file registered with the kernel; the adapter's type, opaque here).
 pub type PassToken = Arc<dyn std::any::Any + Send + Sync>;
-
-/// The passthrough handles of one file. The kernel requires every open of an inode
-/// that has a passthrough open to be a passthrough open of the same backing file (other
-/// opens fail with EIO), so a file's handles are either all passthrough or all ordinary.
-#[derive(Default)]
-pub struct Passthrough {
-    /// Open passthrough handles.
-    pub handles: u32,
-    /// The registered backing file, held while `handles > 0`.
-    pub token: Option<PassToken>,
-}
-
-/// The set-id bits of `mode` that a write by a caller without `CAP_FSETID` clears, as
-/// Linux does: `S_ISUID`, and `S_ISGID` when group execute is set (without it the bit
-/// means mandatory locking).
-pub fn setid_to_clear(mode: u32) -> u32 {
-    let mut bits = mode & libc::S_ISUID;
-    if mode & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP) {
-        bits |= libc::S_ISGID;
-    }
-    bits
-}
 
 /// A directory's stamps at its last listings taken when it had been unchanged for a
 /// while (a later change then moves the stamp).
@@ -101,27 +158,85 @@ pub struct Inode {
     pub key: (u64, u64),
     /// `st_mode & S_IFMT`.
     pub kind: u32,
-    fd: OwnedFd,
+    /// The `O_PATH` fd. Rank `InodeFd` (a leaf, held only to clone or swap the fd): each
+    /// lookup of the same file swaps in its own fresh fd (see
+    /// [`InodeTable::insert_lookup`]).
+    fd: Mutex<Arc<OwnedFd>>,
     lookups: AtomicU64,
-    /// Sparse state, for regular files once opened.
-    pub file: Mutex<Option<Arc<FileNode>>>,
+    /// Sparse state, for regular files once opened. Rank `FileSlot` (a leaf).
+    file: Mutex<Option<Arc<FileNode>>>,
     /// The backend said this file has no `security.capability` xattr. The kernel asks
     /// for it before every write; the answer is remembered until the xattr is set or
     /// removed through the mount.
     pub no_caps: std::sync::atomic::AtomicBool,
-    /// What is known of a directory's listings (see `SparseFs::opendir`).
+    /// What is known of a directory's listings (see `SparseFs::opendir`). Rank
+    /// `DirStamps` (a leaf).
     pub listed: Mutex<Listed>,
+    /// FUSE generation: raised when the id goes to a file of another kind under the same
+    /// backing inode number (see [`InodeTable::insert_lookup`]).
+    pub generation: u64,
+    /// The ctime of the last stat the table saw of it (seconds, nanoseconds): a lookup
+    /// showing another is checked for being another file.
+    seen: (AtomicI64, AtomicI64),
 }
 
 impl Inode {
-    /// The `O_PATH` fd.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The `O_PATH` fd (a reference that stays valid while held).
+    pub fn fd(&self) -> PathFd {
+        PathFd(self.fd.lock().clone())
+    }
+
+    /// Puts `fd` in place of the `O_PATH` fd; returns the old one (to be closed by the
+    /// caller, outside any lock).
+    fn repair(&self, fd: OwnedFd) -> Arc<OwnedFd> {
+        std::mem::replace(&mut *self.fd.lock(), Arc::new(fd))
     }
 
     /// The sparse state, if the file was opened.
     pub fn node(&self) -> Option<Arc<FileNode>> {
         self.file.lock().clone()
+    }
+
+    /// Installs `node` unless another thread did first; returns the node in place and
+    /// whether it is `node`. (Nodes are built without the slot's lock: building one
+    /// calls the backend.)
+    pub fn install(&self, node: Arc<FileNode>) -> (Arc<FileNode>, bool) {
+        let mut slot = self.file.lock();
+        match &*slot {
+            Some(n) => (n.clone(), false),
+            None => {
+                *slot = Some(node.clone());
+                (node, true)
+            }
+        }
+    }
+
+    fn new(ino: u64, st: &libc::stat, fd: OwnedFd, lookups: u64, generation: u64) -> Self {
+        Self {
+            ino,
+            key: (st.st_dev, st.st_ino),
+            kind: st.st_mode & libc::S_IFMT,
+            fd: Mutex::new(Rank::InodeFd, Arc::new(fd)),
+            lookups: AtomicU64::new(lookups),
+            file: Mutex::new(Rank::FileSlot, None),
+            no_caps: std::sync::atomic::AtomicBool::new(false),
+            listed: Mutex::new(Rank::DirStamps, Listed::default()),
+            generation,
+            seen: (
+                AtomicI64::new(st.st_ctime),
+                AtomicI64::new(st.st_ctime_nsec),
+            ),
+        }
+    }
+
+    /// Whether `st` (a stat under the same backing inode number) shows the last ctime seen.
+    fn seen_as(&self, st: &libc::stat) -> bool {
+        self.seen.0.load(Relaxed) == st.st_ctime && self.seen.1.load(Relaxed) == st.st_ctime_nsec
+    }
+
+    fn saw(&self, st: &libc::stat) {
+        self.seen.0.store(st.st_ctime, Relaxed);
+        self.seen.1.store(st.st_ctime_nsec, Relaxed);
     }
 }
 
@@ -133,7 +248,9 @@ struct Maps {
 
 /// All inodes the kernel knows about.
 pub struct InodeTable {
-    root: Arc<Inode>,
+    root_path: PathFd,
+    /// Rank `InodeTable`: only an inode's file slot is taken under it. Inodes leaving
+    /// the table are dropped after it is released (dropping one closes its fds).
     maps: RwLock<Maps>,
     root_key: (u64, u64),
     next_synthetic: AtomicU64,
@@ -143,22 +260,14 @@ impl InodeTable {
     /// A table holding the root.
     pub fn new(root_fd: OwnedFd, root: &libc::stat) -> Self {
         let key = (root.st_dev, root.st_ino);
-        let inode = Arc::new(Inode {
-            ino: 1,
-            key,
-            kind: root.st_mode & libc::S_IFMT,
-            fd: root_fd,
-            lookups: AtomicU64::new(1 << 40),
-            file: Mutex::new(None),
-            no_caps: std::sync::atomic::AtomicBool::new(false),
-            listed: Mutex::new(Listed::default()),
-        });
+        let inode = Arc::new(Inode::new(1, root, root_fd, 1 << 40, 0));
+        let root_path = inode.fd();
         let mut maps = Maps::default();
         maps.by_ino.insert(1, inode.clone());
         maps.by_key.insert(key, 1);
         Self {
-            root: inode,
-            maps: RwLock::new(maps),
+            root_path,
+            maps: RwLock::new(Rank::InodeTable, maps),
             root_key: key,
             next_synthetic: AtomicU64::new(1 << 63),
         }
@@ -191,32 +300,86 @@ impl InodeTable {
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))
     }
 
-    /// Returns the inode for `fd`/`st` with its lookup count raised by one; `fd` is
-    /// dropped if the inode is already known.
-    pub fn insert_lookup(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
+    /// Returns the inode for `fd`/`st` with its lookup count raised by one.
+    ///
+    /// A backing inode number identifies a file only while the file exists, and an
+    /// `O_PATH` fd does not keep it existing, or even reachable, on every backend: on a
+    /// path-based FUSE backend (bindfs, any libfuse high-level filesystem) an `O_PATH` fd
+    /// follows the name it was opened by and dies when that name goes, though the file
+    /// may live on under another name; a number freed there, or by another node of a
+    /// parallel filesystem, comes back as another file. So a known entry takes `fd`, the
+    /// fd of this lookup (live for sure), in place of its own. Its sparse state is the
+    /// one thing that must never pass to another file: when the ctime moved and nobody
+    /// has the file open, `same` (called without the table's lock: it asks the backend)
+    /// says whether the node's data fd still holds this file; if not, the node is dropped
+    /// and the next open builds one for the file the number now names. (An open file's
+    /// data fd keeps the file, and so its number.) A file of another kind under a known
+    /// number gets a new kernel inode: the next generation, inheriting the lookups the
+    /// kernel will forget through the id.
+    pub fn insert_lookup(
+        &self,
+        fd: OwnedFd,
+        st: &libc::stat,
+        same: impl FnOnce(&FileNode) -> bool,
+    ) -> Arc<Inode> {
         let key = (st.st_dev, st.st_ino);
+        let kind = st.st_mode & libc::S_IFMT;
+        let known = {
+            let m = self.maps.read();
+            m.by_key
+                .get(&key)
+                .and_then(|ino| m.by_ino.get(ino))
+                .cloned()
+        };
+        let idle = |i: &Inode| i.node().filter(|n| n.with_state(|s| s.opens() == 0));
+        let other = known
+            .as_ref()
+            .filter(|k| k.kind == kind && !k.seen_as(st))
+            .and_then(|k| idle(k))
+            .is_some_and(|n| !same(&n));
         let mut m = self.maps.write();
         if let Some(ino) = m.by_key.get(&key)
             && let Some(i) = m.by_ino.get(ino)
         {
-            i.lookups.fetch_add(1, Relaxed);
-            return i.clone();
+            let old = i.clone();
+            if old.kind == kind || old.ino == 1 {
+                old.lookups.fetch_add(1, Relaxed);
+                old.saw(st);
+                old.no_caps.store(false, Relaxed);
+                let checked = known.as_ref().is_some_and(|k| Arc::ptr_eq(k, &old));
+                let dropped = (other && checked && idle(&old).is_some())
+                    .then(|| old.file.lock().take())
+                    .flatten();
+                let replaced = (old.ino != 1).then(|| old.repair(fd));
+                drop(m);
+                if dropped.is_some() {
+                    tracing::debug!(
+                        ino = old.ino,
+                        "inode number now names another file: sparse state dropped"
+                    );
+                }
+                drop(dropped);
+                drop(replaced);
+                return old;
+            }
+            let inode = Arc::new(Inode::new(
+                old.ino,
+                st,
+                fd,
+                old.lookups.load(Relaxed) + 1,
+                old.generation + 1,
+            ));
+            m.by_ino.insert(old.ino, inode.clone());
+            drop(m);
+            drop(old);
+            return inode;
         }
         let ino = if key.0 == self.root_key.0 {
             if key.1 == 1 { self.root_key.1 } else { key.1 }
         } else {
             self.next_synthetic.fetch_add(1, Relaxed)
         };
-        let inode = Arc::new(Inode {
-            ino,
-            key,
-            kind: st.st_mode & libc::S_IFMT,
-            fd,
-            lookups: AtomicU64::new(1),
-            file: Mutex::new(None),
-            no_caps: std::sync::atomic::AtomicBool::new(false),
-            listed: Mutex::new(Listed::default()),
-        });
+        let inode = Arc::new(Inode::new(ino, st, fd, 1, 0));
         m.by_ino.insert(ino, inode.clone());
         m.by_key.insert(key, ino);
         inode
@@ -228,16 +391,22 @@ impl InodeTable {
         if ino == 1 {
             return;
         }
-        let mut m = self.maps.write();
-        if let Some(i) = m.by_ino.get(&ino) {
+        let gone = {
+            let mut m = self.maps.write();
+            let Some(i) = m.by_ino.get(&ino) else { return };
             let left = i.lookups.load(Relaxed).saturating_sub(n);
             i.lookups.store(left, Relaxed);
-            if left == 0 {
-                let key = i.key;
-                m.by_ino.remove(&ino);
+            if left > 0 {
+                return;
+            }
+            let key = i.key;
+            if m.by_key.get(&key) == Some(&ino) {
                 m.by_key.remove(&key);
             }
-        }
+            m.by_ino.remove(&ino)
+        };
+        // Closing its fds (a round trip on some backends) happens here, unlocked.
+        drop(gone);
     }
 
     /// Every regular-file node with sparse state (for flush-all).
@@ -255,9 +424,9 @@ impl InodeTable {
         self.root_key
     }
 
-    /// The root's `O_PATH` fd (the backing directory).
+    /// The root's `O_PATH` fd (the backing directory; never repaired).
     pub fn root_fd(&self) -> BorrowedFd<'_> {
-        self.root.fd()
+        self.root_path.as_fd()
     }
 
     /// Number of inodes held.

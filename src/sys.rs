@@ -50,6 +50,7 @@ pub fn proc_path(fd: RawFd) -> CString {
 /// # Errors
 /// The errno of openat.
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let _io = crate::lock::io("openat");
     let fd = cvt_retry(|| {
         // SAFETY: name is a valid C string; the returned fd is owned below.
         unsafe {
@@ -70,6 +71,7 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Re
 /// # Errors
 /// The errno of open.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let _io = crate::lock::io("reopen");
     let p = proc_path(fd.as_raw_fd());
     let r = cvt_retry(|| {
         // SAFETY: p is a valid C string.
@@ -84,6 +86,7 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
 /// # Errors
 /// The errno of fstatat.
 pub fn fstatat_nofollow(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+    let _io = crate::lock::io("fstatat_nofollow");
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: st is valid for writes; name is a valid C string.
     cvt(unsafe {
@@ -103,6 +106,7 @@ pub fn fstatat_nofollow(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::st
 /// # Errors
 /// The errno of fstatat.
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let _io = crate::lock::io("fstat");
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: st is valid for writes; the empty string is a valid C string.
     cvt(unsafe {
@@ -122,6 +126,7 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 /// # Errors
 /// The errno of mkdirat.
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    let _io = crate::lock::io("mkdirat");
     // SAFETY: valid C string.
     cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
 }
@@ -131,6 +136,7 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
 /// # Errors
 /// The errno of mknodat.
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let _io = crate::lock::io("mknodat");
     // SAFETY: valid C string.
     cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
 }
@@ -140,6 +146,7 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Re
 /// # Errors
 /// The errno of symlinkat.
 pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let _io = crate::lock::io("symlinkat");
     let t =
         CString::new(target.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid C strings.
@@ -151,6 +158,7 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result
 /// # Errors
 /// The errno of readlinkat.
 pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<OsString> {
+    let _io = crate::lock::io("readlink");
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: buf is valid for buf.len() bytes.
     let n = unsafe {
@@ -173,6 +181,7 @@ pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<OsString> {
 /// # Errors
 /// The errno of unlinkat.
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> {
+    let _io = crate::lock::io("unlinkat");
     // SAFETY: valid C string.
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
@@ -188,6 +197,7 @@ pub fn renameat2(
     nn: &CStr,
     flags: u32,
 ) -> io::Result<()> {
+    let _io = crate::lock::io("renameat2");
     // SAFETY: valid C strings.
     cvt(unsafe {
         libc::renameat2(
@@ -206,6 +216,7 @@ pub fn renameat2(
 /// # Errors
 /// The errno of linkat.
 pub fn link(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let _io = crate::lock::io("link");
     // SAFETY: valid C strings; AT_EMPTY_PATH links the fd's inode itself.
     let r = cvt(unsafe {
         libc::linkat(
@@ -243,6 +254,7 @@ pub fn link(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<
 /// # Errors
 /// The errno of chmod.
 pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let _io = crate::lock::io("chmod");
     let p = proc_path(fd.as_raw_fd());
     // SAFETY: valid C string.
     cvt(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
@@ -253,6 +265,7 @@ pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 /// # Errors
 /// The errno of fchownat.
 pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    let _io = crate::lock::io("chown");
     // SAFETY: valid C string.
     cvt(unsafe {
         libc::fchownat(
@@ -275,6 +288,7 @@ pub fn utimens(
     times: &[libc::timespec; 2],
     is_symlink: bool,
 ) -> io::Result<()> {
+    let _io = crate::lock::io("utimens");
     if is_symlink {
         // SAFETY: valid C string; times points at two timespecs.
         return cvt(unsafe {
@@ -297,6 +311,7 @@ pub fn utimens(
 /// # Errors
 /// The errno of access.
 pub fn access(fd: BorrowedFd<'_>, mask: i32) -> io::Result<()> {
+    let _io = crate::lock::io("access");
     let p = proc_path(fd.as_raw_fd());
     // SAFETY: valid C string.
     cvt(unsafe { libc::access(p.as_ptr(), mask) }).map(drop)
@@ -307,6 +322,7 @@ pub fn access(fd: BorrowedFd<'_>, mask: i32) -> io::Result<()> {
 /// # Errors
 /// The errno of fstatvfs.
 pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let _io = crate::lock::io("statvfs");
     // fstatfs works on O_PATH fds (Linux 3.12+) of any file type: no reopen.
     let mut st = MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: st is valid for writes.
@@ -320,6 +336,7 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
 /// # Errors
 /// The errno of fsync.
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    let _io = crate::lock::io("fsync");
     // SAFETY: plain syscall on a borrowed fd.
     cvt(unsafe {
         if datasync {
@@ -396,6 +413,7 @@ pub fn read_dir_into(
     out: &mut DirSnapshot,
     mut keep: impl FnMut(u64, &[u8]) -> Option<u64>,
 ) -> io::Result<()> {
+    let _io = crate::lock::io("read_dir_into");
     let d = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -460,6 +478,7 @@ fn size_or_err(n: isize) -> io::Result<usize> {
 /// # Errors
 /// The errno of getxattr (`ENODATA`, `ERANGE`, `ENOTSUP`).
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<u8>> {
+    let _io = crate::lock::io("getxattr");
     let p = xattr_path(fd);
     // SAFETY: the buffer pointer is valid for `len` bytes (null with 0 asks the length).
     sized_call(size, |buf, len| unsafe {
@@ -472,6 +491,7 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<
 /// # Errors
 /// The errno of listxattr.
 pub fn listxattr(fd: BorrowedFd<'_>, size: usize) -> io::Result<Vec<u8>> {
+    let _io = crate::lock::io("listxattr");
     let p = xattr_path(fd);
     // SAFETY: the buffer pointer is valid for `len` bytes (null with 0 asks the length).
     sized_call(size, |buf, len| unsafe {
@@ -503,6 +523,7 @@ fn sized_call(
 /// # Errors
 /// The errno of setxattr.
 pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let _io = crate::lock::io("setxattr");
     let p = xattr_path(fd);
     // SAFETY: value is valid for value.len() bytes.
     cvt(unsafe {
@@ -522,6 +543,7 @@ pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io
 /// # Errors
 /// The errno of removexattr.
 pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let _io = crate::lock::io("removexattr");
     let p = xattr_path(fd);
     // SAFETY: valid C strings.
     cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }).map(drop)
@@ -833,6 +855,7 @@ pub fn statfs_path(path: &std::path::Path) -> io::Result<()> {
 /// # Errors
 /// The errno of statx/fstat.
 pub fn fstat_fresh(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let _io = crate::lock::io("fstat_fresh");
     let mut sx = MaybeUninit::<libc::statx>::uninit();
     // SAFETY: valid C string; sx is valid for writes.
     let r = unsafe {

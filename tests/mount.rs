@@ -18,6 +18,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+#[path = "mount/torture.rs"]
+mod torture;
+
 const MIB: u64 = 1 << 20;
 const BIN: &str = env!("CARGO_BIN_EXE_sparsefs");
 
@@ -230,6 +233,9 @@ impl Mount {
             None => Command::new(BIN),
         };
         let child = cmd
+            // A lock taken out of rank order, or held across a backend call it may not
+            // be, aborts the daemon with a backtrace: the test that did it fails.
+            .env("SPARSEFS_LOCK_CHECK", "abort")
             .arg("mount")
             .arg(backing)
             .arg(dir.path())
@@ -268,6 +274,11 @@ impl Mount {
 
     fn p(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// What the daemon logged so far.
+    fn log_so_far(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn stats(&self) -> String {

@@ -61,6 +61,9 @@ impl<B: BackendFile> BackendFile for Counting<B> {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+    fn identity(&self) -> io::Result<(u64, u64)> {
+        self.inner.identity()
+    }
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
         self.count(Op::Lseek, 0, || self.inner.seek(off, whence))
     }

@@ -110,6 +110,7 @@ impl FdFile {
 
 impl BackendFile for FdFile {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        let _io = crate::lock::io("pread");
         let fd = self.file.as_raw_fd();
         let mut done = 0;
         while done < buf.len() {
@@ -142,6 +143,7 @@ impl BackendFile for FdFile {
     }
 
     fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()> {
+        let _io = crate::lock::io("pwrite");
         let mut bufs: Vec<&[u8]> = bufs
             .iter()
             .map(|b| &**b)
@@ -193,6 +195,7 @@ impl BackendFile for FdFile {
     }
 
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
+        let _io = crate::lock::io("punch");
         self.allocate(
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             off,
@@ -201,6 +204,7 @@ impl BackendFile for FdFile {
     }
 
     fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        let _io = crate::lock::io("fallocate");
         let fd = self.file.as_raw_fd();
         self.retry(
             // SAFETY: plain syscall on an fd we own.
@@ -210,6 +214,7 @@ impl BackendFile for FdFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        let _io = crate::lock::io("ftruncate");
         let fd = self.file.as_raw_fd();
         let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
         // SAFETY: plain syscall on an fd we own.
@@ -217,6 +222,7 @@ impl BackendFile for FdFile {
     }
 
     fn sync(&self, datasync: bool) -> io::Result<()> {
+        let _io = crate::lock::io("fsync");
         let fd = self.file.as_raw_fd();
         self.retry(
             // SAFETY: plain syscalls on an fd we own.
@@ -232,10 +238,20 @@ impl BackendFile for FdFile {
     }
 
     fn size(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        use std::os::fd::AsFd;
+        // Fresh from the backend, not a client's attribute cache: the engine takes the
+        // size only when it starts over (first open, a file changed elsewhere).
+        Ok(crate::sys::fstat_fresh(self.file.as_fd())?.st_size as u64)
+    }
+
+    fn identity(&self) -> io::Result<(u64, u64)> {
+        use std::os::fd::AsFd;
+        let st = crate::sys::fstat_fresh(self.file.as_fd())?;
+        Ok((st.st_dev, st.st_ino))
     }
 
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
+        let _io = crate::lock::io("lseek");
         let w = match whence {
             Whence::Data => libc::SEEK_DATA,
             Whence::Hole => libc::SEEK_HOLE,

@@ -43,6 +43,11 @@ pub trait BackendFile: Send + Sync {
     fn sync(&self, datasync: bool) -> io::Result<()>;
     /// Current size on the backend.
     fn size(&self) -> io::Result<u64>;
+    /// `(st_dev, st_ino)` of the open file, fresh from the backend (what file this
+    /// descriptor holds). Errors: `EOPNOTSUPP` for backends that are not files.
+    fn identity(&self) -> io::Result<(u64, u64)> {
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
     /// `lseek(SEEK_DATA/SEEK_HOLE)`; `Ok(None)` for ENXIO. Errors: `EOPNOTSUPP`, `EINVAL`
     /// on backends without it. Answers are only trusted after a probe.
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>>;
@@ -70,6 +75,9 @@ impl<T: BackendFile + ?Sized> BackendFile for std::sync::Arc<T> {
     }
     fn size(&self) -> io::Result<u64> {
         (**self).size()
+    }
+    fn identity(&self) -> io::Result<(u64, u64)> {
+        (**self).identity()
     }
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
         (**self).seek(off, whence)

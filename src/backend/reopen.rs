@@ -8,7 +8,7 @@
 //! (no extra open per open for a working set) and closes idle ones past a budget.
 
 use super::{BackendFile, Whence};
-use parking_lot::{RwLock, RwLockWriteGuard};
+use crate::lock::{Mutex, Rank};
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -18,10 +18,35 @@ pub type Opener = Box<dyn Fn() -> io::Result<Box<dyn BackendFile>> + Send + Sync
 
 /// See the module docs.
 pub struct Reopening {
-    inner: RwLock<Option<Box<dyn BackendFile>>>,
+    /// Rank `BackendFd`, a leaf: the slot is only swapped under it; calls run on a clone
+    /// of the file taken out of it, opens and closes happen outside it (a parked file's
+    /// descriptor closes when the last call using it ends).
+    inner: Mutex<Option<Arc<Open>>>,
     open: Opener,
     /// Descriptors open through every `Reopening` sharing it.
     live: Arc<AtomicU64>,
+}
+
+/// One open descriptor, counted in `live` until dropped.
+struct Open {
+    file: Box<dyn BackendFile>,
+    live: Arc<AtomicU64>,
+}
+
+impl Open {
+    fn new(file: Box<dyn BackendFile>, live: &Arc<AtomicU64>) -> Arc<Self> {
+        live.fetch_add(1, Relaxed);
+        Arc::new(Self {
+            file,
+            live: live.clone(),
+        })
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Reopening {
@@ -36,50 +61,53 @@ impl Reopening {
     /// `first` is the file already open; `open` opens it again after a park; `live`
     /// counts open descriptors.
     pub fn new(first: Box<dyn BackendFile>, open: Opener, live: Arc<AtomicU64>) -> Self {
-        live.fetch_add(1, Relaxed);
         Self {
-            inner: RwLock::new(Some(first)),
+            inner: Mutex::new(Rank::BackendFd, Some(Open::new(first, &live))),
             open,
             live,
         }
     }
 
-    /// Closes the descriptor; the next call opens it again. `true` if one was open.
+    /// Closes the descriptor (once no call is using it); the next call opens it again.
+    /// `true` if one was open.
     pub fn park(&self) -> bool {
-        let closed = self.inner.write().take();
-        if closed.is_some() {
-            self.live.fetch_sub(1, Relaxed);
-        }
+        let closed = self.inner.lock().take();
         closed.is_some()
     }
 
     /// No descriptor is open.
     pub fn is_parked(&self) -> bool {
-        self.inner.read().is_none()
+        self.inner.lock().is_none()
+    }
+
+    /// [`BackendFile::identity`] of the open descriptor; `None` while parked (no open).
+    pub fn open_identity(&self) -> Option<io::Result<(u64, u64)>> {
+        let cur = self.inner.lock().clone();
+        cur.map(|o| o.file.identity())
     }
 
     fn with<R>(&self, f: impl FnOnce(&dyn BackendFile) -> io::Result<R>) -> io::Result<R> {
-        {
-            let g = self.inner.read();
-            if let Some(b) = g.as_deref() {
-                return f(b);
+        let cur = self.inner.lock().clone();
+        let open = match cur {
+            Some(o) => o,
+            None => {
+                let fresh = Open::new((self.open)()?, &self.live);
+                // Another caller may have reopened meanwhile: keep one (the other closes
+                // when dropped here, unlocked).
+                let mut slot = self.inner.lock();
+                let (kept, spare) = match &*slot {
+                    Some(o) => (o.clone(), Some(fresh)),
+                    None => {
+                        *slot = Some(fresh.clone());
+                        (fresh, None)
+                    }
+                };
+                drop(slot);
+                drop(spare);
+                kept
             }
-        }
-        let mut g = self.inner.write();
-        if g.is_none() {
-            *g = Some((self.open)()?);
-            self.live.fetch_add(1, Relaxed);
-        }
-        let g = RwLockWriteGuard::downgrade(g);
-        f(g.as_deref().expect("opened above"))
-    }
-}
-
-impl Drop for Reopening {
-    fn drop(&mut self) {
-        if self.inner.get_mut().is_some() {
-            self.live.fetch_sub(1, Relaxed);
-        }
+        };
+        f(&*open.file)
     }
 }
 
@@ -104,6 +132,9 @@ impl BackendFile for Reopening {
     }
     fn size(&self) -> io::Result<u64> {
         self.with(|b| b.size())
+    }
+    fn identity(&self) -> io::Result<(u64, u64)> {
+        self.with(|b| b.identity())
     }
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
         self.with(|b| b.seek(off, whence))
