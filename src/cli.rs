@@ -28,6 +28,14 @@ pub enum Cmd {
         /// Detach now, finish when no longer busy.
         #[arg(long, short = 'z')]
         lazy: bool,
+        /// For a hung mount: abort its FUSE connection (fusectl; pending and later calls
+        /// fail with ENOTCONN), detach it, and end its daemon (SIGTERM; SIGKILL after
+        /// --wait). Root only.
+        #[arg(long, conflicts_with = "lazy")]
+        force: bool,
+        /// With --force: seconds the daemon gets to flush and exit before SIGKILL.
+        #[arg(long, value_name = "SECS", default_value_t = 30.0, requires = "force")]
+        wait: f64,
     },
     /// Show a mount's live counters (mount owner or root only).
     Stats {

@@ -85,6 +85,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
         cache_writes: cfg.cache_writes,
         passthrough: cfg.passthrough,
         dir_cache: cfg.dir_cache,
+        debug_hooks: std::env::var("SPARSEFS_DEBUG_HOOKS").is_ok_and(|v| v == "1"),
     }
 }
 
@@ -240,8 +241,12 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
                 std::thread::park_timeout(std::time::Duration::from_millis(50));
             }
             fs2.freeze();
-            fs2.shutdown();
-            std::process::exit(0);
+            let fs3 = fs2.clone();
+            let flush = std::thread::Builder::new()
+                .name("sparsefs-exit".into())
+                .spawn(move || fs3.shutdown())
+                .expect("spawn exit flush");
+            std::process::exit(exit_watch(&fs2, flush, &sigs, wedge_after()));
         })
         .expect("spawn signal thread");
     fs.start();
@@ -275,6 +280,131 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
         Err(e) => {
             error!(error = %e, "session ended with an error");
             1
+        }
+    }
+}
+
+/// How the exit flush is doing, from what every thread is doing ([`crate::lock::report`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExitProgress {
+    /// Nothing says it is stuck.
+    Flushing,
+    /// A thread is in a backend call (a slow backend: worth waiting for).
+    Backend {
+        /// The thread.
+        thread: String,
+        /// The call.
+        op: &'static str,
+        /// For how long.
+        secs: f64,
+    },
+    /// No backend call in flight, a thread waits for a lock, and nothing moved for the
+    /// wedge time: a wedged lock, which waiting will not cure.
+    Wedged,
+}
+
+/// Tells a slow backend from a wedged lock (pure; see [`ExitProgress`]). `stalled`: how
+/// long the flush has made no progress (dirty bytes and backend call counts unchanged).
+pub fn judge(
+    threads: &[crate::lock::ThreadReport],
+    stalled: std::time::Duration,
+    wedge_after: std::time::Duration,
+) -> ExitProgress {
+    if let Some(t) = threads
+        .iter()
+        .filter(|t| t.io.is_some())
+        .max_by_key(|t| t.io.map(|x| x.1))
+    {
+        let (op, d) = t.io.expect("filtered");
+        return ExitProgress::Backend {
+            thread: t.name.clone(),
+            op,
+            secs: d.as_secs_f64(),
+        };
+    }
+    if stalled >= wedge_after && threads.iter().any(|t| t.waiting.is_some()) {
+        return ExitProgress::Wedged;
+    }
+    ExitProgress::Flushing
+}
+
+/// Seconds without progress, no backend call in flight and a thread waiting for a lock
+/// after which the exit flush counts as wedged (`SPARSEFS_EXIT_WEDGE_SECS`, default 10).
+fn wedge_after() -> std::time::Duration {
+    std::time::Duration::from_secs_f64(
+        std::env::var("SPARSEFS_EXIT_WEDGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10.0),
+    )
+}
+
+/// Waits for the exit flush, telling a slow backend (waited for, reported every 10 s)
+/// from a wedged lock (the stuck threads and the abandoned dirty bytes are logged and the
+/// daemon gives up) and giving up at once on a second signal. Returns the exit status.
+fn exit_watch(
+    fs: &SparseFs,
+    flush: std::thread::JoinHandle<usize>,
+    sigs: &libc::sigset_t,
+    wedge_after: std::time::Duration,
+) -> i32 {
+    use std::time::{Duration, Instant};
+    let s = fs.stats();
+    let token = || {
+        let calls: u64 = crate::stats::OPS.iter().map(|op| s.calls(*op)).sum();
+        (
+            s.dirty_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            calls,
+        )
+    };
+    let dirty = || s.dirty_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let give_up = |why: &str| {
+        let threads = crate::lock::report();
+        error!(
+            dirty_bytes_abandoned = dirty(),
+            "exit flush {why}: giving up; {} dirty bytes are abandoned (not on the backend)",
+            dirty()
+        );
+        for t in &threads {
+            error!("  thread {t}");
+        }
+        1
+    };
+    let (mut last, mut since, mut logged) = (token(), Instant::now(), Instant::now());
+    loop {
+        if flush.is_finished() {
+            return match flush.join() {
+                Ok(0) => 0,
+                _ => 1,
+            };
+        }
+        if let Some(sig) = sys::wait_signal_timeout(sigs, Duration::from_millis(200)) {
+            return give_up(&format!("interrupted by a second signal ({sig})"));
+        }
+        let now = token();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        match judge(&crate::lock::report(), since.elapsed(), wedge_after) {
+            ExitProgress::Wedged => {
+                return give_up(&format!(
+                    "wedged: no progress for {:.0} s, no backend call in flight, a thread waits for a lock",
+                    since.elapsed().as_secs_f64()
+                ));
+            }
+            ExitProgress::Backend { thread, op, secs }
+                if logged.elapsed() >= Duration::from_secs(10) =>
+            {
+                info!(
+                    thread,
+                    op,
+                    secs,
+                    dirty_bytes = dirty(),
+                    "exit flush waiting for a slow backend call"
+                );
+                logged = Instant::now();
+            }
+            _ => {}
         }
     }
 }
@@ -334,6 +464,113 @@ pub fn umount(mp: &Path, lazy: bool) -> Result<(), String> {
     }
 }
 
+/// The processes holding a `/dev/fuse` descriptor of FUSE connection `minor` (the
+/// kernel names the connection in each such descriptor's fdinfo since Linux 6.x).
+fn fuse_daemons(minor: u32) -> Vec<i32> {
+    let want = format!("fuse_connection:\t{minor}");
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t == Path::new("/dev/fuse"))
+                && std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
+                    .is_ok_and(|i| i.lines().any(|l| l == want))
+        });
+        if holds {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `sparsefs umount --force`: ends a hung mount. Finds the mount in mountinfo without
+/// touching it (a stat would hang too), aborts its FUSE connection through fusectl
+/// (mounted if needed: every pending and later request fails with ENOTCONN, so stuck
+/// callers return), detaches it, and ends its daemon: SIGTERM (it flushes what it can;
+/// a wedged flush gives up by itself, see `exit_watch`), SIGKILL after `wait`.
+///
+/// # Errors
+/// A one-line message: not mounted, not FUSE, not root.
+pub fn umount_force(mp: &Path, wait: std::time::Duration) -> Result<String, String> {
+    let abs = std::path::absolute(mp).map_err(|e| format!("{}: {e}", mp.display()))?;
+    // A symlink in the parent: resolve the parent only (not on the mount itself).
+    let entry = crate::mountinfo::find(&abs).or_else(|| {
+        let parent = std::fs::canonicalize(abs.parent()?).ok()?;
+        crate::mountinfo::find(&parent.join(abs.file_name()?))
+    });
+    let Some(entry) = entry else {
+        return Err(format!("{} is not mounted", mp.display()));
+    };
+    if !entry.fstype.starts_with("fuse") {
+        return Err(format!(
+            "{} is not a FUSE mount (type {})",
+            mp.display(),
+            entry.fstype
+        ));
+    }
+    if sys::geteuid() != 0 {
+        return Err("--force needs root (it aborts the FUSE connection through fusectl)".into());
+    }
+    let minor = entry.dev.1;
+    let daemons = fuse_daemons(minor);
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    let conn = ctl.join(minor.to_string());
+    if !conn.exists() {
+        let _ = sys::mount_fusectl();
+    }
+    std::fs::write(conn.join("abort"), "1").map_err(|e| {
+        format!(
+            "cannot abort FUSE connection {minor} ({}): {e}",
+            conn.display()
+        )
+    })?;
+    let mut out = vec![format!(
+        "aborted FUSE connection {minor} of {}",
+        entry.mountpoint.display()
+    )];
+    match sys::umount(&entry.mountpoint, true) {
+        Ok(()) => out.push("detached the mount point".into()),
+        Err(e) => out.push(format!("could not detach the mount point: {e}")),
+    }
+    if daemons.is_empty() {
+        out.push("no daemon holds the connection".into());
+    }
+    for pid in daemons {
+        let _ = sys::kill(pid, libc::SIGTERM);
+        let t = std::time::Instant::now();
+        let alive = || Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid);
+        while alive() && t.elapsed() < wait {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if alive() {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            out.push(format!(
+                "daemon {pid} did not exit within {:.0} s of SIGTERM: killed (unflushed data lost)",
+                wait.as_secs_f64()
+            ));
+        } else {
+            out.push(format!("daemon {pid} exited"));
+        }
+    }
+    Ok(out.join("; "))
+}
+
+/// A process that exited and waits to be reaped.
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+        .unwrap_or(true)
+}
+
 /// `sparsefs stats`: reads the counters from the running daemon.
 ///
 /// # Errors
@@ -361,5 +598,64 @@ pub fn stats(mp: &Path, json: bool, watch: Option<f64>) -> Result<(), String> {
             Some(s) if s > 0.0 => std::thread::sleep(std::time::Duration::from_secs_f64(s)),
             _ => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::{Rank, ThreadReport};
+    use std::time::Duration;
+
+    fn t(name: &str, waiting: Option<Rank>, io: Option<&'static str>) -> ThreadReport {
+        ThreadReport {
+            name: name.into(),
+            held: Vec::new(),
+            waiting: waiting.map(|r| (r, Duration::from_secs(30))),
+            io: io.map(|op| (op, Duration::from_secs(12))),
+        }
+    }
+
+    #[test]
+    fn a_thread_in_a_backend_call_is_a_slow_backend_however_long_nothing_moved() {
+        let threads = [
+            t("sparsefs-exit", Some(Rank::Engine), None),
+            t("fuser-0", None, Some("pwrite")),
+        ];
+        let j = judge(&threads, Duration::from_secs(600), Duration::from_secs(10));
+        assert_eq!(
+            j,
+            ExitProgress::Backend {
+                thread: "fuser-0".into(),
+                op: "pwrite",
+                secs: 12.0
+            }
+        );
+    }
+
+    #[test]
+    fn a_lock_wait_with_no_backend_call_and_no_progress_is_wedged_only_after_the_wedge_time() {
+        let threads = [
+            t("sparsefs-exit", Some(Rank::Engine), None),
+            t("sparsefs-wedge", None, None),
+        ];
+        let wedge = Duration::from_secs(10);
+        assert_eq!(
+            judge(&threads, Duration::from_secs(3), wedge),
+            ExitProgress::Flushing
+        );
+        assert_eq!(
+            judge(&threads, Duration::from_secs(10), wedge),
+            ExitProgress::Wedged
+        );
+    }
+
+    #[test]
+    fn no_lock_wait_is_never_wedged() {
+        let threads = [t("sparsefs-exit", None, None)];
+        assert_eq!(
+            judge(&threads, Duration::from_secs(600), Duration::from_secs(10)),
+            ExitProgress::Flushing
+        );
     }
 }

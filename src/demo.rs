@@ -114,6 +114,7 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
         cache_writes: false,
         passthrough: true,
         dir_cache: true,
+        debug_hooks: false,
     };
     let fs = Arc::new(SparseFs::new(cfg, stats.clone()).map_err(|e| err("open backing", e))?);
     let caps = fs.caps();

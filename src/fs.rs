@@ -48,7 +48,14 @@ pub struct FsConfig {
     pub passthrough: bool,
     /// Let the kernel keep directory listings while the backend shows them unchanged.
     pub dir_cache: bool,
+    /// Test hooks (`SPARSEFS_DEBUG_HOOKS=1`): setting [`WEDGE_XATTR`] on an open file
+    /// wedges its engine lock for good, to test what a wedged daemon does.
+    pub debug_hooks: bool,
 }
+
+/// With `debug_hooks`: setting this xattr on an open file makes a thread take the file's
+/// engine lock and never release it.
+pub const WEDGE_XATTR: &str = "user.sparsefs.debug.wedge";
 
 /// How the kernel may cache a directory listing (see [`SparseFs::opendir`]).
 #[derive(Clone, Copy, Debug)]
@@ -281,11 +288,13 @@ impl SparseFs {
         self.sh.frozen.store(true, Relaxed);
     }
 
-    /// Stops the flusher and flushes every file (unmount).
-    pub fn shutdown(&self) {
+    /// Stops the flusher and flushes every file (unmount). Returns the files whose data
+    /// could not be written.
+    pub fn shutdown(&self) -> usize {
         self.sh.stop.store(true, Relaxed);
         self.sh.wake.notify_all();
-        if let Some(h) = self.flusher.lock().take() {
+        let flusher = self.flusher.lock().take();
+        if let Some(h) = flusher {
             let _ = h.join();
         }
         let mut failed = 0;
@@ -305,6 +314,7 @@ impl SparseFs {
             failed_files = failed,
             "unmount summary"
         );
+        failed
     }
 
     fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
@@ -1551,6 +1561,23 @@ impl SparseFs {
         }
         if name == SCAN_XATTR {
             return self.scan_request(&inode, value);
+        }
+        if name == WEDGE_XATTR && self.sh.cfg.debug_hooks {
+            let node = inode.node().ok_or_else(|| errno(libc::EBADF))?;
+            warn!(
+                ino = inode.ino,
+                "debug hook: wedging the file's engine lock for good"
+            );
+            std::thread::Builder::new()
+                .name("sparsefs-wedge".into())
+                .spawn(move || {
+                    node.with_engine(|_, _| {
+                        loop {
+                            std::thread::park()
+                        }
+                    })
+                })?;
+            return Ok(());
         }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
         sys::setxattr(inode.fd().as_fd(), &c, value, flags)?;

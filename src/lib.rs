@@ -29,6 +29,7 @@ pub mod fuse_adapter;
 pub mod inodes;
 pub mod lock;
 pub mod mapfile;
+pub mod mountinfo;
 pub mod node;
 pub mod persist;
 pub mod stats;

@@ -40,7 +40,21 @@ fn main() -> ExitCode {
             sparsefs::daemon::init_logging(cfg.verbose);
             ExitCode::from(sparsefs::daemon::run(cfg) as u8)
         }
-        Cmd::Umount { mountpoint, lazy } => report(sparsefs::daemon::umount(&mountpoint, lazy)),
+        Cmd::Umount {
+            mountpoint,
+            lazy,
+            force,
+            wait,
+        } => {
+            if force {
+                let wait = std::time::Duration::from_secs_f64(wait.max(0.0));
+                report(
+                    sparsefs::daemon::umount_force(&mountpoint, wait).map(|msg| println!("{msg}")),
+                )
+            } else {
+                report(sparsefs::daemon::umount(&mountpoint, lazy))
+            }
+        }
         Cmd::Stats {
             mountpoint,
             json,

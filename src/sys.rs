@@ -652,6 +652,44 @@ pub fn wait_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
+/// Waits up to `timeout` for one of the blocked signals in `set` (sigtimedwait).
+pub fn wait_signal_timeout(set: &libc::sigset_t, timeout: std::time::Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: set and ts are valid; no siginfo is asked for.
+    let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (r > 0).then_some(r)
+}
+
+/// Safe wrapper for kill(2).
+///
+/// # Errors
+/// `ESRCH` (no such process), `EPERM`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Mounts the FUSE control filesystem at /sys/fs/fuse/connections (root only).
+///
+/// # Errors
+/// The errno of mount(2); `EBUSY` if it is mounted already.
+pub fn mount_fusectl() -> io::Result<()> {
+    // SAFETY: valid C strings; no data.
+    cvt(unsafe {
+        libc::mount(
+            c"fusectl".as_ptr(),
+            c"/sys/fs/fuse/connections".as_ptr(),
+            c"fusectl".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
 /// fork(2). Only call while the process has a single thread.
 ///
 /// # Errors

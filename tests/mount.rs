@@ -301,7 +301,12 @@ impl Mount {
                 if t.elapsed() > Duration::from_secs(30) {
                     let _ = c.kill();
                     let _ = c.wait();
-                    panic!("daemon did not exit after unmount");
+                    // Never a second panic while a failing test unwinds (it would abort
+                    // the whole test binary and hide the first message).
+                    if !std::thread::panicking() {
+                        panic!("daemon did not exit after unmount");
+                    }
+                    break;
                 }
                 std::thread::park_timeout(Duration::from_millis(20));
             }
@@ -873,6 +878,172 @@ fn sigterm_flushes_and_unmounts() {
         data,
         "dirty data flushed at unmount"
     );
+}
+
+/// A mount with the test hooks on (see `WEDGE_XATTR`), whose daemon calls its exit flush
+/// wedged after `wedge_secs`.
+fn wedgeable_mount(backing: &Path, wedge_secs: &str) -> Mount {
+    Mount::new_under(
+        &[
+            "env",
+            "SPARSEFS_DEBUG_HOOKS=1",
+            &format!("SPARSEFS_EXIT_WEDGE_SECS={wedge_secs}"),
+        ],
+        backing,
+        &["--dirty-age", "1h"],
+    )
+}
+
+/// Wedges the engine lock of the open file `f` for good (test hook).
+fn wedge(f: &File) {
+    let name = CString::new("user.sparsefs.debug.wedge").unwrap();
+    // SAFETY: valid fd, name and value.
+    let r = unsafe { libc::fsetxattr(f.as_raw_fd(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    assert_eq!(r, 0, "wedge hook: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_sigterm_whose_flush_is_wedged_logs_the_stuck_threads_and_abandoned_bytes_and_exits() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let mut m = wedgeable_mount(b.path(), "2");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(m.p("f"))
+        .unwrap();
+    f.write_all_at(&[7u8; 1000], 0).unwrap();
+    wedge(&f);
+    // No fork from here on: a child's exec closes its copy of `f`, and that close's
+    // FLUSH would wait for the wedged lock.
+    // SAFETY: plain syscall.
+    assert_eq!(
+        unsafe { libc::kill(daemon_pid(&m) as i32, libc::SIGTERM) },
+        0
+    );
+    let mut c = m.child.take().unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "a wedged daemon did not give up its exit flush"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    };
+    drop(f);
+    let log = fs::read_to_string(&m.log).unwrap_or_default();
+    assert!(
+        !status.success(),
+        "gave up: non-zero status ({status})\n{log}"
+    );
+    assert!(log.contains("exit flush wedged"), "{log}");
+    assert!(
+        log.contains("sparsefs-exit: waiting for Engine")
+            || log.contains("sparsefs-flush: waiting for Engine"),
+        "the stuck thread and its lock are named:\n{log}"
+    );
+    assert!(
+        log.contains("sparsefs-wedge: running, holding [Engine]"),
+        "the holder is named:\n{log}"
+    );
+    assert!(
+        log.contains("dirty_bytes_abandoned=") && !log.contains("dirty_bytes_abandoned=0"),
+        "the abandoned bytes are counted:\n{log}"
+    );
+}
+
+#[test]
+fn umount_force_ends_a_wedged_mount_its_stuck_callers_and_its_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let mut m = wedgeable_mount(b.path(), "2");
+    // The stuck caller is another process (this one forks `sparsefs umount` below: a
+    // child's exec closing its copy of a wedged file would itself wait for the lock).
+    let script = r#"
+import os, sys, threading
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+os.pwrite(fd, b"x" * 1000, 0)
+os.setxattr(fd, "user.sparsefs.debug.wedge", b"1")
+def stuck():
+    try:
+        os.pwrite(fd, b"y", 0)
+        print("write ok", flush=True)
+    except OSError as e:
+        print("write errno", e.errno, flush=True)
+t = threading.Thread(target=stuck)
+t.start()
+print("ready", flush=True)
+t.join()
+"#;
+    let mut py = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(m.p("f"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        py.try_wait().unwrap().is_none(),
+        "the write is stuck in the wedged daemon"
+    );
+    let force = Command::new(BIN)
+        .args(["umount", "--force", "--wait", "10"])
+        .arg(m.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&force.stdout).to_string()
+        + &String::from_utf8_lossy(&force.stderr);
+    assert!(force.status.success(), "umount --force: {text}");
+    assert!(text.contains("aborted FUSE connection"), "{text}");
+    assert!(text.contains("exited") || text.contains("killed"), "{text}");
+    let t = Instant::now();
+    while py.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the stuck caller never returned"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    // A request pending at the abort fails with ECONNABORTED, later ones with ENOTCONN.
+    assert!(
+        [libc::ECONNABORTED, libc::ENOTCONN]
+            .iter()
+            .any(|e| line.trim() == format!("write errno {e}")),
+        "stuck caller: {line}"
+    );
+    assert!(!is_mountpoint(m.path()), "detached");
+    let mut c = m.child.take().unwrap();
+    let t = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the daemon was not ended"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    // Bad input: one line, non-zero, nothing touched.
+    let bad = Command::new(BIN)
+        .args(["umount", "--force"])
+        .arg(b.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
 }
 
 // ---------------------------------------------------------------------------------------

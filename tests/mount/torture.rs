@@ -79,6 +79,12 @@ fn fuse_minor(mnt: &Path) -> Option<String> {
         })
 }
 
+/// Ends a hung mount for good: its connection is aborted, its daemon killed.
+fn end_hung(m: &Mount) {
+    abort_connection(m.path());
+    let _ = sh_status(&format!("kill -9 {}", daemon_pid(m)));
+}
+
 /// Ends a wedged FUSE mount: every pending request fails with ENOTCONN.
 pub fn abort_connection(mnt: &Path) {
     let _ = sh_status(
@@ -216,7 +222,7 @@ fn stat_racing_open_of_one_file_never_hangs() {
     );
     if let Some(i) = stuck {
         let report = hang_report(&[daemon_pid(&m)], &[std::process::id()]);
-        abort_connection(m.path());
+        end_hung(&m);
         panic!("thread {i} made no progress for {STALL:?}: the mount hung\n{report}");
     }
     for t in threads {
@@ -1042,8 +1048,8 @@ pub fn torture(backing: &Path, secs: u64, procs: usize, threads: usize, args: &[
         let op = u64::from_le_bytes(b[slot * 16 + 8..slot * 16 + 16].try_into().unwrap());
         let callers: Vec<u32> = children.iter().map(|(c, _)| c.id()).collect();
         let report = hang_report(&[daemon_pid(&m1), daemon_pid(&m2)], &callers);
-        abort_connection(m1.path());
-        abort_connection(m2.path());
+        end_hung(&m1);
+        end_hung(&m2);
         for (c, _) in &mut children {
             let _ = c.kill();
             let _ = c.wait();
