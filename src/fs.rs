@@ -233,9 +233,26 @@ impl SparseFs {
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(errno(libc::ENOTDIR));
         }
-        let caps = probe_dir(root.as_fd());
-        info!(punch = caps.punch, seek = caps.seek, "backend probed");
+        let Probed {
+            caps,
+            reopen_unlinked,
+        } = probe_dir(root.as_fd());
+        info!(
+            punch = caps.punch,
+            seek = caps.seek,
+            reopen_unlinked,
+            "backend probed"
+        );
+        if cfg.passthrough && !reopen_unlinked {
+            info!(
+                "the backend cannot reopen a file unlinked while open (GlusterFS): kernel passthrough is off, reads go through the daemon"
+            );
+        }
         let inodes = InodeTable::new(root, &st);
+        let cfg = FsConfig {
+            passthrough: cfg.passthrough && reopen_unlinked,
+            ..cfg
+        };
         Ok(Self {
             sh: Arc::new(Shared {
                 cfg,
@@ -1605,15 +1622,21 @@ impl SparseFs {
         }
         // Only through an open file: its sparse state exists while it is open.
         let node = inode.node().ok_or_else(|| errno(libc::EBADF))?;
-        node.change(|e, state| {
+        let changed = node.change(|e, state| {
             let found = e.scan_zeros(off, len, dig)?;
             // Punching moves the file's ctime: the map is stored again at close, with a
             // fresh stamp, or the next mount would find it stale.
             if found > 0 || dig {
                 state.with(|s| s.scanned());
             }
-            Ok(())
-        })
+            Ok(found > 0 || dig)
+        })?;
+        // st_blocks now follows the learned map: the kernel's cached attributes (taken
+        // before the scan, for up to their TTL) would still show the backend's.
+        if changed && let Some(f) = self.sh.invalidate_attrs.get() {
+            f(inode.ino);
+        }
+        Ok(())
     }
 
     /// removexattr.
@@ -1653,7 +1676,17 @@ fn sys_open_path(c: &std::ffi::CStr) -> io::Result<OwnedFd> {
 }
 
 /// Probes the backing directory with a scratch file that is unlinked at once.
-fn probe_dir(root: std::os::fd::BorrowedFd<'_>) -> Caps {
+/// What the probe of the backing directory found (see [`probe_dir`]).
+struct Probed {
+    caps: Caps,
+    /// A file unlinked while open can be opened again through its fd (`/proc/self/fd`).
+    /// GlusterFS answers ESTALE; the kernel's passthrough opens do exactly that (each
+    /// passthrough open reopens the registered backing file), so an open that races an
+    /// unlink, or an open through /proc of an unlinked file, would fail with EIO there.
+    reopen_unlinked: bool,
+}
+
+fn probe_dir(root: std::os::fd::BorrowedFd<'_>) -> Probed {
     let name =
         std::ffi::CString::new(format!(".sparsefs-probe.{}", std::process::id())).expect("no NUL");
     let Ok(fd) = sys::openat(
@@ -1665,12 +1698,23 @@ fn probe_dir(root: std::os::fd::BorrowedFd<'_>) -> Caps {
         warn!(
             "cannot create a probe file in the backing directory: assuming no punch and no SEEK_DATA"
         );
-        return Caps::default();
+        return Probed {
+            caps: Caps::default(),
+            reopen_unlinked: false,
+        };
     };
     let f = FdFile::new(File::from(fd));
     let caps = probe(&f);
+    let path = sys::openat(root, &name, libc::O_PATH | libc::O_NOFOLLOW, 0);
     let _ = sys::unlinkat(root, &name, 0);
-    caps
+    let reopen_unlinked = path
+        .and_then(|p| sys::reopen(p.as_fd(), libc::O_RDONLY))
+        .is_ok();
+    drop(f);
+    Probed {
+        caps,
+        reopen_unlinked,
+    }
 }
 
 fn flusher(sh: &Shared) {
