@@ -1,0 +1,128 @@
+//! Directories: opendir with the kernel listing cache decision, readdir snapshots, readdirplus lookups, releasedir, fsyncdir.
+
+use super::*;
+
+impl SparseFs {
+    /// opendir. Returns the handle and how the kernel may cache the listing: `cache`
+    /// (`FOPEN_CACHE_DIR`) once the backend shows the directory with the stamp (size,
+    /// mtime, ctime) of a listing already read (so a tree listed once, by find or rsync,
+    /// does not pay for filling the cache), `keep` (`FOPEN_KEEP_CACHE`: the kernel's cached
+    /// listing may be used) when the kernel was asked to cache a listing of that same
+    /// stamp. Only listings taken when the directory had been unchanged for `SETTLED` (2 s)
+    /// count (see [`Self::readdir`]). Changes through this mount move the mtime (and the
+    /// kernel drops its cache itself); another node's change moves the backend's mtime
+    /// and ctime, seen by the fresh stat here; with `--no-dir-cache` nothing is cached.
+    ///
+    /// # Errors
+    /// `ENOTDIR`, the backend's errno.
+    pub fn opendir(&self, ino: u64) -> io::Result<(u64, DirCache)> {
+        let inode = self.inode(ino)?;
+        if inode.kind != libc::S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        // The stat is only for the cache decision (a round trip on a networked backend).
+        let stamp = if self.sh.cfg.dir_cache {
+            stamp_of(&sys::fstat_fresh(inode.fd().as_fd())?)
+        } else {
+            Default::default()
+        };
+        let seen = *inode.listed.lock();
+        let cache = DirCache {
+            cache: self.sh.cfg.dir_cache && seen.read == Some(stamp),
+            keep: self.sh.cfg.dir_cache && seen.cached == Some(stamp),
+        };
+        if cache.keep {
+            self.sh.stats.dir_cache_kept.fetch_add(1, Relaxed);
+        }
+        let fh = self.new_fh(Handle::Dir {
+            inode,
+            stamp,
+            cache: cache.cache,
+            entries: Arc::new(Mutex::new(Rank::DirSnapshot, None)),
+        });
+        Ok((fh, cache))
+    }
+
+    /// The snapshot entries of a directory handle: one per handle, taken at its first
+    /// readdir. The stamp taken at opendir is recorded (as read, and as cached when the
+    /// handle asked the kernel to cache) when the directory had then been unchanged for
+    /// `SETTLED` (2 s): a change in the same timestamp tick as the stamp would otherwise go
+    /// unseen.
+    ///
+    /// # Errors
+    /// `EBADF`, the backend's errno.
+    pub fn readdir(&self, fh: u64) -> io::Result<Arc<DirSnapshot>> {
+        let (inode, stamp, cache, slot) = match self.sh.handles.read().get(&fh) {
+            Some(Handle::Dir {
+                inode,
+                stamp,
+                cache,
+                entries,
+            }) => (inode.clone(), *stamp, *cache, entries.clone()),
+            _ => return Err(errno(libc::EBADF)),
+        };
+        let mut slot = slot.lock();
+        if let Some(e) = &*slot {
+            return Ok(e.clone());
+        }
+        let mut entries = DirSnapshot::default();
+        entries.push(inode.ino, libc::DT_DIR, b".");
+        entries.push(inode.ino, libc::DT_DIR, b"..");
+        let dev = inode.key.0;
+        sys::read_dir_into(inode.fd().as_fd(), &mut entries, |ino, name| {
+            if inode.ino == 1 && name == SIDECAR_DIR.as_bytes() {
+                return None;
+            }
+            Some(self.sh.inodes.ino_for(dev, ino).unwrap_or(ino))
+        })?;
+        self.sh.stats.dir_listings.fetch_add(1, Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        // stamp: (size, mtime s, mtime ns, ctime s, ctime ns)
+        if self.sh.cfg.dir_cache && stamp.1.max(stamp.3) + SETTLED <= now {
+            let mut seen = inode.listed.lock();
+            seen.read = Some(stamp);
+            if cache {
+                seen.cached = Some(stamp);
+            }
+        }
+        let e = Arc::new(entries);
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+
+    /// readdirplus support: looks an entry of a snapshot up (raising its lookup count,
+    /// as the kernel expects for every entry it is given with attributes). `Ok(None)` for
+    /// `.` and `..` (not looked up: the kernel skips them) and for an entry that vanished
+    /// since the snapshot (`ENOENT`: leave it out). Other errors (`EMFILE`, `EACCES`,
+    /// the backend's) are returned: the entry must not be sent with made-up attributes.
+    ///
+    /// # Errors
+    /// The lookup's errno other than `ENOENT`.
+    pub fn lookup_entry(&self, dir: u64, e: &DirEntry<'_>) -> io::Result<Option<Entry>> {
+        if e.name == "." || e.name == ".." {
+            return Ok(None);
+        }
+        match self.lookup(dir, e.name) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// releasedir.
+    pub fn releasedir(&self, fh: u64) {
+        self.sh.handles.write().remove(&fh);
+    }
+
+    /// fsyncdir.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> io::Result<()> {
+        let inode = self.inode(ino)?;
+        let d = sys::reopen(inode.fd().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        sys::fsync(d.as_fd(), datasync)
+    }
+}

@@ -1,0 +1,140 @@
+//! Close-to-open freshness: stamps of what this mount last knew of a file, the staleness check at open, and extent maps stored with files (load at open, store at close).
+
+use super::*;
+
+impl SparseFs {
+    /// Close-to-open: when nobody has the file open, a fresh stat of the backend that
+    /// shows another stamp than the one last known to match means the file changed
+    /// outside this mount: its sparse state is dropped and its stored map loaded again.
+    /// Called inside the node's open transition (opens of the file wait; stat does not).
+    pub(super) fn refresh_if_stale(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
+        let Some(ticket) = node.with_state(|s| (s.opens() == 0).then(|| s.stamp_ticket())) else {
+            return Ok(());
+        };
+        let st = sys::fstat_fresh(inode.fd().as_fd())?;
+        let now = stamp_of(&st);
+        node.with_state(|s| s.saw_mode(st.st_mode));
+        if !node.with_state(|s| s.stale(&now)) {
+            return Ok(());
+        }
+        node.with_engine(|e, state| {
+            // Checked again under the engine: a truncate by path may have run meanwhile.
+            if !state.with(|s| s.stale(&now)) {
+                return Ok(());
+            }
+            debug!(
+                ino = inode.ino,
+                "backing file changed outside the mount: map dropped"
+            );
+            e.reset_from_backend()?;
+            let record = self.load_map(inode, e, &st);
+            state.with(|s| s.refreshed(ticket, now, record));
+            Ok(())
+        })
+    }
+
+    pub(super) fn persist(&self) -> io::Result<Persist<'_>> {
+        Ok(Persist::new(
+            self.sh.inodes.root_fd(),
+            self.sh.cfg.map_store,
+        ))
+    }
+
+    /// Loads a persisted map for a clean file of unknown layout (see [`Persist::load`]).
+    /// Returns the record state found.
+    pub(super) fn load_map(&self, inode: &Inode, e: &mut SparseFile, st: &libc::stat) -> Record {
+        if self.sh.cfg.map_store == MapStore::None || e.size() == 0 || e.exact() {
+            return Record::None;
+        }
+        let Ok(p) = self.persist() else {
+            return Record::None;
+        };
+        match p.load(inode.fd().as_fd(), st) {
+            Loaded::None => Record::None,
+            Loaded::Stale => {
+                debug!(
+                    ino = inode.ino,
+                    "persisted extent map is stale (file changed since): file treated as data"
+                );
+                Record::Stored
+            }
+            Loaded::Refused(err) => {
+                warn!(ino = inode.ino, error = %err, "persisted extent map refused: file treated as data");
+                Record::Stored
+            }
+            Loaded::Map(data) => {
+                debug!(
+                    ino = inode.ino,
+                    extents = data.len(),
+                    "persisted extent map loaded"
+                );
+                e.adopt_map(data);
+                Record::Stored
+            }
+        }
+    }
+
+    /// Persists a clean file's exact map; a file without holes has a record that may
+    /// exist (`replaces`) removed. Returns whether a record exists now (`None`: the store
+    /// failed, one may). Failures only cost the knowledge, never correctness: logged.
+    pub(super) fn store_map(&self, inode: &Inode, e: &SparseFile, replaces: bool) -> Option<bool> {
+        if self.sh.cfg.map_store == MapStore::None {
+            return Some(false);
+        }
+        if !e.exact() || e.is_dirty() {
+            return Some(replaces);
+        }
+        let Ok(p) = self.persist() else {
+            return Some(replaces);
+        };
+        if e.index_data().total() >= e.size() {
+            if replaces {
+                p.remove(inode.fd().as_fd());
+            }
+            return Some(false);
+        }
+        match p.store(inode.fd().as_fd(), e.index_data()) {
+            Ok(()) => Some(true),
+            Err(err) => {
+                warn!(ino = inode.ino, error = %err, "extent map not persisted");
+                None
+            }
+        }
+    }
+
+    /// Flushes a file for close and, if it changed through the mount, stores its map
+    /// (under the engine: the record is the engine's map) and records its stamp.
+    pub(super) fn close_flush(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
+        let changed = node.with_engine(|e, state| {
+            e.flush(Depth::Full, Trigger::Close)?;
+            let Some(replaces) = state.with(|s| s.take_store()) else {
+                return Ok::<_, io::Error>(false);
+            };
+            let exists = self.store_map(inode, e, replaces);
+            state.with(|s| s.stored(exists));
+            Ok(true)
+        })?;
+        if changed {
+            self.record_stamp(inode, node);
+        }
+        Ok(())
+    }
+
+    pub(super) fn restamp(&self, inode: Option<Arc<Inode>>) {
+        if let Some(i) = inode
+            && let Some(n) = i.node()
+        {
+            self.record_stamp(&i, &n);
+        }
+    }
+
+    /// Records the backend's current stamp as "known to match". The stat runs without
+    /// any lock; of racing recorders the one that asked last wins (see
+    /// [`NodeState::stamp_ticket`]).
+    pub(super) fn record_stamp(&self, inode: &Inode, node: &FileNode) {
+        let ticket = node.with_state(|s| s.stamp_ticket());
+        if let Ok(st) = sys::fstat_fresh(inode.fd().as_fd()) {
+            node.with_state(|s| s.record_stamp(ticket, stamp_of(&st)));
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The filesystem core: every FUSE operation as a method returning `io::Result`, in
+//! terms of backing inodes, handles and sparse file engines. No fuser types here; the
+//! adapter decodes requests and sends replies.
+
+mod attr;
+mod data;
+mod dir;
+mod flusher;
+mod freshness;
+mod namespace;
+mod open;
+mod xattr;
+
+use crate::backend::counting::Counting;
+use crate::backend::fd::FdFile;
+use crate::backend::reopen::Reopening;
+use crate::backend::{BackendFile, Caps, Whence, probe};
+use crate::file::{Depth, Geometry, SparseFile};
+pub use crate::inodes::PassToken;
+use crate::inodes::{FileNode, Inode, InodeTable, stamp_of};
+use crate::lock::{Condvar, Mutex, Rank, RwLock};
+use crate::node::{NodeState, OpenPlan, Record};
+use crate::stats::{Stats, Trigger};
+use crate::sys::{self, DirEntry, DirSnapshot};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// What a mount is made of (validated by the CLI).
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// The backing directory.
+    pub backing: PathBuf,
+    /// Block and write sizes.
+    pub geo: Geometry,
+    /// Dirty bytes across all files before writers flush.
+    pub max_dirty: u64,
+    /// Age after which dirty data is flushed in the background.
+    pub dirty_age: Duration,
+    /// Switch fsuid/fsgid so created files belong to the caller (daemon is root).
+    pub creds: bool,
+    /// The uid that may read the stats xattr besides root (the mount's owner).
+    pub owner: u32,
+    /// Where extent maps are persisted.
+    pub map_store: MapStore,
+    /// Keep written pages in the kernel's page cache for every open (`--cache-writes`);
+    /// by default opens that cannot read back what they write bypass it.
+    pub cache_writes: bool,
+    /// Serve qualifying read-only opens by kernel passthrough (when the adapter can).
+    pub passthrough: bool,
+    /// Let the kernel keep directory listings while the backend shows them unchanged.
+    pub dir_cache: bool,
+    /// Test hooks (`SPARSEFS_DEBUG_HOOKS=1`): setting [`WEDGE_XATTR`] on an open file
+    /// wedges its engine lock for good, to test what a wedged daemon does.
+    pub debug_hooks: bool,
+}
+
+/// With `debug_hooks`: setting this xattr on an open file makes a thread take the file's
+/// engine lock and never release it.
+pub const WEDGE_XATTR: &str = "user.sparsefs.debug.wedge";
+
+/// How the kernel may cache a directory listing (see [`SparseFs::opendir`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DirCache {
+    /// Cache what is read now (`FOPEN_CACHE_DIR`).
+    pub cache: bool,
+    /// The cached listing is current (`FOPEN_KEEP_CACHE`).
+    pub keep: bool,
+}
+
+/// Seconds a directory must have been unchanged before a listing of it may be served
+/// from the kernel's cache later (two of a coarse timestamp's ticks).
+const SETTLED: i64 = 2;
+
+/// Registers a backend file (an fd open for reading) with the kernel for passthrough
+/// and returns the registration (the adapter's type).
+pub type MakeToken<'a> = &'a dyn Fn(std::os::fd::BorrowedFd<'_>) -> io::Result<PassToken>;
+
+/// An open handle and, for a passthrough handle, the backing file to answer with.
+pub struct Opened {
+    /// The handle.
+    pub fh: u64,
+    /// The backing file registration of a passthrough handle.
+    pub passthrough: Option<PassToken>,
+}
+
+pub use crate::persist::MapStore;
+
+pub use crate::persist::{Loaded, MAP_XATTR, Persist, SIDECAR_DIR};
+
+/// The virtual xattr on the mount root that carries the live counters (JSON). Hidden
+/// from listxattr; readable by the mount's owner and root only; never stored.
+pub const STATS_XATTR: &str = "user.sparsefs.stats";
+
+/// Setting this xattr on an open file asks the daemon to scan part of it for zero blocks
+/// (`sparsefs scan` through a mount). Value: `OFFSET LENGTH` or `OFFSET LENGTH dig`. The
+/// kernel lets only callers with write access set a `user.` xattr.
+pub const SCAN_XATTR: &str = "user.sparsefs.scan";
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// An open handle.
+enum Handle {
+    File {
+        inode: Arc<Inode>,
+        node: Arc<FileNode>,
+        flags: i32,
+        /// A kernel passthrough handle.
+        pt: bool,
+    },
+    Dir {
+        inode: Arc<Inode>,
+        /// The directory's stamp at opendir.
+        stamp: crate::inodes::Stamp,
+        /// The kernel was asked to cache the listing.
+        cache: bool,
+        /// The snapshot, taken at the first readdir (not at all when the kernel answers
+        /// from its cache). Rank `DirSnapshot`, held across the backend listing.
+        entries: Arc<Mutex<Option<Arc<DirSnapshot>>>>,
+    },
+}
+
+/// Attribute changes of a setattr.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// chmod
+    pub mode: Option<u32>,
+    /// chown uid
+    pub uid: Option<u32>,
+    /// chown gid
+    pub gid: Option<u32>,
+    /// truncate
+    pub size: Option<u64>,
+    /// atime: `None` keep, `Some(None)` now, `Some(Some(t))` set
+    pub atime: Option<Option<libc::timespec>>,
+    /// mtime, as atime
+    pub mtime: Option<Option<libc::timespec>>,
+}
+
+/// The caller of an operation.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// uid
+    pub uid: u32,
+    /// gid
+    pub gid: u32,
+}
+
+/// Lock ranks (see [`crate::lock`]): the handle table, the dirty set and the wake-up
+/// mutex are leaves, taken briefly and released before anything else is locked (the
+/// dirty set under a file's engine).
+struct Shared {
+    cfg: FsConfig,
+    caps: Caps,
+    stats: Arc<Stats>,
+    inodes: InodeTable,
+    /// Rank `Handles`, a leaf.
+    handles: RwLock<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// Files with unflushed data, for the flusher. Rank `DirtySet`, a leaf (taken under
+    /// a file's engine).
+    dirty: Mutex<HashMap<u64, Arc<FileNode>>>,
+    stop: AtomicBool,
+    frozen: AtomicBool,
+    wake: Condvar,
+    /// Rank `Wake`, a leaf.
+    wake_lock: Mutex<()>,
+    /// Tells the kernel to drop an inode's cached attributes (set by the mount).
+    invalidate_attrs: std::sync::OnceLock<AttrInvalidator>,
+    /// Read-write fds of regular files open now (see [`Reopening`]).
+    data_fds: Arc<AtomicU64>,
+    /// Past this many, a file's fd is closed at its last release (an eighth of the fd
+    /// limit: the rest is for the one `O_PATH` fd per inode and open directories).
+    data_fd_budget: u64,
+}
+
+/// Drops the kernel's cached attributes of a FUSE inode.
+pub type AttrInvalidator = Box<dyn Fn(u64) + Send + Sync>;
+
+/// One `fstatat` of a name about to be unlinked or renamed (see `SparseFs::child`).
+#[derive(Default)]
+struct Child {
+    /// Its inode, if known with sparse state.
+    known: Option<Arc<Inode>>,
+    /// Its backing inode number (regular files only).
+    ino: Option<u64>,
+    /// Its backing inode number if this is its only link and maps are stored.
+    last_link: Option<u64>,
+    /// Its link count (regular files only).
+    nlink: libc::nlink_t,
+}
+
+/// The sparsefs filesystem core.
+pub struct SparseFs {
+    sh: Arc<Shared>,
+    /// Rank `Flusher`, a leaf.
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A stat with its FUSE id and generation.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    /// The FUSE id.
+    pub ino: u64,
+    /// The FUSE generation of the id (see [`crate::inodes::InodeTable::insert_lookup`]).
+    pub generation: u64,
+    /// The attributes.
+    pub attr: libc::stat,
+}
+
+impl Entry {
+    fn of(inode: &Inode, attr: libc::stat) -> Self {
+        Self {
+            ino: inode.ino,
+            generation: inode.generation,
+            attr,
+        }
+    }
+}
+
+impl SparseFs {
+    /// Opens the backing directory and probes what it really does.
+    ///
+    /// # Errors
+    /// The backing directory cannot be opened.
+    pub fn new(cfg: FsConfig, stats: Arc<Stats>) -> io::Result<Self> {
+        let c = std::ffi::CString::new(cfg.backing.as_os_str().as_encoded_bytes())
+            .map_err(|_| errno(libc::EINVAL))?;
+        // SAFETY: c is a valid C string; the fd is owned at once.
+        let root = File::from(sys_open_path(&c)?);
+        let root: OwnedFd = root.into();
+        let st = sys::fstat(root.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let Probed {
+            caps,
+            reopen_unlinked,
+        } = probe_dir(root.as_fd());
+        info!(
+            punch = caps.punch,
+            seek = caps.seek,
+            reopen_unlinked,
+            "backend probed"
+        );
+        if cfg.passthrough && !reopen_unlinked {
+            info!(
+                "the backend cannot reopen a file unlinked while open (GlusterFS): kernel passthrough is off, reads go through the daemon"
+            );
+        }
+        let inodes = InodeTable::new(root, &st);
+        let cfg = FsConfig {
+            passthrough: cfg.passthrough && reopen_unlinked,
+            ..cfg
+        };
+        Ok(Self {
+            sh: Arc::new(Shared {
+                cfg,
+                caps,
+                stats,
+                inodes,
+                handles: RwLock::new(Rank::Handles, HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                dirty: Mutex::new(Rank::DirtySet, HashMap::new()),
+                stop: AtomicBool::new(false),
+                frozen: AtomicBool::new(false),
+                wake: Condvar::new(),
+                wake_lock: Mutex::new(Rank::Wake, ()),
+                invalidate_attrs: std::sync::OnceLock::new(),
+                data_fds: Arc::new(AtomicU64::new(0)),
+                data_fd_budget: (sys::nofile_limit() / 8).max(64),
+            }),
+            flusher: Mutex::new(Rank::Flusher, None),
+        })
+    }
+
+    /// What the probe found.
+    pub fn caps(&self) -> Caps {
+        self.sh.caps
+    }
+
+    /// The mount's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.sh.stats
+    }
+
+    /// The sparse block size.
+    pub fn block(&self) -> u64 {
+        self.sh.cfg.geo.block
+    }
+
+    /// Starts the background flusher (dirty age and global dirty limit).
+    pub fn start(&self) {
+        let sh = self.sh.clone();
+        let h = std::thread::Builder::new()
+            .name("sparsefs-flush".into())
+            .spawn(move || flusher::flusher(&sh))
+            .expect("spawn flusher");
+        *self.flusher.lock() = Some(h);
+    }
+
+    /// Refuses further writes with `EIO` (the daemon is exiting while files are still
+    /// open: nothing may be acknowledged that the final flush would miss).
+    pub fn freeze(&self) {
+        self.sh.frozen.store(true, Relaxed);
+    }
+
+    /// Stops the flusher and flushes every file (unmount). Returns the files whose data
+    /// could not be written.
+    pub fn shutdown(&self) -> usize {
+        self.sh.stop.store(true, Relaxed);
+        self.sh.wake.notify_all();
+        let flusher = self.flusher.lock().take();
+        if let Some(h) = flusher {
+            let _ = h.join();
+        }
+        let mut failed = 0;
+        for node in self.sh.inodes.nodes() {
+            if let Err(e) = node.with_engine(|e, _| e.flush(Depth::Full, Trigger::Unmount)) {
+                error!(error = %e, "flush at unmount failed: data of a file could not be written");
+                failed += 1;
+            }
+        }
+        let s = &self.sh.stats;
+        info!(
+            app_write_bytes = s.app_write_bytes.load(Relaxed),
+            backend_write_bytes = s.bytes(crate::stats::Op::Write),
+            backend_writes = s.calls(crate::stats::Op::Write),
+            zero_bytes_elided = s.zero_bytes_elided.load(Relaxed),
+            punches = s.calls(crate::stats::Op::Punch),
+            failed_files = failed,
+            "unmount summary"
+        );
+        failed
+    }
+
+    fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
+        self.sh.inodes.get(ino)
+    }
+
+    /// Installs how to drop the kernel's cached attributes of an inode: used when an
+    /// open loads a stored map, so that the `st_blocks` the kernel holds from the lookup
+    /// (the backend's allocation) give way to the map's (cp decides on the `fstat` after
+    /// its open whether to look for holes).
+    pub fn set_attr_invalidator(&self, f: AttrInvalidator) {
+        let _ = self.sh.invalidate_attrs.set(f);
+    }
+
+    /// Whether the mount asks for kernel passthrough (`--no-passthrough` not given).
+    pub fn passthrough_wanted(&self) -> bool {
+        self.sh.cfg.passthrough
+    }
+}
+
+fn sys_open_path(c: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    let cwd = std::fs::File::open(".").map(OwnedFd::from)?;
+    let _ = cwd.as_raw_fd();
+    sys::openat(cwd.as_fd(), c, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+/// Probes the backing directory with a scratch file that is unlinked at once.
+/// What the probe of the backing directory found (see [`probe_dir`]).
+struct Probed {
+    caps: Caps,
+    /// A file unlinked while open can be opened again through its fd (`/proc/self/fd`).
+    /// GlusterFS answers ESTALE; the kernel's passthrough opens do exactly that (each
+    /// passthrough open reopens the registered backing file), so an open that races an
+    /// unlink, or an open through /proc of an unlinked file, would fail with EIO there.
+    reopen_unlinked: bool,
+}
+
+fn probe_dir(root: std::os::fd::BorrowedFd<'_>) -> Probed {
+    let name =
+        std::ffi::CString::new(format!(".sparsefs-probe.{}", std::process::id())).expect("no NUL");
+    let Ok(fd) = sys::openat(
+        root,
+        &name,
+        libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+        0o600,
+    ) else {
+        warn!(
+            "cannot create a probe file in the backing directory: assuming no punch and no SEEK_DATA"
+        );
+        return Probed {
+            caps: Caps::default(),
+            reopen_unlinked: false,
+        };
+    };
+    let f = FdFile::new(File::from(fd));
+    let caps = probe(&f);
+    let path = sys::openat(root, &name, libc::O_PATH | libc::O_NOFOLLOW, 0);
+    let _ = sys::unlinkat(root, &name, 0);
+    let reopen_unlinked = path
+        .and_then(|p| sys::reopen(p.as_fd(), libc::O_RDONLY))
+        .is_ok();
+    drop(f);
+    Probed {
+        caps,
+        reopen_unlinked,
+    }
+}

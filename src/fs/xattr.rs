@@ -1,0 +1,164 @@
+//! Extended attributes, the virtual ones (stats, scan requests, the test wedge) and the hidden map xattr.
+
+use super::*;
+
+impl SparseFs {
+    pub(super) fn xattr_ok(&self, inode: &Inode) -> io::Result<()> {
+        if inode.kind == libc::S_IFREG || inode.kind == libc::S_IFDIR {
+            Ok(())
+        } else {
+            Err(errno(libc::EPERM))
+        }
+    }
+
+    /// getxattr. On the root, [`STATS_XATTR`] answers the live counters to the owner
+    /// and root (`EACCES` to anyone else).
+    ///
+    /// # Errors
+    /// `ENODATA`, `ERANGE`, `ENOTSUP`, `EACCES`.
+    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32, who: Caller) -> io::Result<Vec<u8>> {
+        if ino == 1 && name == STATS_XATTR {
+            if who.uid != 0 && who.uid != self.sh.cfg.owner {
+                return Err(errno(libc::EACCES));
+            }
+            let v = self.sh.stats.to_json().into_bytes();
+            if size != 0 && (size as usize) < v.len() {
+                return Err(errno(libc::ERANGE));
+            }
+            return Ok(v);
+        }
+        let inode = self.inode(ino)?;
+        if (inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR) || name == MAP_XATTR {
+            return Err(errno(libc::ENODATA));
+        }
+        let caps = name == "security.capability";
+        if caps && inode.no_caps.load(Relaxed) {
+            return Err(errno(libc::ENODATA));
+        }
+        let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
+        let r = sys::getxattr(inode.fd().as_fd(), &c, size as usize);
+        if caps && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENODATA)) {
+            inode.no_caps.store(true, Relaxed);
+        }
+        r
+    }
+
+    /// listxattr.
+    ///
+    /// # Errors
+    /// `ERANGE`.
+    pub fn listxattr(&self, ino: u64, size: u32) -> io::Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR {
+            return Ok(Vec::new());
+        }
+        // Our own map xattr is not listed: fetch the whole list and filter it.
+        let n = sys::listxattr(inode.fd().as_fd(), 0)?.len();
+        let all = sys::listxattr(inode.fd().as_fd(), n.max(1))?;
+        let hidden = format!("{MAP_XATTR}\0");
+        let mut out = Vec::with_capacity(all.len());
+        for item in all.split_inclusive(|&b| b == 0) {
+            if item != hidden.as_bytes() {
+                out.extend_from_slice(item);
+            }
+        }
+        if size != 0 && (size as usize) < out.len() {
+            return Err(errno(libc::ERANGE));
+        }
+        if size == 0 {
+            return Ok(vec![0; out.len()]);
+        }
+        Ok(out)
+    }
+
+    /// setxattr.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let inode = self.inode(ino)?;
+        self.xattr_ok(&inode)?;
+        inode.no_caps.store(false, Relaxed);
+        if name == STATS_XATTR || name == MAP_XATTR {
+            return Err(errno(libc::EPERM));
+        }
+        if name == SCAN_XATTR {
+            return self.scan_request(&inode, value);
+        }
+        if name == WEDGE_XATTR && self.sh.cfg.debug_hooks {
+            let node = inode.node().ok_or_else(|| errno(libc::EBADF))?;
+            warn!(
+                ino = inode.ino,
+                "debug hook: wedging the file's engine lock for good"
+            );
+            std::thread::Builder::new()
+                .name("sparsefs-wedge".into())
+                .spawn(move || {
+                    node.with_engine(|_, _| {
+                        loop {
+                            std::thread::park()
+                        }
+                    })
+                })?;
+            return Ok(());
+        }
+        let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
+        sys::setxattr(inode.fd().as_fd(), &c, value, flags)?;
+        self.restamp(Some(inode));
+        Ok(())
+    }
+
+    /// A [`SCAN_XATTR`] request: scans a range of an open regular file for zero blocks
+    /// (the engine reads the backend; the found blocks become known holes, persisted at
+    /// close like any map change).
+    pub(super) fn scan_request(&self, inode: &Inode, value: &[u8]) -> io::Result<()> {
+        let text = std::str::from_utf8(value).map_err(|_| errno(libc::EINVAL))?;
+        let mut it = text.split_ascii_whitespace();
+        let num = |x: Option<&str>| x.and_then(|v| v.parse::<u64>().ok());
+        let (Some(off), Some(len)) = (num(it.next()), num(it.next())) else {
+            return Err(errno(libc::EINVAL));
+        };
+        let dig = match it.next() {
+            None => false,
+            Some("dig") => true,
+            Some(_) => return Err(errno(libc::EINVAL)),
+        };
+        if inode.kind != libc::S_IFREG {
+            return Err(errno(libc::EINVAL));
+        }
+        // Only through an open file: its sparse state exists while it is open.
+        let node = inode.node().ok_or_else(|| errno(libc::EBADF))?;
+        let changed = node.change(|e, state| {
+            let found = e.scan_zeros(off, len, dig)?;
+            // Punching moves the file's ctime: the map is stored again at close, with a
+            // fresh stamp, or the next mount would find it stale.
+            if found > 0 || dig {
+                state.with(|s| s.scanned());
+            }
+            Ok(found > 0 || dig)
+        })?;
+        // st_blocks now follows the learned map: the kernel's cached attributes (taken
+        // before the scan, for up to their TTL) would still show the backend's.
+        if changed && let Some(f) = self.sh.invalidate_attrs.get() {
+            f(inode.ino);
+        }
+        Ok(())
+    }
+
+    /// removexattr.
+    ///
+    /// # Errors
+    /// The backend's errno.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+        if name == MAP_XATTR {
+            return Err(errno(libc::EPERM));
+        }
+        let inode = self.inode(ino)?;
+        self.xattr_ok(&inode)?;
+        inode.no_caps.store(false, Relaxed);
+        let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
+        sys::removexattr(inode.fd().as_fd(), &c)?;
+        self.restamp(Some(inode));
+        Ok(())
+    }
+}
