@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items -q
 cargo build --release
 install -m 0755 target/release/sparsefs /usr/local/bin/sparsefs 2>/dev/null || true
 cargo test --release -- --test-threads=2

@@ -522,26 +522,6 @@ fn check_dir(what: &str, p: &std::path::Path) -> Result<PathBuf, UsageError> {
     }
 }
 
-/// Unescapes the octal escapes of /proc/self/mountinfo (`\040` is a space).
-pub fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A FUSE mount whose daemon died (kill -9, OOM) leaves its mount point answering
 /// ENOTCONN. Such a dead mount is detached so a new mount can take its place; the
 /// warning says so. Live mounts are left alone.
@@ -556,21 +536,7 @@ fn reclaim_stale(p: &std::path::Path) {
     let Ok(abs) = std::path::absolute(p) else {
         return;
     };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let fuse = info.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let ty = f
-            .iter()
-            .skip_while(|x| **x != "-")
-            .nth(1)
-            .copied()
-            .unwrap_or("");
-        f.get(4)
-            .is_some_and(|m| std::path::Path::new(&unescape(m)) == abs)
-            && ty.starts_with("fuse")
-    });
+    let fuse = crate::mountinfo::find(&abs).is_some_and(|m| m.fstype.starts_with("fuse"));
     if fuse && crate::sys::umount(&abs, true).is_ok() {
         eprintln!(
             "sparsefs: warning: {} was a dead FUSE mount (its daemon is gone); detached it",
@@ -581,12 +547,7 @@ fn reclaim_stale(p: &std::path::Path) {
 
 /// True if `p` (canonical) is a mount point now.
 pub fn is_mountpoint(p: &std::path::Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| std::path::Path::new(&unescape(m)) == p)
+    crate::mountinfo::find(p).is_some()
 }
 
 #[cfg(test)]
@@ -639,12 +600,5 @@ mod tests {
         assert_eq!(v[1], "mount");
         let v = normalize_args(vec!["sparsefs".into(), "stats".into(), "/b".into()]);
         assert_eq!(v[1], "stats");
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape(r"/mnt/tab\011x\134"), "/mnt/tab\tx\\");
-        assert_eq!(unescape(r"/plain\04"), r"/plain\04");
     }
 }

@@ -8,7 +8,6 @@ use crate::fuse_adapter::Adapter;
 use crate::stats::{Op, Stats};
 use crate::sys;
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,21 +26,7 @@ fn cleanup(dir: &Path, mnt: &Path) {
 fn seek_map(path: &Path) -> std::io::Result<Vec<(u64, u64)>> {
     let f = File::open(path)?;
     let size = f.metadata()?.len();
-    let fd = f.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = 0i64;
-    while (pos as u64) < size {
-        let d = sys_seek(fd, pos, libc::SEEK_DATA);
-        let Some(d) = d else { break };
-        let h = sys_seek(fd, d as i64, libc::SEEK_HOLE).unwrap_or(size);
-        out.push((d, h));
-        pos = h as i64;
-    }
-    Ok(out)
-}
-
-fn sys_seek(fd: i32, off: i64, whence: i32) -> Option<u64> {
-    crate::sys::lseek(fd, off, whence).ok()
+    Ok(crate::tools::data_runs(&f, size))
 }
 
 /// Runs the demo.

@@ -235,6 +235,38 @@ pub fn seek_hole(data: &RangeSet, off: u64, size: u64) -> Option<u64> {
     Some(data.next_out(off).min(size))
 }
 
+/// Walks a file's SEEK_DATA/SEEK_HOLE answers into its data runs below `size`: the one
+/// walker of the crate (the engine learning a backend's map, `sparsefs map`, the demo).
+/// `seek(off, whence)` is an `lseek` answer, `Ok(None)` for ENXIO; its errors are returned.
+/// `Ok(None)`: the answers were inconsistent (a hole at or before the data found), so the
+/// caller must take the whole file as data.
+///
+/// # Errors
+/// What `seek` returns.
+pub fn walk(
+    size: u64,
+    mut seek: impl FnMut(u64, crate::backend::Whence) -> std::io::Result<Option<u64>>,
+) -> std::io::Result<Option<RangeSet>> {
+    use crate::backend::Whence;
+    let mut data = RangeSet::new();
+    let mut pos = 0;
+    while pos < size {
+        let Some(d) = seek(pos, Whence::Data)? else {
+            break;
+        };
+        if d >= size {
+            break;
+        }
+        let h = seek(d, Whence::Hole)?.unwrap_or(size).min(size);
+        if h <= d {
+            return Ok(None);
+        }
+        data.insert(d, h);
+        pos = h;
+    }
+    Ok(Some(data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +324,32 @@ mod tests {
         assert_eq!(seek_data(&s, 0, 10), None);
         assert_eq!(seek_hole(&s, 0, 15), Some(0));
         assert_eq!(seek_hole(&s, 12, 15), Some(15));
+    }
+
+    #[test]
+    fn the_walker_follows_seek_answers_and_distrusts_inconsistent_ones() {
+        use crate::backend::Whence;
+        let mut truth = RangeSet::new();
+        truth.insert(4, 8);
+        truth.insert(12, 14);
+        let honest = |off: u64, w: Whence| {
+            Ok(match w {
+                Whence::Data => seek_data(&truth, off, 16),
+                Whence::Hole => seek_hole(&truth, off, 16),
+            })
+        };
+        assert_eq!(walk(16, honest).unwrap(), Some(truth.clone()));
+        // A backend that says "all data, hole at EOF".
+        let mut all = RangeSet::new();
+        all.insert(0, 16);
+        let lazy = |off: u64, w: Whence| Ok(Some(if w == Whence::Data { off } else { 16 }));
+        assert_eq!(walk(16, lazy).unwrap(), Some(all));
+        // A hole reported where the data starts: not trusted.
+        let liar = |off: u64, _w: Whence| Ok(Some(off));
+        assert_eq!(walk(16, liar).unwrap(), None);
+        // Errors go to the caller.
+        let broken = |_: u64, _: Whence| Err(std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(walk(16, broken).is_err());
     }
 
     proptest! {

@@ -384,28 +384,12 @@ impl SparseFile {
     /// probe showed them trustworthy). Flushes first so the backend is current.
     pub fn learn(&mut self) -> io::Result<()> {
         self.flush(Depth::Full, Trigger::Sync)?;
-        let mut data = RangeSet::new();
-        let size = self.backend_size;
-        let mut pos = 0;
-        while pos < size {
-            let Some(d) = self.backend.seek(pos, Whence::Data)? else {
-                break;
-            };
-            if d >= size {
-                break;
-            }
-            let h = self
-                .backend
-                .seek(d, Whence::Hole)?
-                .unwrap_or(size)
-                .min(size);
-            if h <= d {
-                // A backend that answers inconsistently is not trusted: keep all data.
-                return Ok(());
-            }
-            data.insert(d, h);
-            pos = h;
-        }
+        let backend = &self.backend;
+        let Some(data) = crate::extents::walk(self.backend_size, |off, w| backend.seek(off, w))?
+        else {
+            // A backend that answers inconsistently is not trusted: keep all data.
+            return Ok(());
+        };
         // Only what the old (conservative) index allowed may be data.
         let mut learned = RangeSet::new();
         for (s, e) in data.iter() {

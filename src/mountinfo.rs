@@ -59,13 +59,34 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
     text.lines().filter_map(parse_line).collect()
 }
 
+/// Every mount of this process's namespace (empty if mountinfo cannot be read).
+pub fn mounts() -> Vec<MountEntry> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| parse(&t))
+        .unwrap_or_default()
+}
+
 /// The topmost mount at `mountpoint` (absolute), if any.
 pub fn find(mountpoint: &Path) -> Option<MountEntry> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    parse(&text)
+    mounts()
         .into_iter()
         .rev()
         .find(|m| m.mountpoint == mountpoint)
+}
+
+/// The mount `path` (absolute) lies on: the deepest mount point that is a prefix of it.
+pub fn containing(path: &Path) -> Option<MountEntry> {
+    let mut best: Option<MountEntry> = None;
+    for m in mounts() {
+        if path.starts_with(&m.mountpoint)
+            && best
+                .as_ref()
+                .is_none_or(|b| m.mountpoint.as_os_str().len() >= b.mountpoint.as_os_str().len())
+        {
+            best = Some(m);
+        }
+    }
+    best
 }
 
 #[cfg(test)]
@@ -82,6 +103,13 @@ mod tests {
         assert_eq!(m.mountpoint, PathBuf::from("/tmp/a b"));
         assert_eq!(m.fstype, "fuse.sparsefs");
         assert_eq!(m.source, "/data/x");
+    }
+
+    #[test]
+    fn escapes_are_decoded_and_incomplete_ones_kept() {
+        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape(r"/mnt/tab\011x\134"), "/mnt/tab\tx\\");
+        assert_eq!(unescape(r"/plain\04"), r"/plain\04");
     }
 
     #[test]

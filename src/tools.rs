@@ -16,24 +16,23 @@ use std::path::{Path, PathBuf};
 /// filesystem has no such seek).
 pub fn data_runs(f: &File, size: u64) -> Vec<(u64, u64)> {
     let fd = f.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let d = match sys::lseek(fd, pos as i64, libc::SEEK_DATA) {
-            Ok(d) => d,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
-            Err(_) => return vec![(pos, size)],
+    let seek = |off: u64, w: crate::backend::Whence| {
+        let whence = match w {
+            crate::backend::Whence::Data => libc::SEEK_DATA,
+            crate::backend::Whence::Hole => libc::SEEK_HOLE,
         };
-        let h = sys::lseek(fd, d as i64, libc::SEEK_HOLE)
-            .unwrap_or(size)
-            .min(size);
-        if h <= d {
-            return vec![(0, size)];
+        match sys::lseek(fd, off as i64, whence) {
+            Ok(x) => Ok(Some(x)),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            Err(e) => Err(e),
         }
-        out.push((d, h));
-        pos = h;
+    };
+    match crate::extents::walk(size, seek) {
+        Ok(Some(runs)) => runs.iter().collect(),
+        // No usable SEEK_DATA, or inconsistent answers: all data.
+        _ if size > 0 => vec![(0, size)],
+        _ => Vec::new(),
     }
-    out
 }
 
 /// Output style of `sparsefs map`.
@@ -139,18 +138,7 @@ fn on_sparsefs(p: &Path) -> bool {
     let Ok(abs) = std::fs::canonicalize(p) else {
         return false;
     };
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut best: Option<(usize, bool)> = None;
-    for l in info.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        let (Some(mp), Some(ty)) = (f.get(4), f.iter().skip_while(|x| **x != "-").nth(1)) else {
-            continue;
-        };
-        if abs.starts_with(mp) && best.is_none_or(|(n, _)| mp.len() >= n) {
-            best = Some((mp.len(), *ty == "fuse.sparsefs"));
-        }
-    }
-    best.is_some_and(|(_, s)| s)
+    crate::mountinfo::containing(&abs).is_some_and(|m| m.fstype == "fuse.sparsefs")
 }
 
 fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
