@@ -32,6 +32,7 @@ pub mod mapfile;
 pub mod mountinfo;
 pub mod node;
 pub mod persist;
+pub mod stamp;
 pub mod stats;
 pub mod sys;
 pub mod tools;

@@ -16,36 +16,7 @@ const MAGIC: &[u8; 4] = b"SPFS";
 pub const VERSION: u8 = 1;
 const HEADER: usize = 4 + 4 + 8 + 12 + 12 + 8 + 4;
 
-/// What a stored map claims about the backing file it was written for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapStamp {
-    /// st_size when written.
-    pub size: u64,
-    /// st_mtime (s, ns) when written.
-    pub mtime: (i64, u32),
-    /// st_ctime (s, ns) just before the map was stored (storing bumps ctime).
-    pub ctime: (i64, u32),
-    /// st_ino.
-    pub ino: u64,
-}
-
-impl MapStamp {
-    /// The stamp of a stat.
-    pub fn of(st: &libc::stat) -> Self {
-        Self {
-            size: st.st_size as u64,
-            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
-            ctime: (st.st_ctime, st.st_ctime_nsec as u32),
-            ino: st.st_ino,
-        }
-    }
-
-    /// True if the content-describing parts (inode, size, mtime) agree; ctime is left
-    /// out because storing a map in the file's own xattr moves it.
-    pub fn same_content(&self, now: &MapStamp) -> bool {
-        self.ino == now.ino && self.size == now.size && self.mtime == now.mtime
-    }
-}
+use crate::stamp::Stamp;
 
 /// Why a stored map was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +70,7 @@ fn get_varint(b: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
 pub const FLAG_MAP_IN_XATTR: u8 = 1;
 
 /// Encodes `data` (ranges below `stamp.size`) with its stamp and flags.
-pub fn encode(data: &RangeSet, stamp: &MapStamp, flags: u8) -> Vec<u8> {
+pub fn encode(data: &RangeSet, stamp: &Stamp, flags: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + 4 + data.len() * 6);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[VERSION, flags, 0, 0]);
@@ -125,7 +96,7 @@ pub fn encode(data: &RangeSet, stamp: &MapStamp, flags: u8) -> Vec<u8> {
 ///
 /// # Errors
 /// A [`DecodeError`] saying why the bytes are refused.
-pub fn decode(b: &[u8]) -> Result<(RangeSet, MapStamp, u8), DecodeError> {
+pub fn decode(b: &[u8]) -> Result<(RangeSet, Stamp, u8), DecodeError> {
     if b.len() < 4 || &b[..4] != MAGIC {
         return Err(DecodeError::Magic);
     }
@@ -141,7 +112,7 @@ pub fn decode(b: &[u8]) -> Result<(RangeSet, MapStamp, u8), DecodeError> {
     }
     let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
     let u32_at = |i: usize| u32::from_le_bytes(body[i..i + 4].try_into().expect("4 bytes"));
-    let stamp = MapStamp {
+    let stamp = Stamp {
         size: u64_at(8),
         mtime: (u64_at(16) as i64, u32_at(24)),
         ctime: (u64_at(28) as i64, u32_at(36)),
@@ -173,8 +144,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn stamp(size: u64) -> MapStamp {
-        MapStamp {
+    fn stamp(size: u64) -> Stamp {
+        Stamp {
             size,
             mtime: (1_700_000_000, 5),
             ctime: (1_700_000_001, 7),

@@ -10,7 +10,8 @@
 //! by inode number (the same on every node of a shared filesystem; st_dev is not).
 
 use crate::extents::RangeSet;
-use crate::mapfile::{DecodeError, FLAG_MAP_IN_XATTR, MapStamp, decode, encode};
+use crate::mapfile::{DecodeError, FLAG_MAP_IN_XATTR, decode, encode};
+use crate::stamp::Stamp;
 use crate::sys;
 use std::ffi::CString;
 use std::fs::File;
@@ -115,7 +116,7 @@ impl<'a> Persist<'a> {
             Ok(x) => x,
             Err(e) => return Loaded::Refused(e.to_string()),
         };
-        let now = MapStamp::of(st);
+        let now = Stamp::of(st);
         if stamp != now {
             return Loaded::Stale;
         }
@@ -148,7 +149,7 @@ impl<'a> Persist<'a> {
         let mut st_final = st;
         let mut in_xattr = false;
         if self.store == MapStore::Xattr {
-            let bytes = encode(data, &MapStamp::of(&st), 0);
+            let bytes = encode(data, &Stamp::of(&st), 0);
             if let Ok(after) =
                 sys::setxattr(file, &xattr_name(), &bytes, 0).and_then(|()| sys::fstat_fresh(file))
             {
@@ -157,13 +158,9 @@ impl<'a> Persist<'a> {
             }
         }
         let rec = if in_xattr {
-            encode(
-                &RangeSet::new(),
-                &MapStamp::of(&st_final),
-                FLAG_MAP_IN_XATTR,
-            )
+            encode(&RangeSet::new(), &Stamp::of(&st_final), FLAG_MAP_IN_XATTR)
         } else {
-            encode(data, &MapStamp::of(&st_final), 0)
+            encode(data, &Stamp::of(&st_final), 0)
         };
         self.write_record(&st_final, &rec)
     }

@@ -79,8 +79,7 @@ impl SparseFs {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        // stamp: (size, mtime s, mtime ns, ctime s, ctime ns)
-        if self.sh.cfg.dir_cache && stamp.1.max(stamp.3) + SETTLED <= now {
+        if self.sh.cfg.dir_cache && stamp.changed_at() + SETTLED <= now {
             let mut seen = inode.listed.lock();
             seen.read = Some(stamp);
             if cache {

@@ -19,19 +19,11 @@
 
 use std::time::SystemTime;
 
-/// Identity of a backing file, taken from stat: what "changed outside the mount" is
-/// judged by.
-pub type Stamp = (u64, i64, i64, i64, i64);
+pub use crate::stamp::Stamp;
 
-/// The stamp of a stat: size, mtime and ctime with nanoseconds.
+/// The stamp of a stat (see [`Stamp`]).
 pub fn stamp_of(st: &libc::stat) -> Stamp {
-    (
-        st.st_size as u64,
-        st.st_mtime,
-        st.st_mtime_nsec,
-        st.st_ctime,
-        st.st_ctime_nsec,
-    )
+    Stamp::of(st)
 }
 
 /// The set-id bits of `mode` that a write by a caller without `CAP_FSETID` clears, as
@@ -419,8 +411,18 @@ impl<T: Clone> NodeState<T> {
 mod tests {
     use super::*;
 
-    const STAMP: Stamp = (10, 1, 2, 3, 4);
-    const OTHER: Stamp = (10, 1, 2, 3, 5);
+    const STAMP: Stamp = Stamp {
+        size: 10,
+        mtime: (1, 2),
+        ctime: (3, 4),
+        ino: 9,
+    };
+    const OTHER: Stamp = Stamp {
+        size: 10,
+        mtime: (1, 2),
+        ctime: (3, 5),
+        ino: 9,
+    };
 
     fn clean_dense() -> View {
         View {

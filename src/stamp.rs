@@ -1,0 +1,59 @@
+//! What identifies a backing file's state: size, mtime, ctime (to the nanosecond) and
+//! inode number, taken from one stat. The close-to-open check, the directory listing
+//! cache and the stored extent maps all judge "changed since" by it.
+#![forbid(unsafe_code)]
+
+/// See the module docs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    /// st_size.
+    pub size: u64,
+    /// st_mtime (s, ns).
+    pub mtime: (i64, u32),
+    /// st_ctime (s, ns). Any change of the file moves it, even one that puts mtime back.
+    pub ctime: (i64, u32),
+    /// st_ino.
+    pub ino: u64,
+}
+
+impl Stamp {
+    /// The stamp of a stat.
+    pub fn of(st: &libc::stat) -> Self {
+        Self {
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+            ctime: (st.st_ctime, st.st_ctime_nsec as u32),
+            ino: st.st_ino,
+        }
+    }
+
+    /// True if the content-describing parts (inode, size, mtime) agree; ctime is left
+    /// out because storing a map in the file's own xattr moves it.
+    pub fn same_content(&self, now: &Stamp) -> bool {
+        self.ino == now.ino && self.size == now.size && self.mtime == now.mtime
+    }
+
+    /// The later of mtime and ctime, in seconds: when the file last changed.
+    pub fn changed_at(&self) -> i64 {
+        self.mtime.0.max(self.ctime.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_takes_every_field_of_the_stat_and_content_ignores_ctime() {
+        let mut st = crate::sys::zeroed_stat();
+        (st.st_size, st.st_ino) = (10, 7);
+        (st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec) = (1, 2, 3, 4);
+        let a = Stamp::of(&st);
+        assert_eq!((a.size, a.ino, a.mtime, a.ctime), (10, 7, (1, 2), (3, 4)));
+        assert_eq!(a.changed_at(), 3);
+        st.st_ctime_nsec = 5;
+        let b = Stamp::of(&st);
+        assert_ne!(a, b);
+        assert!(a.same_content(&b));
+    }
+}
