@@ -14,7 +14,12 @@
 //!                      v
 //!                  backend::BackendFile  (fd | mem | counting | fault)
 //! ```
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// `unsafe` lives in sys.rs only (it allows it for itself); every other module is denied.
+#![deny(
+    unsafe_code,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks
+)]
 #![warn(missing_docs)]
 
 pub mod backend;

@@ -1,5 +1,6 @@
 //! The `sparsefs` binary: parse, set up logging, run a subcommand; errors become one
 //! line on stderr and an exit status (2 bad input, 1 runtime failure).
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use sparsefs::cli::{self, Cli, Cmd};

@@ -1,22 +1,26 @@
-//! The real backend: positional syscalls on an open file descriptor. The only module of
-//! the data path with `unsafe`.
+//! The real backend: positional syscalls on an open file descriptor (through the `sys`
+//! wrappers; no `unsafe` here), retried on EINTR and continued when short.
+#![forbid(unsafe_code)]
 
 use super::{BackendFile, Whence};
+use crate::sys;
 use std::fs::File;
 use std::io::{self, IoSlice};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 /// A backing file opened read-write (or read-only for files the daemon cannot write).
 #[derive(Debug)]
 pub struct FdFile {
     file: File,
+    #[cfg(test)]
     chaos: Option<std::sync::Arc<Chaos>>,
 }
 
-/// Injected syscall misbehaviour, for tests: every `eintr_every`-th syscall fails with
-/// EINTR before reaching the kernel, and every `short_every`-th read or write moves only
-/// part of its bytes (as NFS, FUSE and network clients may). The retry loops must hide
-/// both from the engine.
+/// Injected syscall misbehaviour, for the engine's unit tests: every `eintr_every`-th
+/// syscall fails with EINTR before reaching the kernel, and every `short_every`-th read or
+/// write moves only part of its bytes (as NFS, FUSE and network clients may). The retry
+/// loops must hide both from the engine. Not in production builds.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct Chaos {
     /// Period of injected EINTR (0: never).
@@ -30,6 +34,7 @@ pub struct Chaos {
     pub shorts: std::sync::atomic::AtomicU64,
 }
 
+#[cfg(test)]
 impl Chaos {
     /// Chaos with the given periods.
     pub fn new(eintr_every: u64, short_every: u64) -> Self {
@@ -63,10 +68,15 @@ impl Chaos {
 impl FdFile {
     /// Wraps an open file.
     pub fn new(file: File) -> Self {
-        Self { file, chaos: None }
+        Self {
+            file,
+            #[cfg(test)]
+            chaos: None,
+        }
     }
 
     /// Wraps an open file whose syscalls misbehave as `chaos` says (tests).
+    #[cfg(test)]
     pub fn with_chaos(file: File, chaos: std::sync::Arc<Chaos>) -> Self {
         Self {
             file,
@@ -75,34 +85,34 @@ impl FdFile {
     }
 
     /// The injected misbehaviour, if any.
+    #[cfg(test)]
     pub fn chaos(&self) -> Option<&Chaos> {
         self.chaos.as_deref()
     }
 
     /// (inject EINTR, inject a short transfer) for the next syscall.
+    #[cfg(test)]
     fn tick(&self) -> (bool, bool) {
         self.chaos.as_deref().map_or((false, false), Chaos::tick)
     }
 
-    /// Runs a syscall (returning -1 and errno on failure), retrying EINTR, which network
-    /// filesystems return when a signal arrives during a call.
-    fn retry<T>(
-        &self,
-        mut f: impl FnMut(bool) -> isize,
-        map: impl Fn(isize) -> T,
-    ) -> io::Result<T> {
+    #[cfg(not(test))]
+    fn tick(&self) -> (bool, bool) {
+        (false, false)
+    }
+
+    /// Runs one syscall attempt until it is not interrupted (network filesystems return
+    /// EINTR when a signal arrives during a call). `f(short)`: `short` asks a test to
+    /// move only part of the bytes.
+    fn retry<T>(&self, mut f: impl FnMut(bool) -> io::Result<T>) -> io::Result<T> {
         loop {
             let (eintr, short) = self.tick();
             if eintr {
                 continue;
             }
-            let r = f(short);
-            if r >= 0 {
-                return Ok(map(r));
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match f(short) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
             }
         }
     }
@@ -111,29 +121,18 @@ impl FdFile {
 impl BackendFile for FdFile {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         let _io = crate::lock::io("pread");
-        let fd = self.file.as_raw_fd();
+        let fd = self.file.as_fd();
         let mut done = 0;
         while done < buf.len() {
             let rest = &mut buf[done..];
-            let n = self.retry(
-                |short| {
-                    let len = if short {
-                        rest.len().div_ceil(2)
-                    } else {
-                        rest.len()
-                    };
-                    // SAFETY: rest is a live, writable buffer of at least len bytes.
-                    unsafe {
-                        libc::pread(
-                            fd,
-                            rest.as_mut_ptr().cast(),
-                            len,
-                            (off + done as u64) as i64,
-                        )
-                    }
-                },
-                |n| n as usize,
-            )?;
+            let n = self.retry(|short| {
+                let len = if short {
+                    rest.len().div_ceil(2)
+                } else {
+                    rest.len()
+                };
+                sys::pread_once(fd, &mut rest[..len], off + done as u64)
+            })?;
             if n == 0 {
                 break;
             }
@@ -150,32 +149,17 @@ impl BackendFile for FdFile {
             .filter(|b| !b.is_empty())
             .collect();
         let mut off = off;
+        let fd = self.file.as_fd();
         while !bufs.is_empty() {
-            let iov: Vec<libc::iovec> = bufs
-                .iter()
-                .take(libc::UIO_MAXIOV as usize)
-                .map(|b| libc::iovec {
-                    iov_base: b.as_ptr() as *mut _,
-                    iov_len: b.len(),
-                })
-                .collect();
-            let fd = self.file.as_raw_fd();
-            let n = self.retry(
-                |short| {
-                    if short {
-                        // Half of the first buffer only, as a short write would.
-                        let half = libc::iovec {
-                            iov_base: iov[0].iov_base,
-                            iov_len: iov[0].iov_len.div_ceil(2),
-                        };
-                        // SAFETY: half points into a live slice.
-                        return unsafe { libc::pwritev(fd, &half, 1, off as i64) };
-                    }
-                    // SAFETY: iov points at live slices borrowed for the duration of the call.
-                    unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, off as i64) }
-                },
-                |n| n as usize,
-            )?;
+            let iov: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+            let n = self.retry(|short| {
+                if short {
+                    // Half of the first buffer only, as a short write would.
+                    let half = IoSlice::new(&bufs[0][..bufs[0].len().div_ceil(2)]);
+                    return sys::pwritev_once(fd, &[half], off);
+                }
+                sys::pwritev_once(fd, &iov, off)
+            })?;
             if n == 0 {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
@@ -205,48 +189,30 @@ impl BackendFile for FdFile {
 
     fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
         let _io = crate::lock::io("fallocate");
-        let fd = self.file.as_raw_fd();
-        self.retry(
-            // SAFETY: plain syscall on an fd we own.
-            |_| unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } as isize,
-            |_| (),
-        )
+        let fd = self.file.as_fd();
+        self.retry(|_| sys::fallocate_once(fd, mode, off, len))
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let _io = crate::lock::io("ftruncate");
-        let fd = self.file.as_raw_fd();
-        let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-        // SAFETY: plain syscall on an fd we own.
-        self.retry(|_| unsafe { libc::ftruncate(fd, len) } as isize, |_| ())
+        let fd = self.file.as_fd();
+        self.retry(|_| sys::ftruncate_once(fd, len))
     }
 
     fn sync(&self, datasync: bool) -> io::Result<()> {
         let _io = crate::lock::io("fsync");
-        let fd = self.file.as_raw_fd();
-        self.retry(
-            // SAFETY: plain syscalls on an fd we own.
-            |_| unsafe {
-                if datasync {
-                    libc::fdatasync(fd)
-                } else {
-                    libc::fsync(fd)
-                }
-            } as isize,
-            |_| (),
-        )
+        let fd = self.file.as_fd();
+        self.retry(|_| sys::fsync_once(fd, datasync))
     }
 
     fn size(&self) -> io::Result<u64> {
-        use std::os::fd::AsFd;
         // Fresh from the backend, not a client's attribute cache: the engine takes the
         // size only when it starts over (first open, a file changed elsewhere).
-        Ok(crate::sys::fstat_fresh(self.file.as_fd())?.st_size as u64)
+        Ok(sys::fstat_fresh(self.file.as_fd())?.st_size as u64)
     }
 
     fn identity(&self) -> io::Result<(u64, u64)> {
-        use std::os::fd::AsFd;
-        let st = crate::sys::fstat_fresh(self.file.as_fd())?;
+        let st = sys::fstat_fresh(self.file.as_fd())?;
         Ok((st.st_dev, st.st_ino))
     }
 
@@ -256,18 +222,13 @@ impl BackendFile for FdFile {
             Whence::Data => libc::SEEK_DATA,
             Whence::Hole => libc::SEEK_HOLE,
         };
-        let fd = self.file.as_raw_fd();
-        // SAFETY: plain syscall on an fd we own; the offset is positional for this answer
-        // only (no other user of this fd relies on its file offset).
-        let r = unsafe { libc::lseek(fd, off as i64, w) };
-        if r >= 0 {
-            return Ok(Some(r as u64));
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(e)
+        // The offset is positional for this answer only (no other user of this fd
+        // relies on its file offset).
+        use std::os::fd::AsRawFd;
+        match sys::lseek(self.file.as_raw_fd(), off as i64, w) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }
