@@ -199,6 +199,9 @@ pub struct MountConfig {
     pub backing: PathBuf,
     /// Canonical mount point.
     pub mountpoint: PathBuf,
+    /// The mount point is a dead FUSE mount (its daemon is gone: ENOTCONN) that the mount
+    /// detaches first (see [`dead_fuse_mount`]).
+    pub reclaim: bool,
     /// Sparse block.
     pub sparse_block: u64,
     /// Write size.
@@ -218,7 +221,7 @@ pub struct MountConfig {
     /// Read-only.
     pub ro: bool,
     /// Kernel mount flags passed on (nosuid, nodev, noexec, noatime, ...).
-    pub flags: Vec<String>,
+    pub flags: Vec<MountFlag>,
     /// fsname shown in /proc/mounts.
     pub fsname: String,
     /// Keep written pages cached for write-only opens too.
@@ -389,8 +392,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             }
             "ro" => ro = true,
             "rw" => ro = false,
-            "nosuid" | "suid" | "nodev" | "dev" | "noexec" | "exec" | "noatime" | "atime"
-            | "sync" | "async" | "dirsync" => flags.push(k.to_string()),
+            _ if MountFlag::parse(k).is_some() => flags.push(MountFlag::parse(k).expect("matched")),
             "fsname" => fsname = Some(need(v)?),
             "subtype" => subtype = need(v)?,
             "default_permissions"
@@ -463,8 +465,13 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         return usage(format!("invalid threads {threads}: must be from 1 to 256"));
     }
     let backing = check_dir("backing directory", &a.backing)?;
-    reclaim_stale(&a.mountpoint);
-    let mountpoint = check_dir("mount point", &a.mountpoint)?;
+    // A dead FUSE mount cannot be resolved (ENOTCONN): it is taken as it is and detached
+    // by the mount itself, after every other check passed.
+    let dead = dead_fuse_mount(&a.mountpoint);
+    let mountpoint = match &dead {
+        Some(abs) => abs.clone(),
+        None => check_dir("mount point", &a.mountpoint)?,
+    };
     if mountpoint.starts_with(&backing) {
         return usage(format!(
             "mount point {} is inside the backing directory {}: the mount would recurse into itself",
@@ -479,13 +486,14 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             mountpoint.display()
         ));
     }
-    if is_mountpoint(&mountpoint) {
+    if dead.is_none() && is_mountpoint(&mountpoint) {
         return usage(format!(
             "mount point {} is already mounted",
             mountpoint.display()
         ));
     }
     Ok(MountConfig {
+        reclaim: dead.is_some(),
         fsname: fsname.unwrap_or_else(|| backing.display().to_string()),
         cache_writes,
         passthrough,
@@ -523,31 +531,78 @@ fn check_dir(what: &str, p: &std::path::Path) -> Result<PathBuf, UsageError> {
 }
 
 /// A FUSE mount whose daemon died (kill -9, OOM) leaves its mount point answering
-/// ENOTCONN. Such a dead mount is detached so a new mount can take its place; the
-/// warning says so. Live mounts are left alone.
-fn reclaim_stale(p: &std::path::Path) {
+/// ENOTCONN: its absolute path if `p` is one (live mounts and other errors: `None`). Such a
+/// dead mount is detached by the mount that takes its place (`daemon::run`), with a
+/// warning; nothing is changed here.
+pub fn dead_fuse_mount(p: &std::path::Path) -> Option<std::path::PathBuf> {
     // statfs is never answered from the kernel's attribute cache, unlike stat.
-    let Err(e) = crate::sys::statfs_path(p) else {
-        return;
-    };
-    if e.raw_os_error() != Some(107) {
-        return; // not ENOTCONN
+    let e = crate::sys::statfs_path(p).err()?;
+    if e.raw_os_error() != Some(libc::ENOTCONN) {
+        return None;
     }
-    let Ok(abs) = std::path::absolute(p) else {
-        return;
-    };
-    let fuse = crate::mountinfo::find(&abs).is_some_and(|m| m.fstype.starts_with("fuse"));
-    if fuse && crate::sys::umount(&abs, true).is_ok() {
-        eprintln!(
-            "sparsefs: warning: {} was a dead FUSE mount (its daemon is gone); detached it",
-            abs.display()
-        );
-    }
+    let abs = std::path::absolute(p).ok()?;
+    crate::mountinfo::find(&abs)
+        .is_some_and(|m| m.fstype.starts_with("fuse"))
+        .then_some(abs)
 }
 
 /// True if `p` (canonical) is a mount point now.
 pub fn is_mountpoint(p: &std::path::Path) -> bool {
     crate::mountinfo::find(p).is_some()
+}
+
+/// A kernel mount flag passed on to the mount (`-o nosuid` and the like): the one table of
+/// them, with what each is for fuser and for mount(2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountFlag {
+    /// nosuid
+    NoSuid,
+    /// suid
+    Suid,
+    /// nodev
+    NoDev,
+    /// dev
+    Dev,
+    /// noexec
+    NoExec,
+    /// exec
+    Exec,
+    /// noatime
+    NoAtime,
+    /// atime
+    Atime,
+    /// sync
+    Sync,
+    /// async
+    Async,
+    /// dirsync
+    DirSync,
+}
+
+impl MountFlag {
+    const TABLE: [(&'static str, MountFlag, u64); 11] = [
+        ("nosuid", MountFlag::NoSuid, libc::MS_NOSUID),
+        ("suid", MountFlag::Suid, 0),
+        ("nodev", MountFlag::NoDev, libc::MS_NODEV),
+        ("dev", MountFlag::Dev, 0),
+        ("noexec", MountFlag::NoExec, libc::MS_NOEXEC),
+        ("exec", MountFlag::Exec, 0),
+        ("noatime", MountFlag::NoAtime, libc::MS_NOATIME),
+        ("atime", MountFlag::Atime, 0),
+        ("sync", MountFlag::Sync, libc::MS_SYNCHRONOUS),
+        ("async", MountFlag::Async, 0),
+        ("dirsync", MountFlag::DirSync, libc::MS_DIRSYNC),
+    ];
+
+    /// The flag named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<MountFlag> {
+        Self::TABLE.iter().find(|t| t.0 == s).map(|t| t.1)
+    }
+
+    /// Its bits for mount(2) (0 for the defaults: suid, dev, exec, atime, async).
+    pub fn ms_bits(self) -> u64 {
+        Self::TABLE.iter().find(|t| t.1 == self).map_or(0, |t| t.2)
+    }
 }
 
 #[cfg(test)]

@@ -42,19 +42,20 @@ pub fn fuse_config(cfg: &MountConfig) -> Config {
     if cfg.ro {
         o.push(MountOption::RO);
     }
+    use crate::cli::MountFlag as F;
     for f in &cfg.flags {
-        o.push(match f.as_str() {
-            "nosuid" => MountOption::NoSuid,
-            "suid" => MountOption::Suid,
-            "nodev" => MountOption::NoDev,
-            "dev" => MountOption::Dev,
-            "noexec" => MountOption::NoExec,
-            "exec" => MountOption::Exec,
-            "noatime" => MountOption::NoAtime,
-            "atime" => MountOption::Atime,
-            "sync" => MountOption::Sync,
-            "async" => MountOption::Async,
-            _ => MountOption::DirSync,
+        o.push(match f {
+            F::NoSuid => MountOption::NoSuid,
+            F::Suid => MountOption::Suid,
+            F::NoDev => MountOption::NoDev,
+            F::Dev => MountOption::Dev,
+            F::NoExec => MountOption::NoExec,
+            F::Exec => MountOption::Exec,
+            F::NoAtime => MountOption::NoAtime,
+            F::Atime => MountOption::Atime,
+            F::Sync => MountOption::Sync,
+            F::Async => MountOption::Async,
+            F::DirSync => MountOption::DirSync,
         });
     }
     c.mount_options = o;
@@ -111,15 +112,7 @@ pub fn mount(
     }
     let mut flags: libc::c_ulong = 0;
     for f in &cfg.flags {
-        flags |= match f.as_str() {
-            "nosuid" => libc::MS_NOSUID,
-            "nodev" => libc::MS_NODEV,
-            "noexec" => libc::MS_NOEXEC,
-            "noatime" => libc::MS_NOATIME,
-            "sync" => libc::MS_SYNCHRONOUS,
-            "dirsync" => libc::MS_DIRSYNC,
-            _ => 0,
-        };
+        flags |= f.ms_bits() as libc::c_ulong;
     }
     if cfg.ro {
         flags |= libc::MS_RDONLY;
@@ -144,6 +137,21 @@ pub fn mount(
 
 /// Mounts and serves until unmounted. Returns the exit status.
 pub fn run(cfg: MountConfig) -> i32 {
+    if cfg.reclaim {
+        match sys::umount(&cfg.mountpoint, true) {
+            Ok(()) => eprintln!(
+                "sparsefs: warning: {} was a dead FUSE mount (its daemon is gone); detached it",
+                cfg.mountpoint.display()
+            ),
+            Err(e) => {
+                eprintln!(
+                    "sparsefs: error: cannot detach the dead FUSE mount {}: {e}",
+                    cfg.mountpoint.display()
+                );
+                return 1;
+            }
+        }
+    }
     if let Some(m) = crate::lock::mode_from_env() {
         crate::lock::set_mode(m);
     }
