@@ -228,7 +228,7 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
     fs.set_attr_invalidator(Box::new(move |ino| {
         // Attributes only (offset < 0): no page-cache work, so no lock the kernel could
         // hold while it waits for this very request.
-        let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
+        let _ = notifier.inval_inode(fuser::INodeNo(ino.0), -1, 0);
     }));
     let mp = cfg.mountpoint.clone();
     let fs2 = fs.clone();

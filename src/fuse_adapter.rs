@@ -1,7 +1,7 @@
 //! The thin fuser adapter: decodes each request, calls the core ([`SparseFs`]), replies,
 //! and logs errors. The only module that sees fuser's `Request`/`Reply` types.
 
-use crate::fs::{Caller, MakeToken, Opened, PassToken, SetAttr, SparseFs};
+use crate::fs::{Caller, Fh, Ino, MakeToken, Opened, PassToken, SetAttr, SparseFs};
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
@@ -251,18 +251,18 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
+        match self.fs.lookup(Ino(parent.0), name) {
             Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("lookup", reply, e),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        self.fs.forget(Ino(ino.0), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        match self.fs.getattr(Ino(ino.0)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => fail!("getattr", reply, e),
         }
@@ -294,14 +294,14 @@ impl Filesystem for Adapter {
             atime: ts(atime),
             mtime: ts(mtime),
         };
-        match self.fs.setattr(ino.0, a) {
+        match self.fs.setattr(Ino(ino.0), a) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => fail!("setattr", reply, e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        match self.fs.readlink(Ino(ino.0)) {
             Ok(t) => reply.data(t.as_encoded_bytes()),
             Err(e) => fail!("readlink", reply, e),
         }
@@ -319,7 +319,7 @@ impl Filesystem for Adapter {
     ) {
         match self
             .fs
-            .mknod(parent.0, name, mode, umask, rdev, caller(req))
+            .mknod(Ino(parent.0), name, mode, umask, rdev, caller(req))
         {
             Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("mknod", reply, e),
@@ -335,21 +335,21 @@ impl Filesystem for Adapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mkdir(parent.0, name, mode, umask, caller(req)) {
+        match self.fs.mkdir(Ino(parent.0), name, mode, umask, caller(req)) {
             Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("mkdir", reply, e),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.unlink(parent.0, name) {
+        match self.fs.unlink(Ino(parent.0), name) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("unlink", reply, e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(parent.0, name) {
+        match self.fs.rmdir(Ino(parent.0), name) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("rmdir", reply, e),
         }
@@ -363,7 +363,10 @@ impl Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.fs.symlink(parent.0, link_name, target, caller(req)) {
+        match self
+            .fs
+            .symlink(Ino(parent.0), link_name, target, caller(req))
+        {
             Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("symlink", reply, e),
         }
@@ -381,7 +384,7 @@ impl Filesystem for Adapter {
     ) {
         match self
             .fs
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
+            .rename(Ino(parent.0), name, Ino(newparent.0), newname, flags.bits())
         {
             Ok(()) => reply.ok(),
             Err(e) => fail!("rename", reply, e),
@@ -396,7 +399,7 @@ impl Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.fs.link(ino.0, newparent.0, newname) {
+        match self.fs.link(Ino(ino.0), Ino(newparent.0), newname) {
             Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("link", reply, e),
         }
@@ -408,12 +411,12 @@ impl Filesystem for Adapter {
             let make = |fd: BorrowedFd<'_>| self.open_backing(fd, |fd| reply.open_backing(fd));
             let pt = self.passthrough.load(std::sync::atomic::Ordering::Relaxed);
             self.fs
-                .open(ino.0, fl, pt.then_some(&make as MakeToken<'_>))
+                .open(Ino(ino.0), fl, pt.then_some(&make as MakeToken<'_>))
         };
         match r {
             Ok(o) => match backing(&o) {
-                Some(b) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), b),
-                None => reply.opened(FileHandle(o.fh), self.fopen(fl)),
+                Some(b) => reply.opened_passthrough(FileHandle(o.fh.0), FopenFlags::empty(), b),
+                None => reply.opened(FileHandle(o.fh.0), self.fopen(fl)),
             },
             Err(e) => fail!("open", reply, e),
         }
@@ -430,7 +433,7 @@ impl Filesystem for Adapter {
         _lo: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        match self.fs.read(Fh(fh.0), offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => fail!("read", reply, e),
         }
@@ -451,12 +454,12 @@ impl Filesystem for Adapter {
         let clear_setid = wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self
             .fs
-            .write(ino.0, fh.0, offset, data, flags.0, clear_setid)
+            .write(Ino(ino.0), Fh(fh.0), offset, data, flags.0, clear_setid)
         {
             Ok((n, pending)) => {
                 reply.written(n);
                 if pending {
-                    self.fs.after_write(fh.0);
+                    self.fs.after_write(Fh(fh.0));
                 }
             }
             Err(e) => fail!("write", reply, e),
@@ -471,7 +474,7 @@ impl Filesystem for Adapter {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0) {
+        match self.fs.flush(Fh(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("flush", reply, e),
         }
@@ -487,7 +490,7 @@ impl Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(fh.0) {
+        match self.fs.release(Fh(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => {
                 error!(fh = fh.0, error = %e, "flush at release failed");
@@ -504,14 +507,14 @@ impl Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(fh.0, datasync) {
+        match self.fs.fsync(Fh(fh.0), datasync) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("fsync", reply, e),
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+        match self.fs.opendir(Ino(ino.0)) {
             Ok((fh, c)) => {
                 let mut f = FopenFlags::empty();
                 if c.cache {
@@ -520,7 +523,7 @@ impl Filesystem for Adapter {
                 if c.keep {
                     f |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
-                reply.opened(FileHandle(fh), f)
+                reply.opened(FileHandle(fh.0), f)
             }
             Err(e) => fail!("opendir", reply, e),
         }
@@ -534,7 +537,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0) {
+        match self.fs.readdir(Fh(fh.0)) {
             Ok(entries) => {
                 for (i, e) in entries.iter_from(offset as usize) {
                     if reply.add(INodeNo(e.ino), (i + 1) as u64, dt_kind(e.kind), e.name) {
@@ -555,7 +558,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(fh.0) {
+        match self.fs.readdir(Fh(fh.0)) {
             Ok(entries) => {
                 // The kernel (READDIRPLUS_AUTO) asks for the first batch of every listing
                 // with attributes, also for `ls -f` or `find` that never look at them, and
@@ -570,7 +573,7 @@ impl Filesystem for Adapter {
                 };
                 let mut sent = 0usize;
                 for (i, e) in entries.iter_from(offset as usize).take(limit) {
-                    let looked = match self.fs.lookup_entry(ino.0, &e) {
+                    let looked = match self.fs.lookup_entry(Ino(ino.0), &e) {
                         Ok(l) => l,
                         // Never an entry with made-up attributes: stop the batch here
                         // (the kernel asks again from this entry) or fail it if empty.
@@ -582,7 +585,7 @@ impl Filesystem for Adapter {
                     };
                     let is_dot = e.name == "." || e.name == "..";
                     let (node, generation, st) = match &looked {
-                        Some(l) => (l.ino, l.generation, attr(&l.attr)),
+                        Some(l) => (l.ino.0, l.generation, attr(&l.attr)),
                         // `.`/`..` carry no attributes the kernel uses.
                         None if is_dot => {
                             let mut a = attr(&dot_stat(e.kind));
@@ -602,7 +605,7 @@ impl Filesystem for Adapter {
                     ) {
                         // Did not fit: the kernel never saw it, so undo its lookup.
                         if looked.is_some() {
-                            self.fs.forget(node, 1);
+                            self.fs.forget(Ino(node), 1);
                         }
                         break;
                     }
@@ -622,7 +625,7 @@ impl Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
+        self.fs.releasedir(Fh(fh.0));
         reply.ok();
     }
 
@@ -634,14 +637,14 @@ impl Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsyncdir(ino.0, datasync) {
+        match self.fs.fsyncdir(Ino(ino.0), datasync) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("fsyncdir", reply, e),
         }
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs(ino.0) {
+        match self.fs.statfs(Ino(ino.0)) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -666,14 +669,14 @@ impl Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.setxattr(ino.0, name, value, flags) {
+        match self.fs.setxattr(Ino(ino.0), name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("setxattr", reply, e),
         }
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(ino.0, name, size, caller(req)) {
+        match self.fs.getxattr(Ino(ino.0), name, size, caller(req)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
             Err(e) => fail!("getxattr", reply, e),
@@ -681,7 +684,7 @@ impl Filesystem for Adapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(ino.0, size) {
+        match self.fs.listxattr(Ino(ino.0), size) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
             Err(e) => fail!("listxattr", reply, e),
@@ -689,7 +692,7 @@ impl Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.removexattr(ino.0, name) {
+        match self.fs.removexattr(Ino(ino.0), name) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("removexattr", reply, e),
         }
@@ -713,7 +716,7 @@ impl Filesystem for Adapter {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.access(ino.0, mask.bits()) {
+        match self.fs.access(Ino(ino.0), mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("access", reply, e),
         }
@@ -731,14 +734,14 @@ impl Filesystem for Adapter {
     ) {
         match self
             .fs
-            .create(parent.0, name, mode, umask, flags, caller(req))
+            .create(Ino(parent.0), name, mode, umask, flags, caller(req))
         {
             Ok((en, o)) => match backing(&o) {
                 Some(b) => reply.created_passthrough(
                     &TTL,
                     &attr(&en.attr),
                     Generation(en.generation),
-                    FileHandle(o.fh),
+                    FileHandle(o.fh.0),
                     FopenFlags::empty(),
                     b,
                 ),
@@ -746,7 +749,7 @@ impl Filesystem for Adapter {
                     &TTL,
                     &attr(&en.attr),
                     Generation(en.generation),
-                    FileHandle(o.fh),
+                    FileHandle(o.fh.0),
                     self.fopen(flags),
                 ),
             },
@@ -764,7 +767,7 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fallocate(fh.0, offset, length, mode) {
+        match self.fs.fallocate(Fh(fh.0), offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("fallocate", reply, nosys_to_notsup(e)),
         }
@@ -779,7 +782,7 @@ impl Filesystem for Adapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.fs.lseek(fh.0, offset, whence) {
+        match self.fs.lseek(Fh(fh.0), offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => fail!("lseek", reply, nosys_to_notsup(e)),
         }
@@ -798,10 +801,14 @@ impl Filesystem for Adapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .fs
-            .copy_file_range(fh_in.0, offset_in, ino_out.0, fh_out.0, offset_out, len)
-        {
+        match self.fs.copy_file_range(
+            Fh(fh_in.0),
+            offset_in,
+            Ino(ino_out.0),
+            Fh(fh_out.0),
+            offset_out,
+            len,
+        ) {
             Ok(n) => reply.written(n),
             Err(e) => fail!("copy_file_range", reply, nosys_to_notsup(e)),
         }

@@ -7,6 +7,7 @@
 //! own backing number (a swap, so ids stay unique). Inodes of other devices (mounts
 //! below the backing directory) get synthetic ids from 2^63 up.
 
+use crate::ids::Ino;
 use crate::lock::{Mutex, Rank, RwLock};
 use crate::node::FileNode;
 pub use crate::node::Stamp;
@@ -37,7 +38,7 @@ pub struct Listed {
 /// One backing inode.
 pub struct Inode {
     /// FUSE node id (= `st_ino` shown to users).
-    pub ino: u64,
+    pub ino: Ino,
     /// `(st_dev, st_ino)` on the backing filesystem.
     pub key: (u64, u64),
     /// `st_mode & S_IFMT`.
@@ -95,7 +96,7 @@ impl Inode {
         }
     }
 
-    fn new(ino: u64, st: &libc::stat, fd: OwnedFd, lookups: u64, generation: u64) -> Self {
+    fn new(ino: Ino, st: &libc::stat, fd: OwnedFd, lookups: u64, generation: u64) -> Self {
         Self {
             ino,
             key: (st.st_dev, st.st_ino),
@@ -126,8 +127,8 @@ impl Inode {
 
 #[derive(Default)]
 struct Maps {
-    by_ino: HashMap<u64, Arc<Inode>>,
-    by_key: HashMap<(u64, u64), u64>,
+    by_ino: HashMap<Ino, Arc<Inode>>,
+    by_key: HashMap<(u64, u64), Ino>,
 }
 
 /// All inodes the kernel knows about.
@@ -144,11 +145,11 @@ impl InodeTable {
     /// A table holding the root.
     pub fn new(root_fd: OwnedFd, root: &libc::stat) -> Self {
         let key = (root.st_dev, root.st_ino);
-        let inode = Arc::new(Inode::new(1, root, root_fd, 1 << 40, 0));
+        let inode = Arc::new(Inode::new(Ino::ROOT, root, root_fd, 1 << 40, 0));
         let root_path = inode.fd();
         let mut maps = Maps::default();
-        maps.by_ino.insert(1, inode.clone());
-        maps.by_key.insert(key, 1);
+        maps.by_ino.insert(Ino::ROOT, inode.clone());
+        maps.by_key.insert(key, Ino::ROOT);
         Self {
             root_path,
             maps: RwLock::new(Rank::InodeTable, maps),
@@ -158,24 +159,24 @@ impl InodeTable {
     }
 
     /// The FUSE id a backing `(dev, ino)` gets (also used for readdir's `d_ino`).
-    pub fn ino_for(&self, dev: u64, ino: u64) -> Option<u64> {
+    pub fn ino_for(&self, dev: u64, ino: u64) -> Option<Ino> {
         if dev != self.root_key.0 {
             return self.maps.read().by_key.get(&(dev, ino)).copied();
         }
-        Some(if ino == self.root_key.1 {
+        Some(Ino(if ino == self.root_key.1 {
             1
         } else if ino == 1 {
             self.root_key.1
         } else {
             ino
-        })
+        }))
     }
 
     /// Finds an inode by FUSE id.
     ///
     /// # Errors
     /// `ESTALE` for an id the table does not hold.
-    pub fn get(&self, ino: u64) -> std::io::Result<Arc<Inode>> {
+    pub fn get(&self, ino: Ino) -> std::io::Result<Arc<Inode>> {
         self.maps
             .read()
             .by_ino
@@ -226,7 +227,7 @@ impl InodeTable {
             && let Some(i) = m.by_ino.get(ino)
         {
             let old = i.clone();
-            if old.kind == kind || old.ino == 1 {
+            if old.kind == kind || old.ino == Ino::ROOT {
                 old.lookups.fetch_add(1, Relaxed);
                 old.saw(st);
                 old.no_caps.store(false, Relaxed);
@@ -234,11 +235,11 @@ impl InodeTable {
                 let dropped = (other && checked && idle(&old).is_some())
                     .then(|| old.file.lock().take())
                     .flatten();
-                let replaced = (old.ino != 1).then(|| old.repair(fd));
+                let replaced = (old.ino != Ino::ROOT).then(|| old.repair(fd));
                 drop(m);
                 if dropped.is_some() {
                     tracing::debug!(
-                        ino = old.ino,
+                        ino = old.ino.0,
                         "inode number now names another file: sparse state dropped"
                     );
                 }
@@ -258,11 +259,11 @@ impl InodeTable {
             drop(old);
             return inode;
         }
-        let ino = if key.0 == self.root_key.0 {
+        let ino = Ino(if key.0 == self.root_key.0 {
             if key.1 == 1 { self.root_key.1 } else { key.1 }
         } else {
             self.next_synthetic.fetch_add(1, Relaxed)
-        };
+        });
         let inode = Arc::new(Inode::new(ino, st, fd, 1, 0));
         m.by_ino.insert(ino, inode.clone());
         m.by_key.insert(key, ino);
@@ -271,8 +272,8 @@ impl InodeTable {
 
     /// Drops `n` lookups; the inode leaves the table at zero (open handles keep their
     /// own reference).
-    pub fn forget(&self, ino: u64, n: u64) {
-        if ino == 1 {
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if ino == Ino::ROOT {
             return;
         }
         let gone = {

@@ -31,6 +31,7 @@ pub mod extents;
 pub mod file;
 pub mod fs;
 pub mod fuse_adapter;
+pub mod ids;
 pub mod inodes;
 pub mod lock;
 pub mod mapfile;

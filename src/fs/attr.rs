@@ -12,7 +12,7 @@ impl SparseFs {
     /// size, times and blocks from its sparse state where that is trusted (see
     /// [`NodeState::stat_view`]). Reads the node's state only: never waits for a flush.
     pub(super) fn sparse_stat(&self, inode: &Inode, mut st: libc::stat) -> libc::stat {
-        st.st_ino = inode.ino;
+        st.st_ino = inode.ino.0;
         st.st_blksize = self.sh.cfg.geo.block as _;
         let view = inode
             .node()
@@ -43,7 +43,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// `ESTALE` for unknown inodes.
-    pub fn getattr(&self, ino: u64) -> io::Result<libc::stat> {
+    pub fn getattr(&self, ino: Ino) -> io::Result<libc::stat> {
         let inode = self.inode(ino)?;
         self.stat_of(&inode)
     }
@@ -53,7 +53,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn setattr(&self, ino: u64, a: SetAttr) -> io::Result<libc::stat> {
+    pub fn setattr(&self, ino: Ino, a: SetAttr) -> io::Result<libc::stat> {
         let inode = self.inode(ino)?;
         let is_reg = inode.kind == libc::S_IFREG;
         let node = if is_reg && (a.size.is_some() || inode.node().is_some()) {
@@ -136,7 +136,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// `EINVAL` if not a symlink.
-    pub fn readlink(&self, ino: u64) -> io::Result<OsString> {
+    pub fn readlink(&self, ino: Ino) -> io::Result<OsString> {
         sys::readlink(self.inode(ino)?.fd().as_fd())
     }
 
@@ -144,7 +144,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn statfs(&self, ino: u64) -> io::Result<libc::statvfs> {
+    pub fn statfs(&self, ino: Ino) -> io::Result<libc::statvfs> {
         sys::statvfs(self.inode(ino)?.fd().as_fd())
     }
 
@@ -152,7 +152,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// `EACCES`.
-    pub fn access(&self, ino: u64, mask: i32) -> io::Result<()> {
+    pub fn access(&self, ino: Ino, mask: i32) -> io::Result<()> {
         let inode = self.inode(ino)?;
         if inode.kind == libc::S_IFLNK {
             return Ok(());

@@ -17,7 +17,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn read(&self, fh: u64, off: u64, size: u32) -> io::Result<Vec<u8>> {
+    pub fn read(&self, fh: Fh, off: u64, size: u32) -> io::Result<Vec<u8>> {
         let (_, node, _) = self.file(fh)?;
         node.read(|e| e.read(off, size as usize))
     }
@@ -34,8 +34,8 @@ impl SparseFs {
     /// write, close or fsync).
     pub fn write(
         &self,
-        ino: u64,
-        fh: u64,
+        ino: Ino,
+        fh: Fh,
         off: u64,
         data: &[u8],
         flags: i32,
@@ -73,7 +73,7 @@ impl SparseFs {
     }
 
     /// Runs the backend writes a [`Self::write`] found ready, after its reply.
-    pub fn after_write(&self, fh: u64) {
+    pub fn after_write(&self, fh: Fh) {
         if let Ok((_, node, _)) = self.file(fh) {
             node.with_engine(|e, _| e.run_pending_deferred());
         }
@@ -84,7 +84,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno, or one kept from a background flush.
-    pub fn flush(&self, fh: u64) -> io::Result<()> {
+    pub fn flush(&self, fh: Fh) -> io::Result<()> {
         let (inode, node, _) = self.file(fh)?;
         self.close_flush(&inode, &node)
     }
@@ -93,7 +93,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+    pub fn fsync(&self, fh: Fh, datasync: bool) -> io::Result<()> {
         let (_, node, _) = self.file(fh)?;
         let depth = if datasync {
             Depth::DataSync
@@ -107,7 +107,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// `ENXIO` past the last data (SEEK_DATA) or at/after EOF; `EINVAL` for other whence.
-    pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> io::Result<i64> {
+    pub fn lseek(&self, fh: Fh, off: i64, whence: i32) -> io::Result<i64> {
         let (_, node, _) = self.file(fh)?;
         if off < 0 {
             return Err(errno(libc::ENXIO));
@@ -127,7 +127,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// `EOPNOTSUPP` for unsupported modes (never `ENOSYS`), the backend's errno.
-    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> io::Result<()> {
+    pub fn fallocate(&self, fh: Fh, off: u64, len: u64, mode: i32) -> io::Result<()> {
         let (_, node, _) = self.file(fh)?;
         node.change(|e, state| {
             state.with(|s| s.changed());
@@ -163,10 +163,10 @@ impl SparseFs {
     /// The backend's errno.
     pub fn copy_file_range(
         &self,
-        fh_in: u64,
+        fh_in: Fh,
         off_in: u64,
-        ino_out: u64,
-        fh_out: u64,
+        ino_out: Ino,
+        fh_out: Fh,
         off_out: u64,
         len: u64,
     ) -> io::Result<u32> {

@@ -15,7 +15,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// `ENOTDIR`, the backend's errno.
-    pub fn opendir(&self, ino: u64) -> io::Result<(u64, DirCache)> {
+    pub fn opendir(&self, ino: Ino) -> io::Result<(Fh, DirCache)> {
         let inode = self.inode(ino)?;
         if inode.kind != libc::S_IFDIR {
             return Err(errno(libc::ENOTDIR));
@@ -51,7 +51,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// `EBADF`, the backend's errno.
-    pub fn readdir(&self, fh: u64) -> io::Result<Arc<DirSnapshot>> {
+    pub fn readdir(&self, fh: Fh) -> io::Result<Arc<DirSnapshot>> {
         let (inode, stamp, cache, slot) = match self.sh.handles.read().get(&fh) {
             Some(Handle::Dir {
                 inode,
@@ -66,14 +66,14 @@ impl SparseFs {
             return Ok(e.clone());
         }
         let mut entries = DirSnapshot::default();
-        entries.push(inode.ino, libc::DT_DIR, b".");
-        entries.push(inode.ino, libc::DT_DIR, b"..");
+        entries.push(inode.ino.0, libc::DT_DIR, b".");
+        entries.push(inode.ino.0, libc::DT_DIR, b"..");
         let dev = inode.key.0;
         sys::read_dir_into(inode.fd().as_fd(), &mut entries, |ino, name| {
-            if inode.ino == 1 && name == SIDECAR_DIR.as_bytes() {
+            if inode.ino == Ino::ROOT && name == SIDECAR_DIR.as_bytes() {
                 return None;
             }
-            Some(self.sh.inodes.ino_for(dev, ino).unwrap_or(ino))
+            Some(self.sh.inodes.ino_for(dev, ino).map_or(ino, |i| i.0))
         })?;
         self.sh.stats.dir_listings.fetch_add(1, Relaxed);
         let now = std::time::SystemTime::now()
@@ -99,7 +99,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The lookup's errno other than `ENOENT`.
-    pub fn lookup_entry(&self, dir: u64, e: &DirEntry<'_>) -> io::Result<Option<Entry>> {
+    pub fn lookup_entry(&self, dir: Ino, e: &DirEntry<'_>) -> io::Result<Option<Entry>> {
         if e.name == "." || e.name == ".." {
             return Ok(None);
         }
@@ -111,7 +111,7 @@ impl SparseFs {
     }
 
     /// releasedir.
-    pub fn releasedir(&self, fh: u64) {
+    pub fn releasedir(&self, fh: Fh) {
         self.sh.handles.write().remove(&fh);
     }
 
@@ -119,7 +119,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> io::Result<()> {
+    pub fn fsyncdir(&self, ino: Ino, datasync: bool) -> io::Result<()> {
         let inode = self.inode(ino)?;
         let d = sys::reopen(inode.fd().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         sys::fsync(d.as_fd(), datasync)

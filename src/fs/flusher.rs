@@ -11,7 +11,7 @@ pub(super) fn flusher(sh: &Shared) {
         }
         let now = Instant::now();
         let over = sh.stats.dirty_bytes.load(Relaxed) > sh.cfg.max_dirty;
-        let nodes: Vec<(u64, Arc<FileNode>)> = sh
+        let nodes: Vec<(Ino, Arc<FileNode>)> = sh
             .dirty
             .lock()
             .iter()

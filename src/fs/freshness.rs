@@ -23,7 +23,7 @@ impl SparseFs {
                 return Ok(());
             }
             debug!(
-                ino = inode.ino,
+                ino = inode.ino.0,
                 "backing file changed outside the mount: map dropped"
             );
             e.reset_from_backend()?;
@@ -53,18 +53,18 @@ impl SparseFs {
             Loaded::None => Record::None,
             Loaded::Stale => {
                 debug!(
-                    ino = inode.ino,
+                    ino = inode.ino.0,
                     "persisted extent map is stale (file changed since): file treated as data"
                 );
                 Record::Stored
             }
             Loaded::Refused(err) => {
-                warn!(ino = inode.ino, error = %err, "persisted extent map refused: file treated as data");
+                warn!(ino = inode.ino.0, error = %err, "persisted extent map refused: file treated as data");
                 Record::Stored
             }
             Loaded::Map(data) => {
                 debug!(
-                    ino = inode.ino,
+                    ino = inode.ino.0,
                     extents = data.len(),
                     "persisted extent map loaded"
                 );
@@ -96,7 +96,7 @@ impl SparseFs {
         match p.store(inode.fd().as_fd(), e.index_data()) {
             Ok(()) => Some(true),
             Err(err) => {
-                warn!(ino = inode.ino, error = %err, "extent map not persisted");
+                warn!(ino = inode.ino.0, error = %err, "extent map not persisted");
                 None
             }
         }

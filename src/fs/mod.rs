@@ -16,6 +16,7 @@ use crate::backend::fd::FdFile;
 use crate::backend::reopen::Reopening;
 use crate::backend::{BackendFile, Caps, Whence, probe};
 use crate::file::{Depth, Geometry, SparseFile};
+pub use crate::ids::{Fh, Ino};
 use crate::inodes::{Inode, InodeTable};
 use crate::lock::{Condvar, Mutex, Rank, RwLock};
 pub use crate::node::PassToken;
@@ -86,7 +87,7 @@ pub type MakeToken<'a> = &'a dyn Fn(std::os::fd::BorrowedFd<'_>) -> io::Result<P
 /// An open handle and, for a passthrough handle, the backing file to answer with.
 pub struct Opened {
     /// The handle.
-    pub fh: u64,
+    pub fh: Fh,
     /// The backing file registration of a passthrough handle.
     pub passthrough: Option<PassToken>,
 }
@@ -164,11 +165,11 @@ struct Shared {
     stats: Arc<Stats>,
     inodes: InodeTable,
     /// Rank `Handles`, a leaf.
-    handles: RwLock<HashMap<u64, Handle>>,
+    handles: RwLock<HashMap<Fh, Handle>>,
     next_fh: AtomicU64,
     /// Files with unflushed data, for the flusher. Rank `DirtySet`, a leaf (taken under
     /// a file's engine).
-    dirty: Mutex<HashMap<u64, Arc<FileNode>>>,
+    dirty: Mutex<HashMap<Ino, Arc<FileNode>>>,
     stop: AtomicBool,
     frozen: AtomicBool,
     wake: Condvar,
@@ -184,7 +185,7 @@ struct Shared {
 }
 
 /// Drops the kernel's cached attributes of a FUSE inode.
-pub type AttrInvalidator = Box<dyn Fn(u64) + Send + Sync>;
+pub type AttrInvalidator = Box<dyn Fn(Ino) + Send + Sync>;
 
 /// One `fstatat` of a name about to be unlinked or renamed (see `SparseFs::child`).
 #[derive(Default)]
@@ -210,7 +211,7 @@ pub struct SparseFs {
 #[derive(Clone, Copy)]
 pub struct Entry {
     /// The FUSE id.
-    pub ino: u64,
+    pub ino: Ino,
     /// The FUSE generation of the id (see [`crate::inodes::InodeTable::insert_lookup`]).
     pub generation: u64,
     /// The attributes.
@@ -343,7 +344,7 @@ impl SparseFs {
         failed
     }
 
-    fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
+    fn inode(&self, ino: Ino) -> io::Result<Arc<Inode>> {
         self.sh.inodes.get(ino)
     }
 

@@ -20,8 +20,8 @@ impl SparseFs {
     ///
     /// # Errors
     /// `ENOENT`, `EINVAL` for names that are not one component, `ENAMETOOLONG`.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Entry> {
-        if parent == 1 && name == SIDECAR_DIR {
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> io::Result<Entry> {
+        if parent == Ino::ROOT && name == SIDECAR_DIR {
             return Err(errno(libc::ENOENT));
         }
         let dir = self.inode(parent)?;
@@ -32,13 +32,13 @@ impl SparseFs {
     }
 
     /// Drops lookups.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub fn forget(&self, ino: Ino, n: u64) {
         self.sh.inodes.forget(ino, n);
     }
 
     /// A name that may be created through the mount (the sidecar directory may not).
-    pub(super) fn name_ok(&self, parent: u64, name: &OsStr) -> io::Result<std::ffi::CString> {
-        if parent == 1 && name == SIDECAR_DIR {
+    pub(super) fn name_ok(&self, parent: Ino, name: &OsStr) -> io::Result<std::ffi::CString> {
+        if parent == Ino::ROOT && name == SIDECAR_DIR {
             return Err(errno(libc::EPERM));
         }
         sys::component(name)
@@ -127,7 +127,7 @@ impl SparseFs {
     /// The backend's errno (`EEXIST`, `EPERM`, ...).
     pub fn mknod(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
         mode: u32,
         umask: u32,
@@ -147,7 +147,7 @@ impl SparseFs {
     /// The backend's errno.
     pub fn mkdir(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
         mode: u32,
         umask: u32,
@@ -166,7 +166,7 @@ impl SparseFs {
     /// The backend's errno.
     pub fn symlink(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
         target: &Path,
         who: Caller,
@@ -182,7 +182,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
         let child = self.child(&dir, &c);
@@ -207,7 +207,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
         sys::unlinkat(dir.fd().as_fd(), &sys::component(name)?, libc::AT_REMOVEDIR)
     }
@@ -218,9 +218,9 @@ impl SparseFs {
     /// The backend's errno.
     pub fn rename(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
-        newparent: u64,
+        newparent: Ino,
         newname: &OsStr,
         flags: u32,
     ) -> io::Result<()> {
@@ -248,7 +248,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Entry> {
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> io::Result<Entry> {
         let inode = self.inode(ino)?;
         let dir = self.inode(newparent)?;
         let c = self.name_ok(newparent, newname)?;

@@ -62,8 +62,8 @@ impl SparseFs {
         Ok(inode.install(node))
     }
 
-    pub(super) fn new_fh(&self, h: Handle) -> u64 {
-        let fh = self.sh.next_fh.fetch_add(1, Relaxed);
+    pub(super) fn new_fh(&self, h: Handle) -> Fh {
+        let fh = Fh(self.sh.next_fh.fetch_add(1, Relaxed));
         self.sh.handles.write().insert(fh, h);
         fh
     }
@@ -108,7 +108,7 @@ impl SparseFs {
                     match sys::reopen(inode.fd().as_fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
                         Ok(t) => Some(t),
                         Err(e) => {
-                            debug!(ino = inode.ino, error = %e, "passthrough refused: ordinary open");
+                            debug!(ino = inode.ino.0, error = %e, "passthrough refused: ordinary open");
                             None
                         }
                     }
@@ -149,7 +149,7 @@ impl SparseFs {
     /// `make` registers a backend file for kernel passthrough (the adapter's part); when
     /// given and the open qualifies (see `passthrough_ok`), or the file already has
     /// passthrough handles, the result carries the token to answer with.
-    pub fn open(&self, ino: u64, flags: i32, make: Option<MakeToken<'_>>) -> io::Result<Opened> {
+    pub fn open(&self, ino: Ino, flags: i32, make: Option<MakeToken<'_>>) -> io::Result<Opened> {
         let inode = self.inode(ino)?;
         match inode.kind {
             libc::S_IFREG => self.open_node(&inode, flags, None, make, None),
@@ -186,7 +186,7 @@ impl SparseFs {
     /// The backend's errno.
     pub fn create(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
         mode: u32,
         umask: u32,
@@ -230,7 +230,7 @@ impl SparseFs {
         Ok((Entry::of(&inode, st), opened))
     }
 
-    pub(super) fn file(&self, fh: u64) -> io::Result<(Arc<Inode>, Arc<FileNode>, i32)> {
+    pub(super) fn file(&self, fh: Fh) -> io::Result<(Arc<Inode>, Arc<FileNode>, i32)> {
         match self.sh.handles.read().get(&fh) {
             Some(Handle::File {
                 inode, node, flags, ..
@@ -243,7 +243,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno (not seen by close(2); logged).
-    pub fn release(&self, fh: u64) -> io::Result<()> {
+    pub fn release(&self, fh: Fh) -> io::Result<()> {
         let h = self.sh.handles.write().remove(&fh);
         let Some(Handle::File {
             inode, node, pt, ..

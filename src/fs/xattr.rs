@@ -16,8 +16,8 @@ impl SparseFs {
     ///
     /// # Errors
     /// `ENODATA`, `ERANGE`, `ENOTSUP`, `EACCES`.
-    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32, who: Caller) -> io::Result<Vec<u8>> {
-        if ino == 1 && name == STATS_XATTR {
+    pub fn getxattr(&self, ino: Ino, name: &OsStr, size: u32, who: Caller) -> io::Result<Vec<u8>> {
+        if ino == Ino::ROOT && name == STATS_XATTR {
             if who.uid != 0 && who.uid != self.sh.cfg.owner {
                 return Err(errno(libc::EACCES));
             }
@@ -47,7 +47,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// `ERANGE`.
-    pub fn listxattr(&self, ino: u64, size: u32) -> io::Result<Vec<u8>> {
+    pub fn listxattr(&self, ino: Ino, size: u32) -> io::Result<Vec<u8>> {
         let inode = self.inode(ino)?;
         if inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR {
             return Ok(Vec::new());
@@ -75,7 +75,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
         let inode = self.inode(ino)?;
         self.xattr_ok(&inode)?;
         inode.no_caps.store(false, Relaxed);
@@ -88,7 +88,7 @@ impl SparseFs {
         if name == WEDGE_XATTR && self.sh.cfg.debug_hooks {
             let node = inode.node().ok_or_else(|| errno(libc::EBADF))?;
             warn!(
-                ino = inode.ino,
+                ino = inode.ino.0,
                 "debug hook: wedging the file's engine lock for good"
             );
             std::thread::Builder::new()
@@ -149,7 +149,7 @@ impl SparseFs {
     ///
     /// # Errors
     /// The backend's errno.
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
         if name == MAP_XATTR {
             return Err(errno(libc::EPERM));
         }
