@@ -203,7 +203,7 @@ pub struct MountConfig {
     /// detaches first (see [`dead_fuse_mount`]).
     pub reclaim: bool,
     /// Sparse block.
-    pub sparse_block: u64,
+    pub sparse_block: crate::ids::BlockSize,
     /// Write size.
     pub write_size: u64,
     /// Global dirty limit.
@@ -416,19 +416,16 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             _ => return usage(format!("unknown mount option '{opt}'")),
         }
     }
-    let sparse_block = parse_size("sparse block", sparse_block.as_deref().unwrap_or("32K"))?;
-    if !sparse_block.is_power_of_two() || !(4096..=64 << 20).contains(&sparse_block) {
-        return usage(format!(
-            "invalid sparse block {sparse_block}: must be a power of two from 4K to 64M"
-        ));
-    }
+    let block = parse_size("sparse block", sparse_block.as_deref().unwrap_or("32K"))?;
+    let sparse_block = crate::ids::BlockSize::new(block).or_else(usage)?;
+    let block = sparse_block.get();
     let write_size = match write_size {
         Some(w) => parse_size("write size", &w)?,
-        None => (4u64 << 20).max(sparse_block),
+        None => (4u64 << 20).max(block),
     };
-    if write_size % sparse_block != 0 || write_size > 1 << 30 {
+    if write_size % block != 0 || write_size > 1 << 30 {
         return usage(format!(
-            "invalid write size {write_size}: must be a multiple of the sparse block ({sparse_block}) and at most 1G"
+            "invalid write size {write_size}: must be a multiple of the sparse block ({block}) and at most 1G"
         ));
     }
     let max_dirty = parse_size("max dirty", max_dirty.as_deref().unwrap_or("256M"))?;

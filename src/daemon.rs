@@ -74,7 +74,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
     FsConfig {
         backing: cfg.backing.clone(),
         geo: Geometry {
-            block: cfg.sparse_block,
+            block: cfg.sparse_block.get(),
             write_size: cfg.write_size,
             max_dirty_file: (cfg.max_dirty / 4).max(cfg.write_size),
         },
@@ -264,7 +264,7 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
     info!(
         backing = %cfg.backing.display(),
         mountpoint = %cfg.mountpoint.display(),
-        sparse_block = cfg.sparse_block,
+        sparse_block = cfg.sparse_block.get(),
         write_size = cfg.write_size,
         punch = caps.punch,
         seek_data = caps.seek,

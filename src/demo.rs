@@ -35,11 +35,7 @@ fn seek_map(path: &Path) -> std::io::Result<Vec<(u64, u64)>> {
 /// A one-line message.
 pub fn run(sparse_block: &str) -> Result<(), String> {
     let block = parse_size("sparse block", sparse_block).map_err(|e| e.0)?;
-    if !block.is_power_of_two() || !(4096..=64 * MIB).contains(&block) {
-        return Err(format!(
-            "invalid sparse block {block}: must be a power of two from 4K to 64M"
-        ));
-    }
+    let block = crate::ids::BlockSize::new(block)?.get();
     let dir = std::env::temp_dir().join(format!("sparsefs-demo-{}", std::process::id()));
     let backing = dir.join("backing");
     let mnt = dir.join("mnt");
