@@ -9,4 +9,5 @@ cargo clippy --release --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items -q
 cargo build --release
 install -m 0755 target/release/sparsefs /usr/local/bin/sparsefs 2>/dev/null || true
+python3 -m unittest discover -s bench-scripts/tests -q
 cargo test --release -- --test-threads=2
