@@ -76,7 +76,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
         geo: Geometry {
             block: cfg.sparse_block.get(),
             write_size: cfg.write_size,
-            max_dirty_file: (cfg.max_dirty / 4).max(cfg.write_size),
+            max_dirty_file: crate::fs::per_file_limit(cfg.max_dirty, cfg.write_size),
         },
         max_dirty: cfg.max_dirty,
         dirty_age: cfg.dirty_age,

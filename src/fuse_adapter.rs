@@ -456,10 +456,10 @@ impl Filesystem for Adapter {
             .fs
             .write(Ino(ino.0), Fh(fh.0), offset, data, flags.0, clear_setid)
         {
-            Ok((n, pending)) => {
-                reply.written(n);
-                if pending {
-                    self.fs.after_write(Fh(fh.0));
+            Ok(w) => {
+                reply.written(w.n);
+                if let Some(then) = w.then {
+                    then.run();
                 }
             }
             Err(e) => fail!("write", reply, e),

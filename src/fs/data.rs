@@ -22,16 +22,17 @@ impl SparseFs {
         node.read(|e| e.read(off, size as usize))
     }
 
-    /// write: buffered in the file's coalescer; `O_SYNC`/`O_DSYNC` handles flush and
-    /// sync before returning.
+    /// write: buffered in the file's coalescer; the flush decisions after it are the
+    /// flusher's (`after_buffer` in fs/flusher.rs): `O_SYNC`/`O_DSYNC` handles flush and sync
+    /// before returning.
     ///
     /// # Errors
     /// An error of this or an earlier background flush of the file.
     ///
-    /// Returns the bytes taken and whether backend writes are ready to run: the adapter
-    /// replies first and then calls [`Self::after_write`], so the backend write overlaps
-    /// the application's next write (an error there is returned by the file's next
-    /// write, close or fsync).
+    /// Backend writes found ready (complete windows) are left in [`Written::then`]: the
+    /// adapter replies first and then runs them, so the backend write overlaps the
+    /// application's next write (an error there is returned by the file's next write,
+    /// close or fsync).
     pub fn write(
         &self,
         ino: Ino,
@@ -40,7 +41,7 @@ impl SparseFs {
         data: &[u8],
         flags: i32,
         clear_setid: bool,
-    ) -> io::Result<(u32, bool)> {
+    ) -> io::Result<Written> {
         let (inode, node, hflags) = self.file(fh)?;
         let flags = flags | hflags;
         if self.sh.frozen.load(Relaxed) {
@@ -52,31 +53,15 @@ impl SparseFs {
         let pending = node.change(|e, state| {
             state.with(|s| s.changed());
             let pending = e.buffer(off, data)?;
-            if flags & libc::O_DSYNC != 0 {
-                let depth = if flags & libc::O_SYNC == libc::O_SYNC {
-                    Depth::Sync
-                } else {
-                    Depth::DataSync
-                };
-                e.flush(depth, Trigger::Fsync)?;
-            } else if self.sh.stats.dirty_bytes.load(Relaxed) > self.sh.cfg.max_dirty {
-                e.flush(Depth::Data, Trigger::DirtyLimit)?;
-            }
-            if e.is_dirty() {
-                self.sh.dirty.lock().insert(ino, node.clone());
-            }
+            self.after_buffer(ino, &node, e, flags)?;
             // A bypassed file's change is flushed whole by `change` (only copy_file_range
             // writes through the engine of one): nothing is left for after the reply.
             Ok(pending && !state.with(|s| s.bypassed()))
         })?;
-        Ok((data.len() as u32, pending))
-    }
-
-    /// Runs the backend writes a [`Self::write`] found ready, after its reply.
-    pub fn after_write(&self, fh: Fh) {
-        if let Ok((_, node, _)) = self.file(fh) {
-            node.with_engine(|e, _| e.run_pending_deferred());
-        }
+        Ok(Written {
+            n: data.len() as u32,
+            then: pending.then_some(AfterWrite(node)),
+        })
     }
 
     /// flush (each close of a descriptor): everything reaches the backend, so errors
@@ -178,14 +163,30 @@ impl SparseFs {
             if data.is_empty() {
                 break;
             }
-            if self
-                .write(ino_out, fh_out, off_out + done, &data, 0, false)?
-                .1
-            {
-                self.after_write(fh_out);
+            let w = self.write(ino_out, fh_out, off_out + done, &data, 0, false)?;
+            if let Some(then) = w.then {
+                then.run();
             }
             done += data.len() as u64;
         }
         Ok(done as u32)
+    }
+}
+
+/// What a [`SparseFs::write`] took, and the backend writes it found ready.
+pub struct Written {
+    /// Bytes taken.
+    pub n: u32,
+    /// Backend writes to run after the reply.
+    pub then: Option<AfterWrite>,
+}
+
+/// Backend writes of complete windows, to run after the write's reply.
+pub struct AfterWrite(Arc<FileNode>);
+
+impl AfterWrite {
+    /// Runs them; an error is kept for the file's next write, fsync or close.
+    pub fn run(self) {
+        self.0.with_engine(|e, _| e.run_pending_deferred());
     }
 }

@@ -52,15 +52,7 @@ impl SparseFs {
     /// # Errors
     /// `EBADF`, the backend's errno.
     pub fn readdir(&self, fh: Fh) -> io::Result<Arc<DirSnapshot>> {
-        let (inode, stamp, cache, slot) = match self.sh.handles.read().get(&fh) {
-            Some(Handle::Dir {
-                inode,
-                stamp,
-                cache,
-                entries,
-            }) => (inode.clone(), *stamp, *cache, entries.clone()),
-            _ => return Err(errno(libc::EBADF)),
-        };
+        let (inode, stamp, cache, slot) = self.sh.handles.dir(fh)?;
         let mut slot = slot.lock();
         if let Some(e) = &*slot {
             return Ok(e.clone());
@@ -112,7 +104,7 @@ impl SparseFs {
 
     /// releasedir.
     pub fn releasedir(&self, fh: Fh) {
-        self.sh.handles.write().remove(&fh);
+        drop(self.sh.handles.remove(fh));
     }
 
     /// fsyncdir.

@@ -1,7 +1,47 @@
-//! The background flusher thread: dirty age and the global dirty limit.
+//! When data leaves the buffers, above each file's engine: every flush decision that is
+//! not the engine's own (its complete windows, a stream moving on, its per-file limit)
+//! is made here. After a write: `O_SYNC`/`O_DSYNC` flushes and syncs, the global dirty
+//! limit flushes the written file's data, a file left dirty goes on the flusher's list.
+//! In the background: the flusher thread flushes files whose oldest unflushed write is
+//! older than the dirty age, and everything while over the global limit. Close, fsync,
+//! truncate, fallocate and unmount flush fully where they happen.
 
 use super::*;
 
+/// Per-file buffer limit for a mount-wide limit `max_dirty`: a quarter of it, at least
+/// one write-size window (so a file always completes a window before it must flush).
+pub fn per_file_limit(max_dirty: u64, write_size: u64) -> u64 {
+    (max_dirty / 4).max(write_size)
+}
+
+impl SparseFs {
+    /// The flush decisions after a write was buffered into `e` (the file's engine, locked
+    /// by the caller): see the module docs.
+    pub(super) fn after_buffer(
+        &self,
+        ino: Ino,
+        node: &Arc<FileNode>,
+        e: &mut SparseFile,
+        flags: i32,
+    ) -> io::Result<()> {
+        if flags & libc::O_DSYNC != 0 {
+            let depth = if flags & libc::O_SYNC == libc::O_SYNC {
+                Depth::Sync
+            } else {
+                Depth::DataSync
+            };
+            e.flush(depth, Trigger::Fsync)?;
+        } else if self.sh.stats.dirty_bytes.load(Relaxed) > self.sh.cfg.max_dirty {
+            e.flush(Depth::Data, Trigger::DirtyLimit)?;
+        }
+        if e.is_dirty() {
+            self.sh.dirty.lock().insert(ino, node.clone());
+        }
+        Ok(())
+    }
+}
+
+/// The background flusher thread's loop (ends when the mount stops).
 pub(super) fn flusher(sh: &Shared) {
     let tick = (sh.cfg.dirty_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     while !sh.stop.load(Relaxed) {

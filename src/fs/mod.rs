@@ -4,9 +4,12 @@
 
 mod attr;
 mod data;
+pub use data::{AfterWrite, Written};
 mod dir;
 mod flusher;
+pub use flusher::per_file_limit;
 mod freshness;
+mod handles;
 mod namespace;
 mod open;
 mod xattr;
@@ -23,6 +26,7 @@ pub use crate::node::PassToken;
 use crate::node::{FileNode, NodeState, OpenPlan, Record, stamp_of};
 use crate::stats::{Stats, Trigger};
 use crate::sys::{self, DirEntry, DirSnapshot};
+use handles::{Handle, HandleTable};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -109,27 +113,6 @@ fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
 }
 
-/// An open handle.
-enum Handle {
-    File {
-        inode: Arc<Inode>,
-        node: Arc<FileNode>,
-        flags: i32,
-        /// A kernel passthrough handle.
-        pt: bool,
-    },
-    Dir {
-        inode: Arc<Inode>,
-        /// The directory's stamp at opendir.
-        stamp: crate::inodes::Stamp,
-        /// The kernel was asked to cache the listing.
-        cache: bool,
-        /// The snapshot, taken at the first readdir (not at all when the kernel answers
-        /// from its cache). Rank `DirSnapshot`, held across the backend listing.
-        entries: Arc<Mutex<Option<Arc<DirSnapshot>>>>,
-    },
-}
-
 /// Attribute changes of a setattr.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SetAttr {
@@ -164,9 +147,7 @@ struct Shared {
     caps: Caps,
     stats: Arc<Stats>,
     inodes: InodeTable,
-    /// Rank `Handles`, a leaf.
-    handles: RwLock<HashMap<Fh, Handle>>,
-    next_fh: AtomicU64,
+    handles: HandleTable,
     /// Files with unflushed data, for the flusher. Rank `DirtySet`, a leaf (taken under
     /// a file's engine).
     dirty: Mutex<HashMap<Ino, Arc<FileNode>>>,
@@ -269,8 +250,7 @@ impl SparseFs {
                 caps,
                 stats,
                 inodes,
-                handles: RwLock::new(Rank::Handles, HashMap::new()),
-                next_fh: AtomicU64::new(1),
+                handles: HandleTable::default(),
                 dirty: Mutex::new(Rank::DirtySet, HashMap::new()),
                 stop: AtomicBool::new(false),
                 frozen: AtomicBool::new(false),

@@ -63,9 +63,7 @@ impl SparseFs {
     }
 
     pub(super) fn new_fh(&self, h: Handle) -> Fh {
-        let fh = Fh(self.sh.next_fh.fetch_add(1, Relaxed));
-        self.sh.handles.write().insert(fh, h);
-        fh
+        self.sh.handles.insert(h)
     }
 
     /// Opens a handle of a regular file, as one transition of its node (see
@@ -231,12 +229,7 @@ impl SparseFs {
     }
 
     pub(super) fn file(&self, fh: Fh) -> io::Result<(Arc<Inode>, Arc<FileNode>, i32)> {
-        match self.sh.handles.read().get(&fh) {
-            Some(Handle::File {
-                inode, node, flags, ..
-            }) => Ok((inode.clone(), node.clone(), *flags)),
-            _ => Err(errno(libc::EBADF)),
-        }
+        self.sh.handles.file(fh)
     }
 
     /// release (last close of an open): flushes and forgets the handle.
@@ -244,7 +237,7 @@ impl SparseFs {
     /// # Errors
     /// The backend's errno (not seen by close(2); logged).
     pub fn release(&self, fh: Fh) -> io::Result<()> {
-        let h = self.sh.handles.write().remove(&fh);
+        let h = self.sh.handles.remove(fh);
         let Some(Handle::File {
             inode, node, pt, ..
         }) = h
