@@ -9,10 +9,10 @@
 //! that puts its mtime back, moves its ctime and the map is refused. Records are keyed
 //! by inode number (the same on every node of a shared filesystem; st_dev is not).
 
+use crate::backend::meta::MetaBackend;
 use crate::extents::RangeSet;
 use crate::mapfile::{DecodeError, FLAG_MAP_IN_XATTR, decode, encode};
 use crate::stamp::Stamp;
-use crate::sys;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -53,6 +53,7 @@ pub enum Loaded {
 pub struct Persist<'a> {
     root: BorrowedFd<'a>,
     store: MapStore,
+    meta: &'a dyn MetaBackend,
 }
 
 fn xattr_name() -> CString {
@@ -64,18 +65,19 @@ fn record_name(st: &libc::stat) -> CString {
 }
 
 impl<'a> Persist<'a> {
-    /// Persistence under the backing root `root` (an `O_PATH` or open directory fd).
-    pub fn new(root: BorrowedFd<'a>, store: MapStore) -> Self {
-        Self { root, store }
+    /// Persistence under the backing root `root` (an `O_PATH` or open directory fd),
+    /// calling the backend through `meta`.
+    pub fn new(root: BorrowedFd<'a>, store: MapStore, meta: &'a dyn MetaBackend) -> Self {
+        Self { root, store, meta }
     }
 
     fn dir(&self, create: bool) -> io::Result<OwnedFd> {
         let name = CString::new(SIDECAR_DIR).expect("no NUL");
         let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        match sys::openat(self.root, &name, flags, 0) {
+        match self.meta.openat(self.root, &name, flags, 0) {
             Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
-                let _ = sys::mkdirat(self.root, &name, 0o700);
-                sys::openat(self.root, &name, flags, 0)
+                let _ = self.meta.mkdirat(self.root, &name, 0o700);
+                self.meta.openat(self.root, &name, flags, 0)
             }
             r => r,
         }
@@ -83,13 +85,15 @@ impl<'a> Persist<'a> {
 
     fn read_record(&self, st: &libc::stat) -> Option<Vec<u8>> {
         let dir = self.dir(false).ok()?;
-        let f = sys::openat(
-            dir.as_fd(),
-            &record_name(st),
-            libc::O_RDONLY | libc::O_NOFOLLOW,
-            0,
-        )
-        .ok()?;
+        let f = self
+            .meta
+            .openat(
+                dir.as_fd(),
+                &record_name(st),
+                libc::O_RDONLY | libc::O_NOFOLLOW,
+                0,
+            )
+            .ok()?;
         let mut v = Vec::new();
         std::io::Read::read_to_end(&mut File::from(f), &mut v).ok()?;
         Some(v)
@@ -99,9 +103,10 @@ impl<'a> Persist<'a> {
         let dir = self.dir(true)?;
         let tmp = CString::new(format!("{}.tmp{}", st.st_ino, std::process::id())).expect("no NUL");
         let flags = libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_NOFOLLOW;
-        let f = sys::openat(dir.as_fd(), &tmp, flags, 0o600)?;
+        let f = self.meta.openat(dir.as_fd(), &tmp, flags, 0o600)?;
         std::io::Write::write_all(&mut File::from(f), bytes)?;
-        sys::renameat2(dir.as_fd(), &tmp, dir.as_fd(), &record_name(st), 0)
+        self.meta
+            .renameat2(dir.as_fd(), &tmp, dir.as_fd(), &record_name(st), 0)
     }
 
     /// Loads the map of `file` whose fresh stat is `st`.
@@ -121,7 +126,9 @@ impl<'a> Persist<'a> {
             return Loaded::Stale;
         }
         if flags & FLAG_MAP_IN_XATTR != 0 {
-            let xa = sys::getxattr(file, &xattr_name(), 1 << 24)
+            let xa = self
+                .meta
+                .getxattr(file, &xattr_name(), 1 << 24)
                 .map_err(|e| e.to_string())
                 .and_then(|b| decode(&b).map_err(|e: DecodeError| e.to_string()));
             match xa {
@@ -141,7 +148,7 @@ impl<'a> Persist<'a> {
         if self.store == MapStore::None {
             return Ok(());
         }
-        let st = sys::fstat_fresh(file)?;
+        let st = self.meta.fstat_fresh(file)?;
         // An unlinked-but-open file has no future reader: no record for it.
         if st.st_nlink == 0 {
             return Ok(());
@@ -150,8 +157,10 @@ impl<'a> Persist<'a> {
         let mut in_xattr = false;
         if self.store == MapStore::Xattr {
             let bytes = encode(data, &Stamp::of(&st), 0);
-            if let Ok(after) =
-                sys::setxattr(file, &xattr_name(), &bytes, 0).and_then(|()| sys::fstat_fresh(file))
+            if let Ok(after) = self
+                .meta
+                .setxattr(file, &xattr_name(), &bytes, 0)
+                .and_then(|()| self.meta.fstat_fresh(file))
             {
                 in_xattr = true;
                 st_final = after;
@@ -169,15 +178,15 @@ impl<'a> Persist<'a> {
     pub fn forget_ino(&self, ino: u64) {
         if let Ok(dir) = self.dir(false) {
             let name = CString::new(ino.to_string()).expect("no NUL");
-            let _ = sys::unlinkat(dir.as_fd(), &name, 0);
+            let _ = self.meta.unlinkat(dir.as_fd(), &name, 0);
         }
     }
 
     /// Removes the stored map of `file` (it has no holes any more).
     pub fn remove(&self, file: BorrowedFd<'_>) {
-        let _ = sys::removexattr(file, &xattr_name());
-        if let (Ok(dir), Ok(st)) = (self.dir(false), sys::fstat(file)) {
-            let _ = sys::unlinkat(dir.as_fd(), &record_name(&st), 0);
+        let _ = self.meta.removexattr(file, &xattr_name());
+        if let (Ok(dir), Ok(st)) = (self.dir(false), self.meta.fstat(file)) {
+            let _ = self.meta.unlinkat(dir.as_fd(), &record_name(&st), 0);
         }
     }
 }

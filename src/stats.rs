@@ -50,6 +50,61 @@ impl Op {
     }
 }
 
+/// Kinds of metadata call on the backend (see [`crate::backend::meta`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaOp {
+    /// openat of a name (lookups, creates, the sidecar store)
+    Open = 0,
+    /// an open through /proc/self/fd (a reopen of an fd already held)
+    Reopen,
+    /// fstat, fresh stat, fstatat, access
+    Stat,
+    /// mkdir, mknod, symlink, link
+    Create,
+    /// unlink, rmdir
+    Unlink,
+    /// rename
+    Rename,
+    /// chmod, chown, utimens
+    Setattr,
+    /// getxattr, listxattr, setxattr, removexattr
+    Xattr,
+    /// a directory listing
+    Readdir,
+    /// readlink
+    Readlink,
+    /// statfs
+    Statfs,
+    /// fsync of a directory
+    Fsync,
+}
+
+/// All metadata call kinds, in display order.
+pub const META_OPS: [MetaOp; 12] = [
+    MetaOp::Open,
+    MetaOp::Reopen,
+    MetaOp::Stat,
+    MetaOp::Create,
+    MetaOp::Unlink,
+    MetaOp::Rename,
+    MetaOp::Setattr,
+    MetaOp::Xattr,
+    MetaOp::Readdir,
+    MetaOp::Readlink,
+    MetaOp::Statfs,
+    MetaOp::Fsync,
+];
+
+impl MetaOp {
+    /// The name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        [
+            "open", "reopen", "stat", "create", "unlink", "rename", "setattr", "xattr", "readdir",
+            "readlink", "statfs", "fsync",
+        ][self as usize]
+    }
+}
+
 /// Why a flush ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -107,6 +162,7 @@ struct OpCounter {
 #[derive(Debug, Default)]
 pub struct Stats {
     ops: [OpCounter; 7],
+    meta: [[AtomicU64; 2]; 12],
     flushes: [AtomicU64; 7],
     /// Bytes applications wrote through the mount.
     pub app_write_bytes: AtomicU64,
@@ -150,6 +206,25 @@ impl Stats {
         if !ok {
             c.errors.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Records one metadata call on the backend.
+    pub fn meta_call(&self, op: MetaOp, ok: bool) {
+        let c = &self.meta[op as usize];
+        c[0].fetch_add(1, Relaxed);
+        if !ok {
+            c[1].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Metadata calls of one kind so far.
+    pub fn meta_calls(&self, op: MetaOp) -> u64 {
+        self.meta[op as usize][0].load(Relaxed)
+    }
+
+    /// Every metadata call so far.
+    pub fn meta_total(&self) -> u64 {
+        META_OPS.iter().map(|op| self.meta_calls(*op)).sum()
     }
 
     /// Calls of one kind so far.
@@ -214,6 +289,18 @@ impl Stats {
                 g(&c.bytes),
                 g(&c.nanos),
                 g(&c.errors)
+            );
+        }
+        s.push_str("},\"meta\":{");
+        for (i, op) in META_OPS.iter().enumerate() {
+            let c = &self.meta[*op as usize];
+            let _ = write!(
+                s,
+                "{}\"{}\":{{\"calls\":{},\"errors\":{}}}",
+                if i > 0 { "," } else { "" },
+                op.name(),
+                g(&c[0]),
+                g(&c[1])
             );
         }
         s.push_str("},\"flushes\":{");
@@ -365,6 +452,15 @@ pub fn table_from_json(json: &str) -> String {
             g(&format!("backend.{n}.errors"))
         );
     }
+    let _ = write!(s, "backend metadata calls");
+    for op in META_OPS {
+        let n = op.name();
+        let calls = g(&format!("meta.{n}.calls"));
+        if calls > 0 {
+            let _ = write!(s, " {n}={calls}");
+        }
+    }
+    s.push('\n');
     let _ = write!(s, "flushes by trigger   ");
     for t in TRIGGERS {
         let _ = write!(s, " {}={}", t.name(), g(&format!("flushes.{}", t.name())));

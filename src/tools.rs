@@ -244,7 +244,11 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
         File::open(root_path).map_err(|e| format!("backing root {}: {e}", root_path.display()))?;
     let root: OwnedFd = root_file.into();
     let root_canon = std::fs::canonicalize(root_path).map_err(|e| e.to_string())?;
-    let persist = Persist::new(root.as_fd(), MapStore::Xattr);
+    let persist = Persist::new(
+        root.as_fd(),
+        MapStore::Xattr,
+        &crate::backend::meta::SysMeta,
+    );
     let mut files = Vec::new();
     for p in paths {
         collect(p, &mut files)?;

@@ -59,10 +59,14 @@ impl<B: BackendFile> BackendFile for Counting<B> {
         self.count(Op::Fsync, 0, || self.inner.sync(datasync))
     }
     fn size(&self) -> io::Result<u64> {
-        self.inner.size()
+        let r = self.inner.size();
+        self.stats.meta_call(crate::stats::MetaOp::Stat, r.is_ok());
+        r
     }
     fn identity(&self) -> io::Result<(u64, u64)> {
-        self.inner.identity()
+        let r = self.inner.identity();
+        self.stats.meta_call(crate::stats::MetaOp::Stat, r.is_ok());
+        r
     }
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
         self.count(Op::Lseek, 0, || self.inner.seek(off, whence))

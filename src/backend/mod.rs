@@ -7,6 +7,7 @@ pub mod counting;
 pub mod fault;
 pub mod fd;
 pub mod mem;
+pub mod meta;
 pub mod reopen;
 
 use std::io::{self, IoSlice};

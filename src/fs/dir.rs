@@ -22,7 +22,7 @@ impl SparseFs {
         }
         // The stat is only for the cache decision (a round trip on a networked backend).
         let stamp = if self.sh.cfg.dir_cache {
-            stamp_of(&sys::fstat_fresh(inode.fd().as_fd())?)
+            stamp_of(&self.sh.meta.fstat_fresh(inode.fd().as_fd())?)
         } else {
             Default::default()
         };
@@ -61,12 +61,14 @@ impl SparseFs {
         entries.push(inode.ino.0, libc::DT_DIR, b".");
         entries.push(inode.ino.0, libc::DT_DIR, b"..");
         let dev = inode.key.0;
-        sys::read_dir_into(inode.fd().as_fd(), &mut entries, |ino, name| {
-            if inode.ino == Ino::ROOT && name == SIDECAR_DIR.as_bytes() {
-                return None;
-            }
-            Some(self.sh.inodes.ino_for(dev, ino).map_or(ino, |i| i.0))
-        })?;
+        self.sh
+            .meta
+            .read_dir_into(inode.fd().as_fd(), &mut entries, &mut |ino, name| {
+                if inode.ino == Ino::ROOT && name == SIDECAR_DIR.as_bytes() {
+                    return None;
+                }
+                Some(self.sh.inodes.ino_for(dev, ino).map_or(ino, |i| i.0))
+            })?;
         self.sh.stats.dir_listings.fetch_add(1, Relaxed);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -113,7 +115,10 @@ impl SparseFs {
     /// The backend's errno.
     pub fn fsyncdir(&self, ino: Ino, datasync: bool) -> io::Result<()> {
         let inode = self.inode(ino)?;
-        let d = sys::reopen(inode.fd().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
-        sys::fsync(d.as_fd(), datasync)
+        let d = self
+            .sh
+            .meta
+            .reopen(inode.fd().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        self.sh.meta.fsync(d.as_fd(), datasync)
     }
 }

@@ -11,7 +11,7 @@ impl SparseFs {
         let Some(ticket) = node.with_state(|s| (s.opens() == 0).then(|| s.stamp_ticket())) else {
             return Ok(());
         };
-        let st = sys::fstat_fresh(inode.fd().as_fd())?;
+        let st = self.sh.meta.fstat_fresh(inode.fd().as_fd())?;
         let now = stamp_of(&st);
         node.with_state(|s| s.saw_mode(st.st_mode));
         if !node.with_state(|s| s.stale(&now)) {
@@ -37,6 +37,7 @@ impl SparseFs {
         Ok(Persist::new(
             self.sh.inodes.root_fd(),
             self.sh.cfg.map_store,
+            &*self.sh.meta,
         ))
     }
 
@@ -133,7 +134,7 @@ impl SparseFs {
     /// [`NodeState::stamp_ticket`]).
     pub(super) fn record_stamp(&self, inode: &Inode, node: &FileNode) {
         let ticket = node.with_state(|s| s.stamp_ticket());
-        if let Ok(st) = sys::fstat_fresh(inode.fd().as_fd()) {
+        if let Ok(st) = self.sh.meta.fstat_fresh(inode.fd().as_fd()) {
             node.with_state(|s| s.record_stamp(ticket, stamp_of(&st)));
         }
     }

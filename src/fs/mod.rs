@@ -16,6 +16,7 @@ mod xattr;
 
 use crate::backend::counting::Counting;
 use crate::backend::fd::FdFile;
+use crate::backend::meta::{Counted, MetaBackend, SysMeta};
 use crate::backend::reopen::Reopening;
 use crate::backend::{BackendFile, Caps, Whence, probe};
 use crate::file::{Depth, Geometry, SparseFile};
@@ -144,6 +145,8 @@ pub struct Caller {
 /// dirty set under a file's engine).
 struct Shared {
     cfg: FsConfig,
+    /// Every metadata call on the backend (counted).
+    meta: Arc<dyn MetaBackend>,
     caps: Caps,
     stats: Arc<Stats>,
     inodes: InodeTable,
@@ -247,6 +250,7 @@ impl SparseFs {
         Ok(Self {
             sh: Arc::new(Shared {
                 cfg,
+                meta: Arc::new(Counted::new(SysMeta, stats.clone())),
                 caps,
                 stats,
                 inodes,
@@ -389,3 +393,6 @@ fn probe_dir(root: std::os::fd::BorrowedFd<'_>) -> Probed {
         reopen_unlinked,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ impl SparseFs {
     pub(super) fn entry(&self, fd: OwnedFd) -> io::Result<(Arc<Inode>, libc::stat)> {
         // One stat serves the table (dev, ino) and the reply: a round trip each on a
         // networked backend.
-        let st = sys::fstat(fd.as_fd())?;
+        let st = self.sh.meta.fstat(fd.as_fd())?;
         let key = (st.st_dev, st.st_ino);
         let inode = self
             .sh
@@ -26,7 +26,10 @@ impl SparseFs {
         }
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
-        let fd = sys::openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let fd = self
+            .sh
+            .meta
+            .openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (inode, st) = self.entry(fd)?;
         Ok(Entry::of(&inode, st))
     }
@@ -50,7 +53,7 @@ impl SparseFs {
     /// changes never make its map look stale), and its inode number if it is a regular
     /// file whose only link this is (removing the name ends the file and its stored map).
     pub(super) fn child(&self, dir: &Inode, name: &std::ffi::CStr) -> Child {
-        let Ok(st) = sys::fstatat_nofollow(dir.fd().as_fd(), name) else {
+        let Ok(st) = self.sh.meta.fstatat(dir.fd().as_fd(), name) else {
             return Child::default();
         };
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -114,8 +117,12 @@ impl SparseFs {
             f(&c)?
         };
         let fd = match &made {
-            Some(m) => sys::reopen(m.as_fd(), libc::O_PATH)?,
-            None => sys::openat(parent.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?,
+            Some(m) => self.sh.meta.reopen(m.as_fd(), libc::O_PATH)?,
+            None => {
+                self.sh
+                    .meta
+                    .openat(parent.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?
+            }
         };
         let (i, st) = self.entry(fd)?;
         Ok((i, st, made))
@@ -136,7 +143,9 @@ impl SparseFs {
     ) -> io::Result<Entry> {
         let dir = self.inode(parent)?;
         let (i, st) = self.create_as(&dir, name, who, |c| {
-            sys::mknodat(dir.fd().as_fd(), c, mode & !umask, rdev as u64)
+            self.sh
+                .meta
+                .mknodat(dir.fd().as_fd(), c, mode & !umask, rdev as u64)
         })?;
         Ok(Entry::of(&i, st))
     }
@@ -155,7 +164,9 @@ impl SparseFs {
     ) -> io::Result<Entry> {
         let dir = self.inode(parent)?;
         let (i, st) = self.create_as(&dir, name, who, |c| {
-            sys::mkdirat(dir.fd().as_fd(), c, mode & !umask & 0o7777)
+            self.sh
+                .meta
+                .mkdirat(dir.fd().as_fd(), c, mode & !umask & 0o7777)
         })?;
         Ok(Entry::of(&i, st))
     }
@@ -173,7 +184,9 @@ impl SparseFs {
     ) -> io::Result<Entry> {
         let dir = self.inode(parent)?;
         let (i, st) = self.create_as(&dir, name, who, |c| {
-            sys::symlinkat(target.as_os_str(), dir.fd().as_fd(), c)
+            self.sh
+                .meta
+                .symlinkat(target.as_os_str(), dir.fd().as_fd(), c)
         })?;
         Ok(Entry::of(&i, st))
     }
@@ -186,7 +199,7 @@ impl SparseFs {
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
         let child = self.child(&dir, &c);
-        sys::unlinkat(dir.fd().as_fd(), &c, 0)?;
+        self.sh.meta.unlinkat(dir.fd().as_fd(), &c, 0)?;
         // The last name of a file: nothing can open it again, so its stamp no longer
         // matters; its stored record is dropped unless this mount knows it has none.
         let unrecorded = child
@@ -209,7 +222,9 @@ impl SparseFs {
     /// The backend's errno.
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
-        sys::unlinkat(dir.fd().as_fd(), &sys::component(name)?, libc::AT_REMOVEDIR)
+        self.sh
+            .meta
+            .unlinkat(dir.fd().as_fd(), &sys::component(name)?, libc::AT_REMOVEDIR)
     }
 
     /// rename / renameat2 (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
@@ -232,7 +247,9 @@ impl SparseFs {
         );
         let moved = self.child(&a, &on);
         let target = self.child(&b, &nn);
-        sys::renameat2(a.fd().as_fd(), &on, b.fd().as_fd(), &nn, flags)?;
+        self.sh
+            .meta
+            .renameat2(a.fd().as_fd(), &on, b.fd().as_fd(), &nn, flags)?;
         self.restamp(moved.known);
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.restamp(target.known);
@@ -252,9 +269,14 @@ impl SparseFs {
         let inode = self.inode(ino)?;
         let dir = self.inode(newparent)?;
         let c = self.name_ok(newparent, newname)?;
-        sys::link(inode.fd().as_fd(), dir.fd().as_fd(), &c)?;
+        self.sh
+            .meta
+            .link(inode.fd().as_fd(), dir.fd().as_fd(), &c)?;
         self.restamp(Some(inode.clone()));
-        let fd = sys::openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let fd = self
+            .sh
+            .meta
+            .openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (i, st) = self.entry(fd)?;
         Ok(Entry::of(&i, st))
     }

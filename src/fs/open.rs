@@ -27,7 +27,7 @@ impl SparseFs {
         }
         let fd = match data {
             Some(fd) => fd,
-            None => reopen_data(inode)?,
+            None => reopen_data(&*self.sh.meta, inode)?,
         };
         let stats = self.sh.stats.clone();
         let wrap = move |fd: OwnedFd| -> Box<dyn BackendFile> {
@@ -36,11 +36,12 @@ impl SparseFs {
         let first = wrap(fd);
         // The reopen holds the inode weakly: the inode owns the node, not the other way.
         let weak = Arc::downgrade(inode);
+        let meta = self.sh.meta.clone();
         let data = Arc::new(Reopening::new(
             first,
             Box::new(move || {
                 let inode = weak.upgrade().ok_or_else(|| errno(libc::ESTALE))?;
-                Ok(wrap(reopen_data(&inode)?))
+                Ok(wrap(reopen_data(&*meta, &inode)?))
             }),
             self.sh.data_fds.clone(),
         ));
@@ -53,7 +54,7 @@ impl SparseFs {
             ),
             None => (
                 SparseFile::open(backend, geo, caps, stats)?,
-                sys::fstat_fresh(inode.fd().as_fd())?,
+                self.sh.meta.fstat_fresh(inode.fd().as_fd())?,
             ),
         };
         let record = self.load_map(inode, &mut engine, &st);
@@ -103,7 +104,7 @@ impl SparseFs {
                 }
                 OpenPlan::Passthrough => {
                     let make = make.expect("qualifies only with a registrar");
-                    match sys::reopen(inode.fd().as_fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
+                    match self.sh.meta.reopen(inode.fd().as_fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
                         Ok(t) => Some(t),
                         Err(e) => {
                             debug!(ino = inode.ino.0, error = %e, "passthrough refused: ordinary open");
@@ -198,13 +199,15 @@ impl SparseFs {
         // open round trip on a networked backend). O_TRUNC is the backend's too, so that
         // the file is empty when it is looked at.
         let (inode, st, made) = self.create_as_with(&dir, name, who, |c| {
-            sys::openat(
-                dir.fd().as_fd(),
-                c,
-                libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl | trunc,
-                mode & !umask & 0o7777,
-            )
-            .map(Some)
+            self.sh
+                .meta
+                .openat(
+                    dir.fd().as_fd(),
+                    c,
+                    libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl | trunc,
+                    mode & !umask & 0o7777,
+                )
+                .map(Some)
         })?;
         if inode.kind != libc::S_IFREG {
             self.forget(inode.ino, 1);
@@ -300,7 +303,7 @@ impl SparseFs {
 
 /// A read-write fd of a regular file from its `O_PATH` fd (read-only where the daemon may
 /// not write it).
-pub(super) fn reopen_data(inode: &Inode) -> io::Result<OwnedFd> {
-    sys::reopen(inode.fd().as_fd(), libc::O_RDWR)
-        .or_else(|_| sys::reopen(inode.fd().as_fd(), libc::O_RDONLY))
+pub(super) fn reopen_data(meta: &dyn MetaBackend, inode: &Inode) -> io::Result<OwnedFd> {
+    meta.reopen(inode.fd().as_fd(), libc::O_RDWR)
+        .or_else(|_| meta.reopen(inode.fd().as_fd(), libc::O_RDONLY))
 }
