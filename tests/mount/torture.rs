@@ -16,7 +16,7 @@
 //! Worker processes are this test binary run again on [`torture_worker_process`] (an
 //! ignored test that does nothing unless `SPARSEFS_TORTURE_WORKER` is set).
 
-use super::*;
+use crate::harness::*;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::Read;
@@ -67,16 +67,9 @@ impl Rng {
 
 /// Minor device number of the FUSE mount at `mnt` (its fusectl connection).
 fn fuse_minor(mnt: &Path) -> Option<String> {
-    let mnt = fs::canonicalize(mnt).unwrap_or(mnt.to_path_buf());
-    fs::read_to_string("/proc/self/mountinfo")
-        .ok()?
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && Path::new(f[4]) == mnt)
-                .then(|| f[2].split(':').nth(1).unwrap_or("").to_string())
-        })
+    // Never canonicalize: resolving a hung mount's path would hang the watchdog too.
+    let mnt = std::path::absolute(mnt).ok()?;
+    sparsefs::mountinfo::find(&mnt).map(|m| m.dev.1.to_string())
 }
 
 /// Ends a hung mount for good: its connection is aborted, its daemon killed.

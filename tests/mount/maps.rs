@@ -1,0 +1,488 @@
+//! Extent maps that outlive the mount: stored with files, loaded only when still true, refused when damaged, learned by scan.
+
+use crate::harness::*;
+
+/// `sparsefs scan` through a mount: a file written densely (zeros included) directly on
+/// the backend becomes sparse as the mount sees it (SEEK map, st_blocks), keeps its bytes,
+/// keeps its map across a remount, and with `--dig` frees the backend's space. `--dry-run`
+/// changes nothing; a user without write access is refused with a clear line.
+#[test]
+fn scan_through_the_mount_learns_zero_blocks_and_digs_them() {
+    if !fuse_available() || !have("setpriv") {
+        return;
+    }
+    for backing in each_backing() {
+        let kind = backing.kind();
+        let b = backing.path().to_path_buf();
+        let img = b.join("img");
+        let extents = [
+            (0, MIB),
+            (5 * MIB, MIB),
+            (17 * MIB + 32 * 1024, 96 * 1024),
+            (40 * MIB, MIB),
+        ];
+        // Dense: every zero written, so the backend allocates all 48 MiB.
+        let mut bytes = vec![0u8; 48 * MIB as usize];
+        for (i, &(off, len)) in extents.iter().enumerate() {
+            bytes[off as usize..(off + len) as usize]
+                .copy_from_slice(&random_bytes(len as usize, i as u64 + 3));
+        }
+        fs::write(&img, &bytes).unwrap();
+        fs::set_permissions(&img, fs::Permissions::from_mode(0o644)).unwrap();
+        let m = Mount::new(&b, &["--allow-other"]);
+        let mi = m.p("img");
+        let before = seek_map(&mi);
+        // Not sparse-aware yet: the whole file is data.
+        assert_eq!(before, vec![(0, 48 * MIB)], "{kind}");
+        // dry run: a report, no change.
+        let out = sh(&format!("{BIN} scan --dry-run {}", mi.display()));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("(dry run)"));
+        assert_eq!(seek_map(&mi), before);
+        // A reader without write access is refused.
+        let out = sh_status(&format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups {BIN} scan {}",
+            mi.display()
+        ));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("scanning needs write access"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(seek_map(&mi), before);
+        // The scan: the map is the data extents (whole 32 KiB blocks), bytes unchanged.
+        let alloc_before = allocated(&img);
+        sh(&format!("{BIN} scan {}", mi.display()));
+        check_map(&seek_map(&mi), &extents, 32 * 1024, &img);
+        assert_eq!(fs::read(&mi).unwrap(), bytes);
+        let st = fs::metadata(&mi).unwrap();
+        assert!(st.blocks() * 512 <= 4 * MIB, "st_blocks {}", st.blocks());
+        // (ext4 counts the map xattr's block in st_blocks.)
+        let alloc = allocated(&img);
+        assert!(
+            (alloc_before..=alloc_before + 64 * 1024).contains(&alloc),
+            "scan without --dig changes no data: {alloc_before} -> {alloc}"
+        );
+        // It lasts: a new mount reads the stored map.
+        drop(m);
+        let m = Mount::new(&b, &[]);
+        let mi = m.p("img");
+        check_map(&seek_map(&mi), &extents, 32 * 1024, &img);
+        // --dig frees the space of the zero blocks on the backend (where it can punch).
+        sh(&format!("{BIN} scan --dig {}", mi.display()));
+        assert_eq!(fs::read(&mi).unwrap(), bytes);
+        drop(m);
+        assert_eq!(fs::read(&img).unwrap(), bytes);
+        if backing.punches() {
+            assert!(
+                allocated(&img) <= 5 * MIB,
+                "{kind}: allocated {}",
+                allocated(&img)
+            );
+        }
+        // The map stored after digging is still valid for the next mount.
+        let m = Mount::new(&b, &[]);
+        check_map(&seek_map(&m.p("img")), &extents, 32 * 1024, &img);
+    }
+}
+
+/// A map of 100k extents (too big for an ext4 xattr) persists through a remount: the
+/// record spills to the sidecar store and comes back whole.
+#[test]
+fn a_100k_extent_map_survives_a_remount() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let n: u64 = 100_000;
+    {
+        let m = Mount::new(b.path(), &["--sparse-block", "4K"]);
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.p("many"))
+            .unwrap();
+        let block = [0x5au8; 4096];
+        for i in 0..n {
+            f.write_all_at(&block, i * 8192).unwrap();
+        }
+        f.set_len(n * 8192).unwrap();
+        drop(f);
+    }
+    // On the backend the extent tree takes blocks too, once written back.
+    File::open(b.path().join("many"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let m = Mount::new(b.path(), &["--sparse-block", "4K"]);
+    // The lookup reports the backend's allocation (extent-tree blocks included); the
+    // open loads the stored map, and the fstat that follows (cp's) already sees its blocks.
+    let looked_up = fs::metadata(m.p("many")).unwrap().blocks();
+    let f = File::open(m.p("many")).unwrap();
+    assert_eq!(
+        f.metadata().unwrap().blocks(),
+        n * 8,
+        "fstat after open kept the lookup's st_blocks ({looked_up})"
+    );
+    let mut pos = 0u64;
+    let mut count = 0u64;
+    while let Ok(d) = lseek(&f, pos as i64, libc::SEEK_DATA) {
+        let h = lseek(&f, d as i64, libc::SEEK_HOLE).unwrap();
+        assert_eq!((d, h), (count * 8192, count * 8192 + 4096));
+        count += 1;
+        pos = h;
+    }
+    assert_eq!(count, n);
+    assert_eq!(fs::metadata(m.p("many")).unwrap().blocks(), n * 8);
+}
+
+/// Stored maps do not outlive their files: removing the last link through the mount
+/// (unlink, or a rename over it) removes the sidecar record; `sparsefs gc` removes the
+/// records of files deleted outside the mount.
+#[test]
+fn stored_maps_go_with_their_files() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let records = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(b.path().join(".sparsefs-maps"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let m = Mount::new(b.path(), &[]);
+    let mut inos = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        make_image(&m.p(name), 8 * MIB, &[(MIB, 64 * 1024)]);
+        inos.push(fs::metadata(b.path().join(name)).unwrap().ino().to_string());
+    }
+    let mut all = inos.clone();
+    all.sort();
+    assert_eq!(records(), all);
+    // A second link keeps the record; removing the last one drops it.
+    fs::hard_link(m.p("a"), m.p("a2")).unwrap();
+    fs::remove_file(m.p("a")).unwrap();
+    assert!(records().contains(&inos[0]));
+    fs::remove_file(m.p("a2")).unwrap();
+    assert!(!records().contains(&inos[0]));
+    // Renaming c over b drops b's record and keeps c's (the file lives on as b).
+    fs::rename(m.p("c"), m.p("b")).unwrap();
+    assert_eq!(records(), {
+        let mut v = vec![inos[2].clone(), inos[3].clone()];
+        v.sort();
+        v
+    });
+    // Deleted outside the mount: gc finds it.
+    fs::remove_file(b.path().join("d")).unwrap();
+    let out = sh(&format!("{BIN} gc --min-age 0 {}", b.path().display()));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(records(), vec![inos[2].clone()]);
+    // The surviving map still works.
+    assert_eq!(seek_map(&m.p("b")), vec![(MIB, MIB + 64 * 1024)]);
+}
+
+#[test]
+fn maps_persist_across_remounts_on_backends_without_seek_data() {
+    if !fuse_available() {
+        return;
+    }
+    for store in ["xattr", "sidecar"] {
+        for b in each_backing() {
+            let kind = b.kind();
+            let size = 64 * MIB;
+            let extents = vm_extents(size);
+            let ideal: u64 = extents.iter().map(|e| e.1).sum();
+            let m = Mount::new(b.path(), &["--map-store", store]);
+            let reference = image_through_mount(&m, "vm.img", size, &extents);
+            let before = seek_map(&m.p("vm.img"));
+            drop(m);
+            let m = Mount::new(b.path(), &["--map-store", store]);
+            let after = seek_map(&m.p("vm.img"));
+            assert_eq!(
+                after, before,
+                "{kind}/{store}: the map survives the remount"
+            );
+            check_map(&after, &extents, 32768, &reference);
+            let st = fs::metadata(m.p("vm.img")).unwrap();
+            assert!(
+                st.blocks() * 512 < size / 4,
+                "{kind}/{store}: st_blocks {} after remount",
+                st.blocks()
+            );
+            sh(&format!("cat {} > /dev/null", m.p("vm.img").display()));
+            let stats = m.stats();
+            let read = json_u64(&stats, "backend.read.bytes");
+            assert!(
+                read <= ideal + 2 * 32768 * extents.len() as u64,
+                "{kind}/{store}: read {read} bytes from the backend for {ideal} of data"
+            );
+            let out = tempfile::tempdir().unwrap();
+            sh(&format!(
+                "cp --sparse=auto {} {}/c.img",
+                m.p("vm.img").display(),
+                out.path().display()
+            ));
+            assert!(files_equal(&reference, &out.path().join("c.img")));
+            assert!(
+                allocated(&out.path().join("c.img")) <= ideal + 2 * 32768 * extents.len() as u64
+            );
+            // our metadata is invisible through the mount
+            let ls =
+                String::from_utf8(sh(&format!("ls -a {}", m.path().display())).stdout).unwrap();
+            assert!(!ls.contains(".sparsefs-maps"), "{ls}");
+            let xa = String::from_utf8(
+                sh(&format!(
+                    "getfattr -d -m - {} 2>&1",
+                    m.p("vm.img").display()
+                ))
+                .stdout,
+            )
+            .unwrap();
+            assert!(!xa.contains("sparsefs"), "{xa}");
+            let set = sh_status(&format!(
+                "setfattr -n user.sparsefs.extents -v x {}",
+                m.p("vm.img").display()
+            ));
+            assert!(
+                !set.status.success(),
+                "our xattr cannot be set through the mount"
+            );
+            if store == "sidecar" {
+                assert!(b.path().join(".sparsefs-maps").is_dir());
+            }
+            drop(m);
+            let _ = fs::remove_file(&reference);
+        }
+    }
+}
+
+#[test]
+fn a_map_is_never_used_for_a_file_changed_outside_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    for b in each_backing() {
+        let kind = b.kind();
+        let size = 16 * MIB;
+        let m = Mount::new(b.path(), &[]);
+        let reference = image_through_mount(&m, "f.img", size, &[(0, 65536), (8 * MIB, 65536)]);
+        drop(m);
+        let raw = b.underlying().join("f.img");
+        // Write into a hole directly on the backend, then put the old mtime back.
+        let mtime = fs::metadata(&raw).unwrap().mtime();
+        let mtime_ns = fs::metadata(&raw).unwrap().mtime_nsec();
+        sh(&format!(
+            "printf 'EXTERNAL' | dd of={} bs=1 seek={} conv=notrunc status=none",
+            raw.display(),
+            4 * MIB
+        ));
+        sh(&format!(
+            "touch -m -d @{mtime}.{mtime_ns:09} {}",
+            raw.display()
+        ));
+        // (GlusterFS keeps mtimes at µs: there the restored mtime differs anyway.)
+        if kind != "gluster" {
+            let ns = fs::metadata(&raw).unwrap().mtime_nsec();
+            assert_eq!(ns, mtime_ns, "{kind}: mtime restored");
+        }
+        let m = Mount::new(b.path(), &[]);
+        let mut buf = [0u8; 8];
+        File::open(m.p("f.img"))
+            .unwrap()
+            .read_exact_at(&mut buf, 4 * MIB)
+            .unwrap();
+        assert_eq!(
+            &buf, b"EXTERNAL",
+            "{kind}: the stale map was not used for reads"
+        );
+        let map = seek_map(&m.p("f.img"));
+        assert!(
+            covered(&map, 4 * MIB, 4 * MIB + 8),
+            "{kind}: no hole over the external data: {map:?}"
+        );
+        let _ = fs::remove_file(&reference);
+    }
+}
+
+#[test]
+fn corrupt_or_foreign_maps_are_refused_with_a_warning() {
+    if !fuse_available() || !have("setfattr") {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let m = Mount::new(b.path(), &[]);
+    let reference = image_through_mount(&m, "f.img", 8 * MIB, &[(MIB, 65536)]);
+    drop(m);
+    let raw = b.path().join("f.img");
+    let good = sh(&format!(
+        "getfattr --only-values -n user.sparsefs.extents {}",
+        raw.display()
+    ))
+    .stdout;
+    assert!(
+        good.starts_with(b"SPFS"),
+        "the ranges were stored in the xattr"
+    );
+    let ino = fs::metadata(&raw).unwrap().ino();
+    let rec_path = b.path().join(".sparsefs-maps").join(ino.to_string());
+    let rec = fs::read(&rec_path).expect("the exact stamp is in the sidecar record");
+    let variants: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", rec[..rec.len() / 2].to_vec()),
+        ("flipped", {
+            let mut g = rec.clone();
+            let n = g.len();
+            g[n / 2] ^= 1;
+            g
+        }),
+        ("foreign version", {
+            let mut g = rec.clone();
+            g[4] = 9;
+            g
+        }),
+    ];
+    for (what, bytes) in variants {
+        fs::write(&rec_path, &bytes).unwrap();
+        let mut m = Mount::new(b.path(), &["-v"]);
+        let map = seek_map(&m.p("f.img"));
+        assert!(files_equal(&reference, &m.p("f.img")));
+        let log = m.stop();
+        // refused: all data, or learned again from a backend whose SEEK_DATA is trusted
+        assert!(covered(&map, MIB, MIB + 65536), "{what}: {map:?}");
+        assert!(
+            log.contains("persisted extent map refused"),
+            "{what}: warning logged: {log}"
+        );
+    }
+    // A damaged xattr (setting it also moves the file's ctime) is never trusted either.
+    fs::write(&rec_path, &rec).unwrap();
+    sh(&format!(
+        "setfattr -n user.sparsefs.extents -v 0x00 {}",
+        raw.display()
+    ));
+    let m = Mount::new(b.path(), &[]);
+    assert!(covered(&seek_map(&m.p("f.img")), MIB, MIB + 65536));
+    assert!(files_equal(&reference, &m.p("f.img")));
+    drop(m);
+    let _ = fs::remove_file(&reference);
+}
+
+#[test]
+fn two_mounts_of_one_backend_see_each_others_holes_close_to_open() {
+    if !fuse_available() {
+        return;
+    }
+    for b in each_backing() {
+        let kind = b.kind();
+        let a = Mount::new(b.path(), &[]);
+        let nb = Mount::new(b.path(), &[]);
+        let size = 32 * MIB;
+        let ref1 = image_through_mount(&a, "shared.img", size, &[(MIB, MIB), (20 * MIB, 65536)]);
+        // B opens after A closed: A's holes, and reads move only data.
+        assert!(
+            files_equal(&ref1, &nb.p("shared.img")),
+            "{kind}: B reads A's data"
+        );
+        let map_b = seek_map(&nb.p("shared.img"));
+        assert_eq!(
+            map_b,
+            vec![(MIB, 2 * MIB), (20 * MIB, 20 * MIB + 65536)],
+            "{kind}: B sees A's holes"
+        );
+        // B rewrites with another layout; A's next open sees it.
+        let ref2 = image_through_mount(&nb, "shared.img", size, &[(5 * MIB, MIB)]);
+        wait_for("attribute cache", Duration::from_secs(3), || {
+            fs::metadata(a.p("shared.img")).is_ok()
+        });
+        std::thread::park_timeout(Duration::from_millis(1100)); // kernel attr/entry TTL
+        assert!(
+            files_equal(&ref2, &a.p("shared.img")),
+            "{kind}: A reads B's rewrite"
+        );
+        assert_eq!(
+            seek_map(&a.p("shared.img")),
+            vec![(5 * MIB, 6 * MIB)],
+            "{kind}: A sees B's holes"
+        );
+        let _ = (fs::remove_file(&ref1), fs::remove_file(&ref2));
+    }
+}
+
+#[test]
+fn scan_makes_an_existing_archive_seekable_and_map_prints_its_runs() {
+    if !fuse_available() {
+        return;
+    }
+    for b in each_backing() {
+        let kind = b.kind();
+        // A dense file with 3 data extents, written directly on the backend.
+        let size = 16 * MIB;
+        let mut dense = vec![0u8; size as usize];
+        for (i, off) in [0u64, 5 * MIB, 12 * MIB].iter().enumerate() {
+            dense[*off as usize..(*off + 65536) as usize]
+                .copy_from_slice(&random_bytes(65536, i as u64 + 40));
+        }
+        fs::write(b.path().join("old.img"), &dense).unwrap();
+        let out = sh(&format!("{BIN} scan --dry-run {}", b.path().display()));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("(dry run)"));
+        let out = sh(&format!("{BIN} scan --dig {}", b.path().display()));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("scanned 1 files"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let m = Mount::new(b.path(), &[]);
+        let want = vec![
+            (0, 65536),
+            (5 * MIB, 5 * MIB + 65536),
+            (12 * MIB, 12 * MIB + 65536),
+        ];
+        assert_eq!(seek_map(&m.p("old.img")), want, "{kind}: scanned map used");
+        assert_eq!(fs::read(m.p("old.img")).unwrap(), dense, "{kind}: contents");
+        let stats = m.stats();
+        assert!(
+            json_u64(&stats, "backend.read.bytes") <= 3 * 65536,
+            "{kind}: only data read: {stats}"
+        );
+        let rec = String::from_utf8(
+            sh(&format!("{BIN} map --records {}", m.p("old.img").display())).stdout,
+        )
+        .unwrap();
+        assert_eq!(
+            rec,
+            format!(
+                "DATA 65536\nHOLE {}\nDATA 65536\nHOLE {}\nDATA 65536\nHOLE {}\n",
+                5 * MIB - 65536,
+                7 * MIB - 65536,
+                4 * MIB - 65536
+            )
+        );
+        let js =
+            String::from_utf8(sh(&format!("{BIN} map --json {}", m.p("old.img").display())).stdout)
+                .unwrap();
+        assert!(
+            js.contains("\"data_bytes\":196608") && js.contains("\"data_extents\":3"),
+            "{js}"
+        );
+        // Mixing paths on the mount and on the backing directory is refused clearly.
+        let out = sh_status(&format!(
+            "{BIN} scan {} {}",
+            m.path().display(),
+            b.path().display()
+        ));
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("backing directory"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
