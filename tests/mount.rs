@@ -17,6 +17,8 @@ mod concurrency;
 mod durability;
 #[path = "mount/harness.rs"]
 mod harness;
+#[path = "mount/images.rs"]
+mod images;
 #[path = "mount/kernel_cache.rs"]
 mod kernel_cache;
 #[path = "mount/maps.rs"]

@@ -159,6 +159,8 @@ struct Shared {
     wake: Condvar,
     /// Rank `Wake`, a leaf.
     wake_lock: Mutex<()>,
+    /// Kernel passthrough is in use (see [`SparseFs::set_passthrough`]).
+    passthrough: AtomicBool,
     /// Tells the kernel to drop an inode's cached attributes (set by the mount).
     invalidate_attrs: std::sync::OnceLock<AttrInvalidator>,
     /// Read-write fds of regular files open now (see [`Reopening`]).
@@ -260,6 +262,7 @@ impl SparseFs {
                 frozen: AtomicBool::new(false),
                 wake: Condvar::new(),
                 wake_lock: Mutex::new(Rank::Wake, ()),
+                passthrough: AtomicBool::new(false),
                 invalidate_attrs: std::sync::OnceLock::new(),
                 data_fds: Arc::new(AtomicU64::new(0)),
                 data_fd_budget: (sys::nofile_limit() / 8).max(64),
@@ -340,9 +343,18 @@ impl SparseFs {
         let _ = self.sh.invalidate_attrs.set(f);
     }
 
-    /// Whether the mount asks for kernel passthrough (`--no-passthrough` not given).
+    /// Whether the mount asks for kernel passthrough (`--no-passthrough` not given, and the
+    /// probe found the backend can reopen files unlinked while open).
     pub fn passthrough_wanted(&self) -> bool {
         self.sh.cfg.passthrough
+    }
+
+    /// The one switch of kernel passthrough: on when the mount wants it, the probe found
+    /// the backend fit, and the kernel granted it (the adapter says so at init); off for
+    /// good when registering a backing file is refused (no `CAP_SYS_ADMIN`).
+    pub fn set_passthrough(&self, on: bool) {
+        let on = on && self.sh.cfg.passthrough;
+        self.sh.passthrough.store(on, Relaxed);
     }
 }
 

@@ -80,8 +80,10 @@ impl SparseFs {
     ) -> io::Result<Opened> {
         let (node, made) = self.node_with(inode, data, known)?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let qualifies =
-            make.is_some() && self.sh.cfg.passthrough && !writable && flags & libc::O_DIRECT == 0;
+        let qualifies = make.is_some()
+            && self.sh.passthrough.load(Relaxed)
+            && !writable
+            && flags & libc::O_DIRECT == 0;
         let token = node.transition(|node| -> io::Result<Option<PassToken>> {
             if !made {
                 self.refresh_if_stale(inode, node)?;

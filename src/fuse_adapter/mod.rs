@@ -48,17 +48,12 @@ use convert::*;
 /// Adapts [`SparseFs`] to fuser.
 pub struct Adapter {
     fs: Arc<SparseFs>,
-    /// The kernel granted FUSE passthrough and registering backing files works.
-    passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl Adapter {
     /// Wraps the core.
     pub fn new(fs: Arc<SparseFs>) -> Self {
-        Self {
-            fs,
-            passthrough: std::sync::atomic::AtomicBool::new(false),
-        }
+        Self { fs }
     }
 
     /// Registers a backend file with the kernel for a passthrough open. Without the
@@ -75,8 +70,7 @@ impl Adapter {
                     e.raw_os_error(),
                     Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY)
                 ) {
-                    self.passthrough
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    self.fs.set_passthrough(false);
                     tracing::info!(error = %e, "kernel passthrough unavailable: every read goes through the daemon");
                 }
                 Err(e)
@@ -109,8 +103,7 @@ impl Filesystem for Adapter {
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
-            self.passthrough
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.fs.set_passthrough(true);
         }
         // readdirplus when the kernel finds it useful (ls -l), plain readdir otherwise
         // (ls -f of a huge directory); directory operations may run in parallel.
@@ -288,10 +281,9 @@ impl Filesystem for Adapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fl = open_flags(flags);
         let r = {
+            // Registration needs this request's reply; the core decides whether to ask.
             let make = |fd: BorrowedFd<'_>| self.open_backing(fd, |fd| reply.open_backing(fd));
-            let pt = self.passthrough.load(std::sync::atomic::Ordering::Relaxed);
-            self.fs
-                .open(Ino(ino.0), fl, pt.then_some(&make as MakeToken<'_>))
+            self.fs.open(Ino(ino.0), fl, Some(&make as MakeToken<'_>))
         };
         match r {
             Ok(o) => match backing(&o) {
