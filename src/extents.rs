@@ -14,13 +14,23 @@ use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included, Unbounded};
 
 /// A set of disjoint, non-adjacent half-open ranges `[start, end)` over `u64`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct RangeSet {
     map: BTreeMap<u64, u64>,
     /// Bytes covered (kept with every change: `st_blocks` of a file with 100k extents is
     /// read at every stat).
     total: u64,
+    /// Changes so far (lets a caller cache what it derives from the set).
+    generation: u64,
 }
+
+impl PartialEq for RangeSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl Eq for RangeSet {}
 
 impl RangeSet {
     /// An empty set.
@@ -45,13 +55,37 @@ impl RangeSet {
 
     fn put(&mut self, s: u64, e: u64) {
         self.total += e - s;
+        self.generation += 1;
         self.map.insert(s, e);
     }
 
     fn take(&mut self, s: u64) {
         if let Some(e) = self.map.remove(&s) {
             self.total -= e - s;
+            self.generation += 1;
         }
+    }
+
+    /// Changes made so far (it may also move without a change): the same generation of one
+    /// set means the same contents.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes of the whole `block`-sized blocks that hold any byte of the set: a block
+    /// with one byte of data counts whole, as SEEK_DATA/SEEK_HOLE and `st_blocks` see it.
+    /// Linear in the ranges.
+    pub fn block_total(&self, block: u64) -> u64 {
+        let mut total = 0;
+        let mut end = 0u64;
+        for (s, e) in self.iter() {
+            let (a, b) = ((s / block * block).max(end), e.div_ceil(block) * block);
+            if b > a {
+                total += b - a;
+            }
+            end = end.max(b);
+        }
+        total
     }
 
     /// Adds `[start, end)`, merging with neighbours.
@@ -235,6 +269,39 @@ pub fn seek_hole(data: &RangeSet, off: u64, size: u64) -> Option<u64> {
     Some(data.next_out(off).min(size))
 }
 
+/// Linux `SEEK_DATA` at `block` granularity: a block holding any byte of `data` is data
+/// as a whole, so the answer is `off` itself (its block holds data), or the start of the
+/// first such block after it; `None` (ENXIO) when none is below `size`.
+pub fn seek_data_blocks(data: &RangeSet, off: u64, size: u64, block: u64) -> Option<u64> {
+    if off >= size {
+        return None;
+    }
+    let d = data.next_in(off / block * block)?;
+    let r = (d / block * block).max(off);
+    (r < size).then_some(r)
+}
+
+/// Linux `SEEK_HOLE` at `block` granularity: `off` itself when its block holds no byte of
+/// `data`, else the end of the run of data blocks (a multiple of `block`), or `size`
+/// (the virtual hole at EOF) if that comes first; `None` (ENXIO) at or past `size`.
+pub fn seek_hole_blocks(data: &RangeSet, off: u64, size: u64, block: u64) -> Option<u64> {
+    if off >= size {
+        return None;
+    }
+    let mut h = off;
+    while h < size {
+        let b0 = h / block * block;
+        match data.next_in(b0) {
+            Some(d) if d < b0 + block => {
+                // Data in this block: past the end of the run it starts, rounded up.
+                h = data.next_out(d).div_ceil(block) * block;
+            }
+            _ => return Some(h),
+        }
+    }
+    Some(size)
+}
+
 /// Walks a file's SEEK_DATA/SEEK_HOLE answers into its data runs below `size`: the one
 /// walker of the crate (the engine learning a backend's map, `sparsefs map`, the demo).
 /// `seek(off, whence)` is an `lseek` answer, `Ok(None)` for ENXIO; its errors are returned.
@@ -326,6 +393,65 @@ mod tests {
         assert_eq!(seek_hole(&s, 12, 15), Some(15));
     }
 
+    /// The block-granular seek model: a block is data when any of its bytes is.
+    fn block_model(set: &RangeSet, size: u64, block: u64) -> Vec<bool> {
+        (0..size)
+            .map(|x| {
+                let b0 = x / block * block;
+                set.intersects(b0, b0 + block)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn block_seeks_answer_the_offset_the_size_or_a_block_multiple_at_every_offset() {
+        let block = 8u64;
+        let mut s = RangeSet::new();
+        s.insert(2, 3); // one byte in block 0
+        s.insert(17, 18); // one byte in block 2
+        s.insert(20, 35); // blocks 2..4
+        s.insert(60, 61); // block 7, at the very end of a 61-byte file
+        for size in [40u64, 61, 64] {
+            let m = block_model(&s, size, block);
+            for off in 0..size + 3 {
+                let d = seek_data_blocks(&s, off, size, block);
+                let h = seek_hole_blocks(&s, off, size, block);
+                let want_d = (off..size).find(|&x| m[x as usize]);
+                let want_h =
+                    (off < size).then(|| (off..size).find(|&x| !m[x as usize]).unwrap_or(size));
+                assert_eq!(d, want_d, "data at {off}, size {size}");
+                assert_eq!(h, want_h, "hole at {off}, size {size}");
+                for a in [d, h].into_iter().flatten() {
+                    assert!(
+                        a == off || a == size || a % block == 0,
+                        "answer {a} at {off}, size {size}"
+                    );
+                }
+            }
+        }
+        // a 2-byte write at offset 2 of a 32K-block file is data from 0 to the block end
+        let mut w = RangeSet::new();
+        w.insert(2, 4);
+        assert_eq!(seek_data_blocks(&w, 0, 1 << 20, 32768), Some(0));
+        assert_eq!(seek_hole_blocks(&w, 0, 1 << 20, 32768), Some(32768));
+    }
+
+    #[test]
+    fn block_total_counts_every_touched_block_once() {
+        let mut s = RangeSet::new();
+        assert_eq!(s.block_total(4096), 0);
+        s.insert(1, 2);
+        assert_eq!(s.block_total(4096), 4096);
+        s.insert(4000, 4100); // blocks 0 and 1
+        assert_eq!(s.block_total(4096), 8192);
+        s.insert(3 * 4096, 3 * 4096 + 1);
+        assert_eq!(s.block_total(4096), 3 * 4096);
+        let g = s.generation();
+        s.remove(3 * 4096, 3 * 4096 + 1);
+        assert_ne!(s.generation(), g, "a change moves the generation");
+        assert_eq!(s.block_total(4096), 8192);
+    }
+
     #[test]
     fn the_walker_follows_seek_answers_and_distrusts_inconsistent_ones() {
         use crate::backend::Whence;
@@ -366,6 +492,12 @@ mod tests {
                 let v: Vec<_> = s.iter().collect();
                 for w in v.windows(2) { prop_assert!(w[0].1 < w[1].0); }
                 prop_assert_eq!(s.total(), m.iter().filter(|&&b| b).count() as u64);
+                for block in [1u64, 4, 8] {
+                    let blocks = (0..70u64.div_ceil(block))
+                        .filter(|b| m[(b * block) as usize..((b + 1) * block).min(70) as usize].iter().any(|&x| x))
+                        .count() as u64;
+                    prop_assert_eq!(s.block_total(block), blocks * block);
+                }
             }
             for a in 0..66u64 {
                 for b in a..66u64 {

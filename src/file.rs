@@ -10,7 +10,7 @@
 
 use crate::backend::{BackendFile, Caps, Whence};
 use crate::coalescer::{self, Coalescer, DirtyBlock};
-use crate::extents::{ExtentIndex, RangeSet, seek_data, seek_hole};
+use crate::extents::{ExtentIndex, RangeSet, seek_data_blocks, seek_hole_blocks};
 use crate::stats::{Stats, Trigger};
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -83,6 +83,8 @@ pub struct SparseFile {
     pending_behind: Option<(u64, u64)>,
     /// The same, as wall-clock time for stat.
     last_write_time: Option<std::time::SystemTime>,
+    /// `(generation of the index, its block_total)`: st_blocks without a walk per stat.
+    block_total: (u64, u64),
 }
 
 fn zeros() -> &'static [u8] {
@@ -133,6 +135,7 @@ impl SparseFile {
             last_write_time: None,
             pending_windows: Vec::new(),
             pending_behind: None,
+            block_total: (u64::MAX, 0),
         }
     }
 
@@ -166,9 +169,16 @@ impl SparseFile {
         self.dirty.buffered()
     }
 
-    /// 512-byte blocks that may hold data: what `st_blocks` reports for an exact map.
-    pub fn blocks_512(&self) -> u64 {
-        let data = self.index.data.total() + self.dirty.buffered();
+    /// 512-byte blocks that may hold data: what `st_blocks` reports for an exact map. A
+    /// sparse block holding any byte of data counts whole, as SEEK_DATA/SEEK_HOLE answer
+    /// (buffered blocks are counted whole too; one both buffered and on the backend counts
+    /// twice until flushed, never past the size).
+    pub fn blocks_512(&mut self) -> u64 {
+        let g = self.index.data.generation();
+        if self.block_total.0 != g {
+            self.block_total = (g, self.index.data.block_total(self.geo.block));
+        }
+        let data = self.block_total.1 + self.dirty.buffered();
         data.min(self.size.next_multiple_of(512)).div_ceil(512)
     }
 
@@ -367,17 +377,17 @@ impl SparseFile {
             self.learn()?;
         }
         self.stats.seeks_from_index.fetch_add(1, Relaxed);
+        // Answers at sparse-block granularity, buffered or flushed alike: a block that holds
+        // any written byte is data as a whole (what a block filesystem answers).
+        let b = self.geo.block;
+        let seek = |map: &RangeSet| match whence {
+            Whence::Data => seek_data_blocks(map, off, self.size, b),
+            Whence::Hole => seek_hole_blocks(map, off, self.size, b),
+        };
         if self.dirty.is_empty() {
-            return Ok(match whence {
-                Whence::Data => seek_data(&self.index.data, off, self.size),
-                Whence::Hole => seek_hole(&self.index.data, off, self.size),
-            });
+            return Ok(seek(&self.index.data));
         }
-        let map = self.data_map();
-        Ok(match whence {
-            Whence::Data => seek_data(&map, off, self.size),
-            Whence::Hole => seek_hole(&map, off, self.size),
-        })
+        Ok(seek(&self.data_map()))
     }
 
     fn flush_blocks(&mut self, first: u64, last: u64) -> io::Result<()> {
@@ -557,7 +567,7 @@ impl SparseFile {
 
     /// What `stat` and open decisions need of the engine, published after each change
     /// (see [`crate::node::View`]).
-    pub fn view(&self) -> crate::node::View {
+    pub fn view(&mut self) -> crate::node::View {
         crate::node::View {
             size: self.size,
             dirty: self.is_dirty(),

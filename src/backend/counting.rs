@@ -71,4 +71,7 @@ impl<B: BackendFile> BackendFile for Counting<B> {
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
         self.count(Op::Lseek, 0, || self.inner.seek(off, whence))
     }
+    fn allocated(&self) -> io::Result<Option<u64>> {
+        self.inner.allocated()
+    }
 }

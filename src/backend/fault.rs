@@ -114,4 +114,7 @@ impl<B: BackendFile> BackendFile for Faulty<B> {
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
         self.inner.seek(off, whence)
     }
+    fn allocated(&self) -> io::Result<Option<u64>> {
+        self.inner.allocated()
+    }
 }

@@ -216,6 +216,11 @@ impl BackendFile for FdFile {
         Ok((st.st_dev, st.st_ino))
     }
 
+    fn allocated(&self) -> io::Result<Option<u64>> {
+        let st = sys::fstat_fresh(self.file.as_fd())?;
+        Ok(Some(st.st_blocks as u64 * 512))
+    }
+
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
         let _io = crate::lock::io("lseek");
         let w = match whence {

@@ -139,4 +139,7 @@ impl BackendFile for MemFile {
             Whence::Hole => crate::extents::seek_hole(&g.allocated, off, size),
         })
     }
+    fn allocated(&self) -> io::Result<Option<u64>> {
+        Ok(Some(self.inner.lock().allocated.total()))
+    }
 }

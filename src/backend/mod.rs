@@ -52,6 +52,11 @@ pub trait BackendFile: Send + Sync {
     /// `lseek(SEEK_DATA/SEEK_HOLE)`; `Ok(None)` for ENXIO. Errors: `EOPNOTSUPP`, `EINVAL`
     /// on backends without it. Answers are only trusted after a probe.
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>>;
+    /// Bytes the backend says it has allocated to the file (`st_blocks * 512`), fresh;
+    /// `Ok(None)` where the backend cannot tell (only the mount probe asks).
+    fn allocated(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// A shared backend (tests keep a handle to check what the engine wrote).
@@ -83,13 +88,18 @@ impl<T: BackendFile + ?Sized> BackendFile for std::sync::Arc<T> {
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
         (**self).seek(off, whence)
     }
+    fn allocated(&self) -> io::Result<Option<u64>> {
+        (**self).allocated()
+    }
 }
 
 /// What the backing filesystem was found to really do, by writing, calling and reading
 /// back on a scratch file at mount time ([`probe`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Caps {
-    /// `PUNCH_HOLE` returned success and the range then read back as zeros.
+    /// `PUNCH_HOLE` returned success, the range then read back as zeros and the data
+    /// around it did not, and the backend's allocation (`st_blocks`) shrank, where it
+    /// reports one: a punch that zeros without freeing is no punch (issue 16).
     pub punch: bool,
     /// `SEEK_DATA`/`SEEK_HOLE` reported a known layout correctly (a real hole inside
     /// the file, not just the virtual one at EOF).
@@ -102,15 +112,35 @@ pub fn probe(f: &dyn BackendFile) -> Caps {
     const K: u64 = 64 * 1024;
     let pattern = vec![0xA5u8; (3 * K) as usize];
     let mut caps = Caps::default();
-    // Punch: write 3 chunks, punch the middle, read back.
-    if f.write_all_at(&[IoSlice::new(&pattern)], 0).is_ok() && f.punch_hole(K, K).is_ok() {
+    // Punch: write 3 chunks (synced, so the allocation is settled), punch the middle,
+    // read back, and look whether the allocation shrank.
+    let written = f.write_all_at(&[IoSlice::new(&pattern)], 0).is_ok() && f.sync(true).is_ok();
+    let before = f.allocated().ok().flatten();
+    if written && f.punch_hole(K, K).is_ok() {
         let mut back = vec![1u8; (3 * K) as usize];
+        let after = f
+            .sync(true)
+            .ok()
+            .and_then(|()| f.allocated().ok().flatten());
+        let freed = match (before, after) {
+            (Some(b), Some(a)) => a < b,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
         if matches!(f.read_at(&mut back, 0), Ok(n) if n == back.len()) {
             let (a, rest) = back.split_at(K as usize);
             let (b, c) = rest.split_at(K as usize);
-            caps.punch = a.iter().all(|&x| x == 0xA5)
+            let zeroed = a.iter().all(|&x| x == 0xA5)
                 && crate::zero::is_zero(b)
                 && c.iter().all(|&x| x == 0xA5);
+            if zeroed && !freed {
+                tracing::warn!(
+                    ?before,
+                    ?after,
+                    "the backend's PUNCH_HOLE zeros but frees nothing: treated as no punch"
+                );
+            }
+            caps.punch = zeroed && freed;
         }
     }
     // Seek: data [0, K), a hole of 16 MiB, data at the end. A fake implementation says
@@ -131,4 +161,62 @@ pub fn probe(f: &dyn BackendFile) -> Caps {
             && matches!(end, Ok(None));
     }
     caps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mem::MemFile;
+
+    /// A backend whose PUNCH_HOLE zeros the range but keeps it allocated (as some
+    /// servers and FUSE exports do): reads say "punched", st_blocks says otherwise.
+    struct ZerosWithoutFreeing(MemFile);
+
+    impl BackendFile for ZerosWithoutFreeing {
+        fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+            self.0.read_at(buf, off)
+        }
+        fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()> {
+            self.0.write_all_at(bufs, off)
+        }
+        fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
+            self.0
+                .write_all_at(&[IoSlice::new(&vec![0; len as usize])], off)
+        }
+        fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
+            self.0.allocate(mode, off, len)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn sync(&self, datasync: bool) -> io::Result<()> {
+            self.0.sync(datasync)
+        }
+        fn size(&self) -> io::Result<u64> {
+            BackendFile::size(&self.0)
+        }
+        fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
+            self.0.seek(off, whence)
+        }
+        fn allocated(&self) -> io::Result<Option<u64>> {
+            BackendFile::allocated(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_probe_believes_only_what_it_saw() {
+        let full = probe(&MemFile::new());
+        assert_eq!(
+            full,
+            Caps {
+                punch: true,
+                seek: true
+            }
+        );
+        let none = probe(&MemFile::with_caps(false, false));
+        assert_eq!(none, Caps::default());
+        let liar = probe(&ZerosWithoutFreeing(MemFile::new()));
+        assert!(!liar.punch, "zeros without freeing is no punch");
+        assert!(liar.seek);
+    }
 }

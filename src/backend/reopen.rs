@@ -139,6 +139,9 @@ impl BackendFile for Reopening {
     fn seek(&self, off: u64, whence: Whence) -> io::Result<Option<u64>> {
         self.with(|b| b.seek(off, whence))
     }
+    fn allocated(&self) -> io::Result<Option<u64>> {
+        self.with(|b| b.allocated())
+    }
 }
 
 #[cfg(test)]

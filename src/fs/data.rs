@@ -107,39 +107,42 @@ impl SparseFs {
             .ok_or_else(|| errno(libc::ENXIO))
     }
 
-    /// fallocate: mode 0 / KEEP_SIZE passed through; PUNCH_HOLE and ZERO_RANGE made
-    /// real through the index (punch where the backend truly punches, else zeros).
+    /// fallocate, as a block filesystem answers it:
+    /// - `PUNCH_HOLE|KEEP_SIZE`: the range deallocated, where the mount's probe found the
+    ///   backend really punches; else `EOPNOTSUPP`, as the backend itself answers, for
+    ///   buffered and flushed ranges alike (so callers take their own fallback instead of
+    ///   believing space was freed);
+    /// - `ZERO_RANGE` (with or without `KEEP_SIZE`): reads as zeros afterwards, by punching
+    ///   where the backend punches, else by writing zeros (its contract allows either;
+    ///   GlusterFS's own ZERO_RANGE is never used: it lies);
+    /// - mode 0 and `KEEP_SIZE`: passed to the backend (`EOPNOTSUPP` where it has none);
+    /// - anything else: `EOPNOTSUPP`.
     ///
     /// # Errors
-    /// `EOPNOTSUPP` for unsupported modes (never `ENOSYS`), the backend's errno.
+    /// `EOPNOTSUPP` as above (never `ENOSYS`), the backend's errno.
     pub fn fallocate(&self, fh: Fh, off: u64, len: u64, mode: i32) -> io::Result<()> {
         let (_, node, _) = self.file(fh)?;
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+        let supported = if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+            mode == punch && self.sh.caps.punch
+        } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
+            mode & !zero == 0
+        } else {
+            mode & !libc::FALLOC_FL_KEEP_SIZE == 0
+        };
+        if !supported {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
         node.change(|e, state| {
             state.with(|s| s.changed());
-            self.fallocate_engine(e, off, len, mode)
-        })
-    }
-
-    pub(super) fn fallocate_engine(
-        &self,
-        e: &mut SparseFile,
-        off: u64,
-        len: u64,
-        mode: i32,
-    ) -> io::Result<()> {
-        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
-            if !keep || mode & !(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) != 0 {
-                return Err(errno(libc::EOPNOTSUPP));
+            let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+            if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+                e.make_zero(off, len, keep)
+            } else {
+                e.allocate(mode, off, len)
             }
-            e.make_zero(off, len, true)
-        } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
-            e.make_zero(off, len, keep)
-        } else if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
-            Err(errno(libc::EOPNOTSUPP))
-        } else {
-            e.allocate(mode, off, len)
-        }
+        })
     }
 
     /// copy_file_range through the sparse engines: zeros in the source stay holes.

@@ -54,7 +54,7 @@ impl StateRef<'_> {
 impl FileNode {
     /// A node over `engine`, with its first state.
     pub fn new(
-        engine: SparseFile,
+        mut engine: SparseFile,
         mut state: NodeState<PassToken>,
         data: Arc<crate::backend::reopen::Reopening>,
     ) -> Self {

@@ -225,7 +225,7 @@ fn zeros_written_over_data_read_back_as_zeros_and_free_the_space() {
 }
 
 #[test]
-fn fallocate_punch_and_zero_range_read_back_as_zeros() {
+fn punch_frees_space_where_the_backend_punches_and_is_refused_where_it_cannot() {
     if !fuse_available() || !have("fallocate") {
         return;
     }
@@ -234,28 +234,170 @@ fn fallocate_punch_and_zero_range_read_back_as_zeros() {
         let m = Mount::new(b.path(), &[]);
         let f = m.p("f");
         fs::write(&f, random_bytes((4 * MIB) as usize, 5)).unwrap();
-        sh(&format!(
+        let punch = sh_status(&format!(
             "fallocate --punch-hole -o 1000 -l 100000 {}",
             f.display()
         ));
+        assert_eq!(
+            punch.status.success(),
+            b.punches(),
+            "{kind}: punch answered as the backend does: {}",
+            String::from_utf8_lossy(&punch.stderr)
+        );
+        if !b.punches() {
+            assert!(
+                String::from_utf8_lossy(&punch.stderr).contains("unsupported"),
+                "{kind}: EOPNOTSUPP, as the backend itself says: {}",
+                String::from_utf8_lossy(&punch.stderr)
+            );
+        }
+        // ZERO_RANGE is served everywhere (zeros written where the backend cannot punch).
         sh(&format!(
             "fallocate --zero-range -o 2000000 -l 50000 {}",
             f.display()
         ));
         let back = fs::read(&f).unwrap();
-        assert!(back[1000..101_000].iter().all(|&x| x == 0));
+        if b.punches() {
+            assert!(back[1000..101_000].iter().all(|&x| x == 0));
+        }
         assert!(back[2_000_000..2_050_000].iter().all(|&x| x == 0));
         assert_eq!(fs::metadata(&f).unwrap().len(), 4 * MIB);
         drop(m);
         let rb = fs::read(b.path().join("f")).unwrap();
-        assert!(
-            rb[1000..101_000].iter().all(|&x| x == 0),
-            "{kind}: backend punched"
-        );
+        if b.punches() {
+            assert!(
+                rb[1000..101_000].iter().all(|&x| x == 0),
+                "{kind}: backend punched"
+            );
+        }
         assert!(
             rb[2_000_000..2_050_000].iter().all(|&x| x == 0),
             "{kind}: backend zeroed"
         );
+    }
+}
+
+/// The punch probe tools run (write 64 KiB, punch it, did st_blocks drop?) tells the
+/// truth, for buffered and flushed data alike, and later punches behave as it said.
+#[test]
+fn the_punch_probe_tells_the_truth_for_buffered_and_flushed_data() {
+    if !fuse_available() {
+        return;
+    }
+    for b in each_backing() {
+        let kind = b.kind();
+        let m = Mount::new(b.path(), &[]);
+        for fsynced in [false, true] {
+            let p = m.p(&format!("probe-{fsynced}"));
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap();
+            f.write_all_at(&random_bytes(64 << 10, 1), 0).unwrap();
+            if fsynced {
+                f.sync_all().unwrap();
+            }
+            let before = f.metadata().unwrap().blocks();
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            // SAFETY: a valid fd.
+            let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, 0, 64 << 10) };
+            let after = f.metadata().unwrap().blocks();
+            if b.punches() {
+                assert_eq!(r, 0, "{kind}/{fsynced}: punch works here");
+                assert!(
+                    after < before,
+                    "{kind}/{fsynced}: st_blocks {before} -> {after}"
+                );
+            } else {
+                assert_eq!(r, -1, "{kind}/{fsynced}: the backend cannot punch");
+                assert_eq!(
+                    std::io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EOPNOTSUPP),
+                    "{kind}/{fsynced}"
+                );
+                assert_eq!(
+                    after, before,
+                    "{kind}/{fsynced}: nothing freed, none claimed"
+                );
+            }
+        }
+    }
+}
+
+/// Every SEEK_DATA/SEEK_HOLE answer is the offset asked, the size, or a multiple of
+/// st_blksize, buffered or flushed, at every sparse block; so the usual probe of the
+/// allocation unit (one-byte writes at growing offsets, then SEEK_DATA from 0) finds
+/// st_blksize.
+#[test]
+fn seek_answers_come_in_whole_sparse_blocks_buffered_or_flushed() {
+    if !fuse_available() {
+        return;
+    }
+    for (block, bs) in [("4K", 4096u64), ("32K", 32768), ("1M", MIB)] {
+        for b in each_backing() {
+            let kind = b.kind();
+            let m = Mount::new(b.path(), &["--sparse-block", block]);
+            let p = m.p("g");
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap();
+            assert_eq!(f.metadata().unwrap().blksize(), bs, "{kind}/{block}");
+            // The allocation-unit probe (as xfstests' seek_sanity_test does it): truncate
+            // to 0, one byte at offset 2, 4, 8, ...; the unit is the first offset where
+            // SEEK_DATA from 0 no longer answers 0.
+            let mut unit = 2u64;
+            loop {
+                f.set_len(0).unwrap();
+                f.write_all_at(b"a", unit).unwrap();
+                if lseek(&f, 0, libc::SEEK_DATA) != Ok(0) || unit > 4 * bs {
+                    break;
+                }
+                unit *= 2;
+            }
+            assert_eq!(unit, bs, "{kind}/{block}: the probe finds st_blksize");
+            f.set_len(0).unwrap();
+            f.write_all_at(b"x", 2).unwrap();
+            f.write_all_at(b"y", 8 << 30).unwrap();
+            assert_eq!(lseek(&f, 0, libc::SEEK_DATA), Ok(0), "{kind}/{block}");
+            assert_eq!(lseek(&f, 0, libc::SEEK_HOLE), Ok(bs), "{kind}/{block}");
+            // Scattered small writes, then every offset around every block edge.
+            for (i, off) in [3 * bs + 5, 7 * bs - 1, 9 * bs].into_iter().enumerate() {
+                f.write_all_at(&[i as u8 + 1; 3], off).unwrap();
+            }
+            let size = f.metadata().unwrap().len();
+            for fsynced in [false, true] {
+                if fsynced {
+                    f.sync_all().unwrap();
+                }
+                for blockno in 0..12u64 {
+                    for d in [0i64, 1, 2, -1] {
+                        let off = (blockno * bs) as i64 + d;
+                        if off < 0 {
+                            continue;
+                        }
+                        for w in [libc::SEEK_DATA, libc::SEEK_HOLE] {
+                            if let Ok(a) = lseek(&f, off, w) {
+                                assert!(
+                                    a == off as u64 || a == size || a % bs == 0,
+                                    "{kind}/{block}/fsynced {fsynced}: lseek({off}, {w}) = {a}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            // st_blocks counts the same whole blocks: the blocks at 0, 3, 6 and 7 (the
+            // write at 7*bs-1 straddles them), 9 and 8 GiB hold data.
+            let blocks = f.metadata().unwrap().blocks() * 512;
+            assert_eq!(blocks, 6 * bs, "{kind}/{block}: st_blocks {blocks}");
+        }
     }
 }
 
