@@ -43,10 +43,11 @@ pub struct Inode {
     pub key: (u64, u64),
     /// `st_mode & S_IFMT`.
     pub kind: u32,
-    /// The `O_PATH` fd. Rank `InodeFd` (a leaf, held only to clone or swap the fd): each
-    /// lookup of the same file swaps in its own fresh fd (see
-    /// [`InodeTable::insert_lookup`]).
-    fd: Mutex<Arc<OwnedFd>>,
+    /// The `O_PATH` fd; `None` once the file's last name was removed through the mount
+    /// while nobody had it open ([`Inode::detach`]). Rank `InodeFd` (a leaf, held only
+    /// to clone or swap the fd): each lookup of the same file swaps in its own fresh fd
+    /// (see [`InodeTable::insert_lookup`]).
+    fd: Mutex<Option<Arc<OwnedFd>>>,
     lookups: AtomicU64,
     /// Sparse state, for regular files once opened. Rank `FileSlot` (a leaf).
     file: Mutex<Option<Arc<FileNode>>>,
@@ -67,14 +68,39 @@ pub struct Inode {
 
 impl Inode {
     /// The `O_PATH` fd (a reference that stays valid while held).
-    pub fn fd(&self) -> PathFd {
-        PathFd(self.fd.lock().clone())
+    ///
+    /// # Errors
+    /// `ENOENT` once the file was removed through the mount ([`Inode::detach`]).
+    pub fn fd(&self) -> std::io::Result<PathFd> {
+        self.fd
+            .lock()
+            .clone()
+            .map(PathFd)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))
     }
 
     /// Puts `fd` in place of the `O_PATH` fd; returns the old one (to be closed by the
     /// caller, outside any lock).
-    fn repair(&self, fd: OwnedFd) -> Arc<OwnedFd> {
-        std::mem::replace(&mut *self.fd.lock(), Arc::new(fd))
+    fn repair(&self, fd: OwnedFd) -> Option<Arc<OwnedFd>> {
+        self.fd.lock().replace(Arc::new(fd))
+    }
+
+    /// Lets go of the `O_PATH` fd before the file's last name is removed through the
+    /// mount while nobody has it open: an fd held on a name makes an NFS client rename the
+    /// file to `.nfsXXXX` instead of removing it (silly rename), and keeps the directory
+    /// from being removed. Afterwards the inode answers `ENOENT` until a lookup finds the
+    /// file again ([`Inode::reattach`] if the removal failed). The fd closes here unless
+    /// a call in flight still holds it (it closes when that call ends). Not the root.
+    pub fn detach(&self) {
+        if self.ino != Ino::ROOT {
+            let old = self.fd.lock().take();
+            drop(old);
+        }
+    }
+
+    /// Takes `fd` (a fresh `O_PATH` fd of this very file) after a removal that failed.
+    pub fn reattach(&self, fd: OwnedFd) {
+        drop(self.repair(fd));
     }
 
     /// The sparse state, if the file was opened.
@@ -101,7 +127,7 @@ impl Inode {
             ino,
             key: (st.st_dev, st.st_ino),
             kind: st.st_mode & libc::S_IFMT,
-            fd: Mutex::new(Rank::InodeFd, Arc::new(fd)),
+            fd: Mutex::new(Rank::InodeFd, Some(Arc::new(fd))),
             lookups: AtomicU64::new(lookups),
             file: Mutex::new(Rank::FileSlot, None),
             no_caps: std::sync::atomic::AtomicBool::new(false),
@@ -146,7 +172,7 @@ impl InodeTable {
     pub fn new(root_fd: OwnedFd, root: &libc::stat) -> Self {
         let key = (root.st_dev, root.st_ino);
         let inode = Arc::new(Inode::new(Ino::ROOT, root, root_fd, 1 << 40, 0));
-        let root_path = inode.fd();
+        let root_path = inode.fd().expect("the root is never detached");
         let mut maps = Maps::default();
         maps.by_ino.insert(Ino::ROOT, inode.clone());
         maps.by_key.insert(key, Ino::ROOT);

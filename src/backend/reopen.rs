@@ -80,6 +80,17 @@ impl Reopening {
         self.inner.lock().is_none()
     }
 
+    /// Opens the descriptor now if it is parked: an application's open opens the backend
+    /// file then, not at its first read or write, so that the file stays held (and
+    /// readable) if its name is removed while it is open, and a backend with its own
+    /// cache revalidates it at the open (close-to-open).
+    ///
+    /// # Errors
+    /// The reopen's (`ENOENT` if the file is gone).
+    pub fn ensure_open(&self) -> io::Result<()> {
+        self.with(|_| Ok(()))
+    }
+
     /// [`BackendFile::identity`] of the open descriptor; `None` while parked (no open).
     pub fn open_identity(&self) -> Option<io::Result<(u64, u64)>> {
         let cur = self.inner.lock().clone();

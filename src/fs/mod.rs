@@ -163,11 +163,6 @@ struct Shared {
     passthrough: AtomicBool,
     /// Tells the kernel to drop an inode's cached attributes (set by the mount).
     invalidate_attrs: std::sync::OnceLock<AttrInvalidator>,
-    /// Read-write fds of regular files open now (see [`Reopening`]).
-    data_fds: Arc<AtomicU64>,
-    /// Past this many, a file's fd is closed at its last release (an eighth of the fd
-    /// limit: the rest is for the one `O_PATH` fd per inode and open directories).
-    data_fd_budget: u64,
 }
 
 /// Drops the kernel's cached attributes of a FUSE inode.
@@ -178,6 +173,9 @@ pub type AttrInvalidator = Box<dyn Fn(Ino) + Send + Sync>;
 struct Child {
     /// Its inode, if known with sparse state.
     known: Option<Arc<Inode>>,
+    /// Its inode, if the kernel knows it (any kind but directories), and whether this
+    /// is its last name: what the daemon lets go of before removing the name.
+    held: Option<(Arc<Inode>, bool)>,
     /// Its backing inode number (regular files only).
     ino: Option<u64>,
     /// Its backing inode number if this is its only link and maps are stored.
@@ -264,8 +262,6 @@ impl SparseFs {
                 wake_lock: Mutex::new(Rank::Wake, ()),
                 passthrough: AtomicBool::new(false),
                 invalidate_attrs: std::sync::OnceLock::new(),
-                data_fds: Arc::new(AtomicU64::new(0)),
-                data_fd_budget: (sys::nofile_limit() / 8).max(64),
             }),
             flusher: Mutex::new(Rank::Flusher, None),
         })

@@ -29,7 +29,7 @@ impl SparseFs {
         let fd = self
             .sh
             .meta
-            .openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            .openat(dir.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (inode, st) = self.entry(fd)?;
         Ok(Entry::of(&inode, st))
     }
@@ -53,24 +53,30 @@ impl SparseFs {
     /// changes never make its map look stale), and its inode number if it is a regular
     /// file whose only link this is (removing the name ends the file and its stored map).
     pub(super) fn child(&self, dir: &Inode, name: &std::ffi::CStr) -> Child {
-        let Ok(st) = self.sh.meta.fstatat(dir.fd().as_fd(), name) else {
+        let Ok(st) = dir.fd().and_then(|d| self.sh.meta.fstatat(d.as_fd(), name)) else {
             return Child::default();
         };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Child::default();
-        }
-        let known = self
-            .sh
-            .inodes
-            .ino_for(st.st_dev, st.st_ino)
+        let kind = st.st_mode & libc::S_IFMT;
+        let inode = (kind != libc::S_IFDIR)
+            .then(|| self.sh.inodes.ino_for(st.st_dev, st.st_ino))
+            .flatten()
             .and_then(|ino| self.sh.inodes.get(ino).ok())
-            .filter(|i| i.key == (st.st_dev, st.st_ino) && i.node().is_some());
+            .filter(|i| i.key == (st.st_dev, st.st_ino) && i.kind == kind);
+        let held = inode.clone().map(|i| (i, st.st_nlink <= 1));
+        if kind != libc::S_IFREG {
+            return Child {
+                held,
+                ..Child::default()
+            };
+        }
+        let known = inode.filter(|i| i.node().is_some());
         let last_link = (self.sh.cfg.map_store != MapStore::None
             && st.st_nlink == 1
             && st.st_dev == self.sh.inodes.root_key().0)
             .then_some(st.st_ino);
         Child {
             known,
+            held,
             ino: Some(st.st_ino),
             last_link,
             nlink: st.st_nlink,
@@ -81,6 +87,67 @@ impl SparseFs {
     pub(super) fn forget_record(&self, ino: Option<u64>) {
         if let (Some(ino), Ok(p)) = (ino, self.persist()) {
             p.forget_ino(ino);
+        }
+    }
+
+    /// Runs `remove`, a backend call that removes the name `name` of `child` in `dir`
+    /// (unlink, or a rename over it), after letting go of the daemon's own fds of that file
+    /// where no application has it open: its read-write fd (libfuse filesystems such as
+    /// bindfs rename a file removed while open to `.fuse_hidden*`, NFS clients to
+    /// `.nfsXXXX`, and the directory then cannot be removed), and, for its last name, its
+    /// `O_PATH` fd ([`Inode::detach`]; NFS silly-renames a name an fd holds). Files an
+    /// application holds open keep everything and behave as on the backend itself.
+    ///
+    /// Runs as a transition of the file's node (the gate is held across the backend call,
+    /// like every transition: an open of the same file waits, so none can slip in between
+    /// the check and the removal). If the removal fails, a detached inode takes a fresh
+    /// `O_PATH` fd of the name again.
+    pub(super) fn removing(
+        &self,
+        child: &Child,
+        dir: &Inode,
+        name: &std::ffi::CStr,
+        remove: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Some((inode, last)) = &child.held else {
+            return remove();
+        };
+        let run = |node: Option<&FileNode>| {
+            let idle = node.is_none_or(|n| n.with_state(|s| s.opens() == 0));
+            if !idle {
+                return remove();
+            }
+            if let Some(n) = node
+                && n.data.park()
+            {
+                self.sh.stats.data_fds_parked.fetch_add(1, Relaxed);
+            }
+            if *last {
+                inode.detach();
+            }
+            let r = remove();
+            if r.is_err() && *last {
+                self.reanchor(inode, dir, name);
+            }
+            r
+        };
+        match inode.node() {
+            Some(node) => node.transition(|n| run(Some(n))),
+            None => run(None),
+        }
+    }
+
+    /// Gives a detached inode a fresh `O_PATH` fd of `name` in `dir` if that still names it.
+    fn reanchor(&self, inode: &Inode, dir: &Inode, name: &std::ffi::CStr) {
+        let Ok(dfd) = dir.fd() else { return };
+        if let Ok(fd) = self
+            .sh
+            .meta
+            .openat(dfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            && let Ok(st) = self.sh.meta.fstat(fd.as_fd())
+            && (st.st_dev, st.st_ino) == inode.key
+        {
+            inode.reattach(fd);
         }
     }
 
@@ -121,7 +188,7 @@ impl SparseFs {
             None => {
                 self.sh
                     .meta
-                    .openat(parent.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?
+                    .openat(parent.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?
             }
         };
         let (i, st) = self.entry(fd)?;
@@ -145,7 +212,7 @@ impl SparseFs {
         let (i, st) = self.create_as(&dir, name, who, |c| {
             self.sh
                 .meta
-                .mknodat(dir.fd().as_fd(), c, mode & !umask, rdev as u64)
+                .mknodat(dir.fd()?.as_fd(), c, mode & !umask, rdev as u64)
         })?;
         Ok(Entry::of(&i, st))
     }
@@ -166,7 +233,7 @@ impl SparseFs {
         let (i, st) = self.create_as(&dir, name, who, |c| {
             self.sh
                 .meta
-                .mkdirat(dir.fd().as_fd(), c, mode & !umask & 0o7777)
+                .mkdirat(dir.fd()?.as_fd(), c, mode & !umask & 0o7777)
         })?;
         Ok(Entry::of(&i, st))
     }
@@ -186,7 +253,7 @@ impl SparseFs {
         let (i, st) = self.create_as(&dir, name, who, |c| {
             self.sh
                 .meta
-                .symlinkat(target.as_os_str(), dir.fd().as_fd(), c)
+                .symlinkat(target.as_os_str(), dir.fd()?.as_fd(), c)
         })?;
         Ok(Entry::of(&i, st))
     }
@@ -199,7 +266,10 @@ impl SparseFs {
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
         let child = self.child(&dir, &c);
-        self.sh.meta.unlinkat(dir.fd().as_fd(), &c, 0)?;
+        let dfd = dir.fd()?;
+        self.removing(&child, &dir, &c, || {
+            self.sh.meta.unlinkat(dfd.as_fd(), &c, 0)
+        })?;
         // The last name of a file: nothing can open it again, so its stamp no longer
         // matters; its stored record is dropped unless this mount knows it has none.
         let unrecorded = child
@@ -222,9 +292,11 @@ impl SparseFs {
     /// The backend's errno.
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
-        self.sh
-            .meta
-            .unlinkat(dir.fd().as_fd(), &sys::component(name)?, libc::AT_REMOVEDIR)
+        self.sh.meta.unlinkat(
+            dir.fd()?.as_fd(),
+            &sys::component(name)?,
+            libc::AT_REMOVEDIR,
+        )
     }
 
     /// rename / renameat2 (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
@@ -246,10 +318,17 @@ impl SparseFs {
             self.name_ok(newparent, newname)?,
         );
         let moved = self.child(&a, &on);
-        let target = self.child(&b, &nn);
-        self.sh
-            .meta
-            .renameat2(a.fd().as_fd(), &on, b.fd().as_fd(), &nn, flags)?;
+        let mut target = self.child(&b, &nn);
+        if flags & libc::RENAME_EXCHANGE != 0 || target.ino.is_some() && target.ino == moved.ino {
+            // Nothing is removed: the target keeps a name.
+            target.held = None;
+        }
+        let (afd, bfd) = (a.fd()?, b.fd()?);
+        self.removing(&target, &b, &nn, || {
+            self.sh
+                .meta
+                .renameat2(afd.as_fd(), &on, bfd.as_fd(), &nn, flags)
+        })?;
         self.restamp(moved.known);
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.restamp(target.known);
@@ -271,12 +350,12 @@ impl SparseFs {
         let c = self.name_ok(newparent, newname)?;
         self.sh
             .meta
-            .link(inode.fd().as_fd(), dir.fd().as_fd(), &c)?;
+            .link(inode.fd()?.as_fd(), dir.fd()?.as_fd(), &c)?;
         self.restamp(Some(inode.clone()));
         let fd = self
             .sh
             .meta
-            .openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            .openat(dir.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (i, st) = self.entry(fd)?;
         Ok(Entry::of(&i, st))
     }

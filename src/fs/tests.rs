@@ -177,3 +177,41 @@ fn a_written_sparse_file_is_stored_at_close_and_its_next_open_loads_the_map() {
     assert_eq!(calls_since(&fs, &before), budget(&[]));
     fs.release(o2.fh).unwrap();
 }
+
+#[test]
+fn a_closed_file_holds_no_data_fd_and_its_next_open_opens_it_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_over(dir.path(), MapStore::Xattr);
+    let name = OsStr::new("f");
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
+    let (e, o) = fs.create(Ino::ROOT, name, 0o644, 0, flags, WHO).unwrap();
+    fs.write(e.ino, o.fh, 0, &[1u8; 4096], 0, false).unwrap();
+    assert_eq!(fs.stats().data_fds.load(Relaxed), 1);
+    fs.flush(o.fh).unwrap();
+    fs.release(o.fh).unwrap();
+    assert_eq!(
+        fs.stats().data_fds.load(Relaxed),
+        0,
+        "closed at the last close"
+    );
+    // The next open: the staleness stat and a fresh backend open (so a backend with its
+    // own cache revalidates the file as for any other client, and the file stays held if
+    // its name is removed while it is open).
+    let before = snapshot(&fs);
+    let o = fs.open(e.ino, libc::O_RDONLY, None).unwrap();
+    assert_eq!(
+        calls_since(&fs, &before),
+        budget(&[("reopen", 1), ("stat", 1)])
+    );
+    assert_eq!(fs.read(o.fh, 0, 4096).unwrap(), vec![1u8; 4096]);
+    assert_eq!(fs.stats().data_fds.load(Relaxed), 1);
+    fs.release(o.fh).unwrap();
+    // unlink of a file nobody holds: its fds go before the backend's unlink.
+    fs.unlink(Ino::ROOT, name).unwrap();
+    assert_eq!(fs.stats().data_fds.load(Relaxed), 0);
+    assert_eq!(
+        fs.getattr(e.ino).err().and_then(|e| e.raw_os_error()),
+        Some(libc::ENOENT),
+        "the inode let go of its O_PATH fd"
+    );
+}
