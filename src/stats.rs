@@ -77,10 +77,12 @@ pub enum MetaOp {
     Statfs,
     /// fsync of a directory
     Fsync,
+    /// name_to_handle_at, open_by_handle_at
+    Handle,
 }
 
 /// All metadata call kinds, in display order.
-pub const META_OPS: [MetaOp; 12] = [
+pub const META_OPS: [MetaOp; 13] = [
     MetaOp::Open,
     MetaOp::Reopen,
     MetaOp::Stat,
@@ -93,6 +95,7 @@ pub const META_OPS: [MetaOp; 12] = [
     MetaOp::Readlink,
     MetaOp::Statfs,
     MetaOp::Fsync,
+    MetaOp::Handle,
 ];
 
 impl MetaOp {
@@ -100,7 +103,7 @@ impl MetaOp {
     pub fn name(self) -> &'static str {
         [
             "open", "reopen", "stat", "create", "unlink", "rename", "setattr", "xattr", "readdir",
-            "readlink", "statfs", "fsync",
+            "readlink", "statfs", "fsync", "handle",
         ][self as usize]
     }
 }
@@ -162,7 +165,7 @@ struct OpCounter {
 #[derive(Debug, Default)]
 pub struct Stats {
     ops: [OpCounter; 7],
-    meta: [[AtomicU64; 2]; 12],
+    meta: [[AtomicU64; 2]; META_OPS.len()],
     flushes: [AtomicU64; 7],
     /// Bytes applications wrote through the mount.
     pub app_write_bytes: AtomicU64,

@@ -19,9 +19,11 @@ use crate::backend::fd::FdFile;
 use crate::backend::meta::{Counted, MetaBackend, SysMeta};
 use crate::backend::reopen::Reopening;
 use crate::backend::{BackendFile, Caps, Whence, probe};
+use crate::fdpool::FdPool;
 use crate::file::{Depth, Geometry, SparseFile};
 pub use crate::ids::{Fh, Ino};
-use crate::inodes::{Inode, InodeTable};
+pub use crate::inodes::HandleMode;
+use crate::inodes::{Anchoring, Inode, InodeTable};
 use crate::lock::{Condvar, Mutex, Rank, RwLock};
 pub use crate::node::PassToken;
 use crate::node::{FileNode, NodeState, OpenPlan, Record, stamp_of};
@@ -63,6 +65,10 @@ pub struct FsConfig {
     pub passthrough: bool,
     /// Let the kernel keep directory listings while the backend shows them unchanged.
     pub dir_cache: bool,
+    /// How inodes are anchored (`-o inode_handles=`).
+    pub inode_handles: HandleMode,
+    /// The pool's high-water mark (`None`: from the fd limit, see [`FdPool::for_limit`]).
+    pub fd_high: Option<u64>,
     /// Test hooks (`SPARSEFS_DEBUG_HOOKS=1`): setting [`WEDGE_XATTR`] on an open file
     /// wedges its engine lock for good, to test what a wedged daemon does.
     pub debug_hooks: bool,
@@ -173,8 +179,10 @@ pub type AttrInvalidator = Box<dyn Fn(Ino) + Send + Sync>;
 struct Child {
     /// Its inode, if known with sparse state.
     known: Option<Arc<Inode>>,
-    /// Its inode, if the kernel knows it (any kind but directories), and whether this
-    /// is its last name: what the daemon lets go of before removing the name.
+    /// Its inode, if the kernel knows it (any kind).
+    inode: Option<Arc<Inode>>,
+    /// Its inode if it is not a directory, and whether this is its last name: what the
+    /// daemon lets go of before removing the name.
     held: Option<(Arc<Inode>, bool)>,
     /// Its backing inode number (regular files only).
     ino: Option<u64>,
@@ -242,7 +250,25 @@ impl SparseFs {
                 "the backend cannot reopen a file unlinked while open (GlusterFS): kernel passthrough is off, reads go through the daemon"
             );
         }
-        let inodes = InodeTable::new(root, &st);
+        let meta: Arc<dyn MetaBackend> = Arc::new(Counted::new(SysMeta, stats.clone()));
+        let pool = match cfg.fd_high {
+            Some(high) => FdPool::with_marks(high, high * 3 / 4),
+            None => FdPool::for_limit(sys::nofile_limit()),
+        };
+        let key = (st.st_dev, st.st_ino);
+        let (anchoring, why) =
+            Anchoring::probe(meta.clone(), pool.clone(), root, key, cfg.inode_handles)?;
+        match why {
+            None => info!(
+                fd_high = pool.high(),
+                "inodes anchored by file handle; backend fds pooled"
+            ),
+            Some(why) => info!(
+                fd_high = pool.high(),
+                "inodes anchored by name ({why}; file handles need CAP_DAC_READ_SEARCH and a backend that exports them); backend fds pooled"
+            ),
+        }
+        let inodes = InodeTable::new(anchoring, &st);
         let cfg = FsConfig {
             passthrough: cfg.passthrough && reopen_unlinked,
             ..cfg
@@ -250,7 +276,7 @@ impl SparseFs {
         Ok(Self {
             sh: Arc::new(Shared {
                 cfg,
-                meta: Arc::new(Counted::new(SysMeta, stats.clone())),
+                meta,
                 caps,
                 stats,
                 inodes,

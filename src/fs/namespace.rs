@@ -3,7 +3,13 @@
 use super::*;
 
 impl SparseFs {
-    pub(super) fn entry(&self, fd: OwnedFd) -> io::Result<(Arc<Inode>, libc::stat)> {
+    /// The inode of `fd`, found by `name` in `parent`, in the table.
+    pub(super) fn entry(
+        &self,
+        fd: OwnedFd,
+        parent: &Arc<Inode>,
+        name: &std::ffi::CStr,
+    ) -> io::Result<(Arc<Inode>, libc::stat)> {
         // One stat serves the table (dev, ino) and the reply: a round trip each on a
         // networked backend.
         let st = self.sh.meta.fstat(fd.as_fd())?;
@@ -11,7 +17,7 @@ impl SparseFs {
         let inode = self
             .sh
             .inodes
-            .insert_lookup(fd, &st, |node| same_file(key, node));
+            .insert_lookup(fd, &st, Some((parent, name)), |node| same_file(key, node));
         let st = self.sparse_stat(&inode, st);
         Ok((inode, st))
     }
@@ -30,7 +36,7 @@ impl SparseFs {
             .sh
             .meta
             .openat(dir.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let (inode, st) = self.entry(fd)?;
+        let (inode, st) = self.entry(fd, &dir, &c)?;
         Ok(Entry::of(&inode, st))
     }
 
@@ -57,25 +63,31 @@ impl SparseFs {
             return Child::default();
         };
         let kind = st.st_mode & libc::S_IFMT;
-        let inode = (kind != libc::S_IFDIR)
-            .then(|| self.sh.inodes.ino_for(st.st_dev, st.st_ino))
-            .flatten()
+        let inode = self
+            .sh
+            .inodes
+            .ino_for(st.st_dev, st.st_ino)
             .and_then(|ino| self.sh.inodes.get(ino).ok())
             .filter(|i| i.key == (st.st_dev, st.st_ino) && i.kind == kind);
-        let held = inode.clone().map(|i| (i, st.st_nlink <= 1));
+        let held = inode
+            .clone()
+            .filter(|_| kind != libc::S_IFDIR)
+            .map(|i| (i, st.st_nlink <= 1));
         if kind != libc::S_IFREG {
             return Child {
+                inode,
                 held,
                 ..Child::default()
             };
         }
-        let known = inode.filter(|i| i.node().is_some());
+        let known = inode.clone().filter(|i| i.node().is_some());
         let last_link = (self.sh.cfg.map_store != MapStore::None
             && st.st_nlink == 1
             && st.st_dev == self.sh.inodes.root_key().0)
             .then_some(st.st_ino);
         Child {
             known,
+            inode,
             held,
             ino: Some(st.st_ino),
             last_link,
@@ -115,6 +127,17 @@ impl SparseFs {
         let run = |node: Option<&FileNode>| {
             let idle = node.is_none_or(|n| n.with_state(|s| s.opens() == 0));
             if !idle {
+                if *last || !inode.has_handle() {
+                    // Open, and about to lose its last name (or the name it may be
+                    // anchored by, where there are no handles): nothing could open it
+                    // again, so its fds stay open (out of the pool's reach) until the
+                    // kernel forgets it.
+                    if let Some(n) = node {
+                        n.data.pin()?;
+                    }
+                    inode.fd()?;
+                    inode.pin();
+                }
                 return remove();
             }
             if let Some(n) = node
@@ -155,7 +178,7 @@ impl SparseFs {
     /// looks the result up.
     pub(super) fn create_as(
         &self,
-        parent: &Inode,
+        parent: &Arc<Inode>,
         name: &OsStr,
         who: Caller,
         f: impl Fn(&std::ffi::CStr) -> io::Result<()>,
@@ -169,7 +192,7 @@ impl SparseFs {
     /// second lookup of the name on the backend, and no race with a rename).
     pub(super) fn create_as_with(
         &self,
-        parent: &Inode,
+        parent: &Arc<Inode>,
         name: &OsStr,
         who: Caller,
         f: impl Fn(&std::ffi::CStr) -> io::Result<Option<OwnedFd>>,
@@ -191,7 +214,7 @@ impl SparseFs {
                     .openat(parent.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?
             }
         };
-        let (i, st) = self.entry(fd)?;
+        let (i, st) = self.entry(fd, parent, &c)?;
         Ok((i, st, made))
     }
 
@@ -329,6 +352,15 @@ impl SparseFs {
                 .meta
                 .renameat2(afd.as_fd(), &on, bfd.as_fd(), &nn, flags)
         })?;
+        // The anchors by name follow the rename.
+        if let Some(i) = &moved.inode {
+            i.named(&b, &nn);
+        }
+        if flags & libc::RENAME_EXCHANGE != 0
+            && let Some(i) = &target.inode
+        {
+            i.named(&a, &on);
+        }
         self.restamp(moved.known);
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.restamp(target.known);
@@ -356,7 +388,7 @@ impl SparseFs {
             .sh
             .meta
             .openat(dir.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let (i, st) = self.entry(fd)?;
+        let (i, st) = self.entry(fd, &dir, &c)?;
         Ok(Entry::of(&i, st))
     }
 }

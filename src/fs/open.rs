@@ -37,14 +37,15 @@ impl SparseFs {
         // The reopen holds the inode weakly: the inode owns the node, not the other way.
         let weak = Arc::downgrade(inode);
         let meta = self.sh.meta.clone();
-        let data = Arc::new(Reopening::new(
+        let data = Reopening::new(
             first,
             Box::new(move || {
                 let inode = weak.upgrade().ok_or_else(|| errno(libc::ESTALE))?;
                 Ok(wrap(reopen_data(&*meta, &inode)?))
             }),
             self.sh.stats.data_fds.clone(),
-        ));
+            Some(self.sh.inodes.anchoring().pool.clone()),
+        );
         let backend: Box<dyn BackendFile> = Box::new(data.clone());
         let (geo, caps, stats) = (self.sh.cfg.geo, self.sh.caps, self.sh.stats.clone());
         let (mut engine, st) = match known {
@@ -60,7 +61,7 @@ impl SparseFs {
         let record = self.load_map(inode, &mut engine, &st);
         let state = NodeState::new(stamp_of(&st), st.st_mode, record, engine.view());
         let node = Arc::new(FileNode::new(engine, state, data));
-        Ok(inode.install(node))
+        Ok(inode.install_node(node))
     }
 
     pub(super) fn new_fh(&self, h: Handle) -> Fh {
