@@ -350,6 +350,11 @@ impl Inode {
         self.handle.is_some()
     }
 
+    /// Its file handle, where it is anchored by one.
+    pub fn handle(&self) -> Option<&FileHandle> {
+        self.handle.as_ref()
+    }
+
     /// The sparse state, if the file was opened.
     pub fn node(&self) -> Option<Arc<FileNode>> {
         self.file.lock().clone()
@@ -526,15 +531,23 @@ impl InodeTable {
             .filter(|k| k.kind == kind && !k.seen_as(st))
             .and_then(|k| idle(k))
             .is_some_and(|n| !same(&n));
-        // A new inode's handle, taken before the table is locked (a call to the backend).
+        // A new inode's handle, taken before the table is locked (a call to the backend);
+        // also asked where a known handle-anchored number shows another ctime: a handle
+        // is the file's identity (it holds the inode's generation), so another handle
+        // under the number is another file that got it (reused), which gets a new inode.
         let new = known.as_ref().is_none_or(|k| k.kind != kind);
+        let ask = new
+            || known
+                .as_ref()
+                .is_some_and(|k| k.handle.is_some() && !k.seen_as(st));
         let handle = match self.anchoring.handles {
-            Some(root_mnt) if new => match self.anchoring.meta.name_to_handle(fd.as_fd()) {
+            Some(root_mnt) if ask => match self.anchoring.meta.name_to_handle(fd.as_fd()) {
                 Ok((h, mnt)) if mnt == root_mnt => Some(h),
                 _ => None,
             },
             _ => None,
         };
+        let reborn = !new && handle.is_some() && known.as_ref().is_some_and(|k| k.handle != handle);
         let named = |i: &Inode| {
             if let Some((parent, n)) = name {
                 i.named(parent, n);
@@ -545,12 +558,12 @@ impl InodeTable {
             && let Some(i) = m.by_ino.get(ino)
         {
             let old = i.clone();
-            if old.kind == kind || old.ino == Ino::ROOT {
+            let checked = known.as_ref().is_some_and(|k| Arc::ptr_eq(k, &old));
+            if (old.kind == kind && !(reborn && checked)) || old.ino == Ino::ROOT {
                 old.lookups.fetch_add(1, Relaxed);
                 old.saw(st);
                 old.no_caps.store(false, Relaxed);
                 named(&old);
-                let checked = known.as_ref().is_some_and(|k| Arc::ptr_eq(k, &old));
                 let dropped = (other && checked && idle(&old).is_some())
                     .then(|| old.file.lock().take())
                     .flatten();

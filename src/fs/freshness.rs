@@ -38,6 +38,7 @@ impl SparseFs {
             self.sh.inodes.root_fd(),
             self.sh.cfg.map_store,
             &*self.sh.meta,
+            self.sh.births,
         ))
     }
 
@@ -54,7 +55,8 @@ impl SparseFs {
         let Ok(fd) = inode.fd() else {
             return Record::Stored;
         };
-        match p.load(fd.as_fd(), st) {
+        let birth = p.birth(fd.as_fd(), inode.handle());
+        match p.load(fd.as_fd(), st, birth) {
             Loaded::None => Record::None,
             Loaded::Stale => {
                 debug!(
@@ -98,7 +100,9 @@ impl SparseFs {
             }
             return Some(false);
         }
-        match p.store(inode.fd().ok()?.as_fd(), e.index_data()) {
+        let fd = inode.fd().ok()?;
+        let birth = p.birth(fd.as_fd(), inode.handle());
+        match p.store(fd.as_fd(), e.index_data(), birth) {
             Ok(()) => Some(true),
             Err(err) => {
                 warn!(ino = inode.ino.0, error = %err, "extent map not persisted");

@@ -169,6 +169,9 @@ struct Shared {
     passthrough: AtomicBool,
     /// Tells the kernel to drop an inode's cached attributes (set by the mount).
     invalidate_attrs: std::sync::OnceLock<AttrInvalidator>,
+    /// Stored maps carry the files' birth identities (the backing's file handles name
+    /// the same file on every mount; see [`crate::persist`]).
+    births: bool,
 }
 
 /// Drops the kernel's cached attributes of a FUSE inode.
@@ -256,6 +259,7 @@ impl SparseFs {
             None => FdPool::for_limit(sys::nofile_limit()),
         };
         let key = (st.st_dev, st.st_ino);
+        let births = sys::handles_outlive_the_mount(root.as_fd());
         let (anchoring, why) =
             Anchoring::probe(meta.clone(), pool.clone(), root, key, cfg.inode_handles)?;
         match why {
@@ -288,6 +292,7 @@ impl SparseFs {
                 wake_lock: Mutex::new(Rank::Wake, ()),
                 passthrough: AtomicBool::new(false),
                 invalidate_attrs: std::sync::OnceLock::new(),
+                births,
             }),
             flusher: Mutex::new(Rank::Flusher, None),
         })

@@ -597,6 +597,39 @@ impl std::fmt::Debug for FileHandle {
     }
 }
 
+impl FileHandle {
+    /// A digest of the handle (type and bytes; FNV-1a, the same in every build and on
+    /// every node): a file's identity beyond its inode number, for the stored maps. The
+    /// handle of ext4, xfs, btrfs, GPFS, NFS and Lustre carries the inode's generation, so
+    /// a reused inode number has another digest.
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.kind.to_le_bytes().iter().chain(self.bytes.iter()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // 0 means "no identity" in a stored map.
+        h.max(1)
+    }
+}
+
+/// Whether file handles made on the filesystem holding `fd` name the same file on every
+/// mount of it (on every node of a shared filesystem, and after a remount): true for
+/// filesystems with stable handles; false for FUSE, whose handles carry the mount's own
+/// node ids (bindfs, GlusterFS's client), and where fstatfs fails.
+pub fn handles_outlive_the_mount(fd: BorrowedFd<'_>) -> bool {
+    const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
+    let _io = crate::lock::io("fstatfs");
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: st is valid for writes.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: initialised by the successful call.
+    let st = unsafe { st.assume_init() };
+    st.f_type as libc::c_long != FUSE_SUPER_MAGIC
+}
+
 /// The buffer `struct file_handle` with room for the largest handle.
 #[repr(C)]
 struct HandleBuf {

@@ -313,6 +313,74 @@ fn a_map_is_never_used_for_a_file_changed_outside_the_mount() {
     }
 }
 
+/// Issue 15, point 6: a reused inode number never gives a file another file's holes. A
+/// sparse file written through the mount (map stored, its number known to the kernel and
+/// the daemon) is removed on the backing behind the mount's back, so its stored record
+/// stays; files are made there until one gets its inode number, and that one is filled
+/// with data. Through the same mount and through a new one, the new file is all data (SEEK
+/// map, st_blocks) and reads back as written. On a plain directory (ext4 reuses numbers
+/// at once, and its file handles hold the inode's generation).
+#[test]
+fn a_reused_inode_number_never_brings_back_another_files_holes() {
+    if !fuse_available() {
+        return;
+    }
+    let b = Backing::new("dir").unwrap();
+    let size = 8 * MIB;
+    // A pool of 16 fds: the daemon lets go of the file's fds while the kernel still
+    // knows its inode (else its O_PATH fd would keep the number from being reused).
+    let m = Mount::new(b.path(), &["--max-fds", "16"]);
+    let old = image_through_mount(&m, "old.img", size, &[(MIB, 65536)]);
+    let _ = fs::remove_file(&old);
+    let seen = fs::metadata(m.p("old.img")).unwrap();
+    assert!(
+        seen.blocks() * 512 < MIB,
+        "written sparse: {}",
+        seen.blocks()
+    );
+    fs::create_dir(m.p("others")).unwrap();
+    for i in 0..64 {
+        fs::write(m.p(&format!("others/{i}")), b"x").unwrap();
+    }
+    let raw = b.underlying().join("old.img");
+    let ino = fs::metadata(&raw).unwrap().ino();
+    fs::remove_file(&raw).unwrap();
+    let mut reborn = None;
+    for i in 0..4000 {
+        let p = b.underlying().join(format!("n{i}.img"));
+        fs::write(&p, b"").unwrap();
+        if fs::metadata(&p).unwrap().ino() == ino {
+            reborn = Some(p);
+            break;
+        }
+    }
+    let raw_new = reborn.expect("ext4 hands the freed inode number out again");
+    let name = raw_new.file_name().unwrap().to_str().unwrap().to_string();
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
+    fs::write(&raw_new, &data).unwrap();
+    let check = |m: &Mount, when: &str| {
+        let p = m.p(&name);
+        assert_eq!(fs::metadata(&p).unwrap().ino(), ino, "{when}: same number");
+        assert_eq!(seek_map(&p), vec![(0, size)], "{when}: all data");
+        assert!(
+            fs::metadata(&p).unwrap().blocks() * 512 >= size,
+            "{when}: st_blocks counts the data"
+        );
+        assert!(fs::read(&p).unwrap() == data, "{when}: contents");
+    };
+    check(&m, "same mount");
+    assert_eq!(
+        fs::metadata(m.p("old.img"))
+            .err()
+            .and_then(|e| e.raw_os_error()),
+        Some(libc::ENOENT),
+        "the removed name is gone"
+    );
+    drop(m);
+    let m = Mount::new(b.path(), &[]);
+    check(&m, "new mount");
+}
+
 #[test]
 fn corrupt_or_foreign_maps_are_refused_with_a_warning() {
     if !fuse_available() || !have("setfattr") {
