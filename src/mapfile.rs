@@ -3,11 +3,8 @@
 //!
 //! ```text
 //!  "SPFS" | ver u8 | flags u8 | 0u16 | size u64 | mtime s i64, ns u32 | ctime s i64, ns u32
-//!  | ino u64 | birth u64 | count u32 | count x (gap varint, len varint)
-//!  | crc32 (IEEE) of all before
+//!  | ino u64 | count u32 | count x (gap varint, len varint) | crc32 (IEEE) of all before
 //! ```
-//! Version 1 had no `birth` (read as 0: identity unknown, so a backing whose files have
-//! an identity refuses it as stale; the file is then treated as data).
 //! Gaps are measured from the end of the previous range (the first from 0), so a map of
 //! 100k extents stays a few hundred KiB.
 #![forbid(unsafe_code)]
@@ -16,9 +13,8 @@ use crate::extents::RangeSet;
 
 const MAGIC: &[u8; 4] = b"SPFS";
 /// The encoding version written by this build.
-pub const VERSION: u8 = 2;
-const HEADER_V1: usize = 4 + 4 + 8 + 12 + 12 + 8 + 4;
-const HEADER: usize = HEADER_V1 + 8;
+pub const VERSION: u8 = 1;
+const HEADER: usize = 4 + 4 + 8 + 12 + 12 + 8 + 4;
 
 use crate::stamp::Stamp;
 
@@ -41,7 +37,7 @@ impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Magic => write!(f, "not a sparsefs extent map"),
-            Self::Version(v) => write!(f, "extent map version {v} is not 1 or {VERSION}"),
+            Self::Version(v) => write!(f, "extent map version {v} is not {VERSION}"),
             Self::Truncated => write!(f, "extent map is truncated"),
             Self::Checksum => write!(f, "extent map checksum mismatch"),
             Self::Invalid => write!(f, "extent map ranges are invalid"),
@@ -84,7 +80,6 @@ pub fn encode(data: &RangeSet, stamp: &Stamp, flags: u8) -> Vec<u8> {
     out.extend_from_slice(&stamp.ctime.0.to_le_bytes());
     out.extend_from_slice(&stamp.ctime.1.to_le_bytes());
     out.extend_from_slice(&stamp.ino.to_le_bytes());
-    out.extend_from_slice(&stamp.birth.to_le_bytes());
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     let mut prev = 0;
     for (s, e) in data.iter() {
@@ -105,16 +100,11 @@ pub fn decode(b: &[u8]) -> Result<(RangeSet, Stamp, u8), DecodeError> {
     if b.len() < 4 || &b[..4] != MAGIC {
         return Err(DecodeError::Magic);
     }
-    if b.len() < 5 {
+    if b.len() < HEADER + 4 {
         return Err(DecodeError::Truncated);
     }
-    let header = match b[4] {
-        1 => HEADER_V1,
-        VERSION => HEADER,
-        v => return Err(DecodeError::Version(v)),
-    };
-    if b.len() < header + 4 {
-        return Err(DecodeError::Truncated);
+    if b[4] != VERSION {
+        return Err(DecodeError::Version(b[4]));
     }
     let (body, crc) = b.split_at(b.len() - 4);
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
@@ -127,10 +117,9 @@ pub fn decode(b: &[u8]) -> Result<(RangeSet, Stamp, u8), DecodeError> {
         mtime: (u64_at(16) as i64, u32_at(24)),
         ctime: (u64_at(28) as i64, u32_at(36)),
         ino: u64_at(40),
-        birth: if header == HEADER { u64_at(48) } else { 0 },
     };
-    let count = u32_at(header - 4) as usize;
-    let mut pos = header;
+    let count = u32_at(48) as usize;
+    let mut pos = HEADER;
     let mut data = RangeSet::new();
     let mut prev = 0u64;
     for i in 0..count {
@@ -161,7 +150,6 @@ mod tests {
             mtime: (1_700_000_000, 5),
             ctime: (1_700_000_001, 7),
             ino: 42,
-            birth: 0x1234_5678_9abc,
         }
     }
 
@@ -199,9 +187,9 @@ mod tests {
             c[i] ^= 0x40;
             assert!(decode(&c).is_err(), "flipped byte {i}");
         }
-        let mut v3 = b.clone();
-        v3[4] = 3;
-        assert_eq!(decode(&v3), Err(DecodeError::Version(3)));
+        let mut v2 = b.clone();
+        v2[4] = 2;
+        assert_eq!(decode(&v2), Err(DecodeError::Version(2)));
         assert_eq!(decode(b"XXXXsomething"), Err(DecodeError::Magic));
     }
 
@@ -230,27 +218,6 @@ mod tests {
         let mut i = now;
         i.ino += 1;
         assert!(!s.same_content(&i));
-        let mut reborn = now;
-        reborn.birth += 1;
-        assert!(
-            !s.same_content(&reborn),
-            "a reused inode number is another file"
-        );
-    }
-
-    #[test]
-    fn a_version_one_map_reads_with_no_identity() {
-        let mut d = RangeSet::new();
-        d.insert(0, 4096);
-        let st = stamp(8192);
-        // Version 1: the same bytes without the birth field.
-        let v2 = encode(&d, &st, 0);
-        let mut v1 = v2[..HEADER_V1 - 4].to_vec();
-        v1[4] = 1;
-        v1.extend_from_slice(&v2[HEADER - 4..v2.len() - 4]);
-        let crc = crc32fast::hash(&v1);
-        v1.extend_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&v1).unwrap(), (d, st.born(0), 0));
     }
 
     proptest! {

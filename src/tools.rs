@@ -248,7 +248,6 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
         root.as_fd(),
         MapStore::Xattr,
         &crate::backend::meta::SysMeta,
-        sys::handles_outlive_the_mount(root.as_fd()),
     );
     let mut files = Vec::new();
     for p in paths {
@@ -283,9 +282,8 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
                 }
             }
             if zero > 0 {
-                let birth = persist.birth(f.as_fd(), None);
                 persist
-                    .store(f.as_fd(), &data, birth)
+                    .store(f.as_fd(), &data)
                     .map_err(|e| format!("{}: storing the map: {e}", p.display()))?;
             }
         }

@@ -1,17 +1,17 @@
-//! A backend file whose descriptor can be closed and is opened again on its next use.
+//! A backend file whose descriptor can be closed while nobody has the file open, and is
+//! opened again on its next use.
 //!
-//! Every read-write fd of a regular file is one: it is closed at the file's last close
-//! (the daemon holds a backend file only while it needs it) and by the [`FdPool`] past
-//! its mark while the file is open but idle, and opened again (from the inode) on the
-//! next call. A file unlinked through the mount while open is pinned: nothing could open
-//! it again.
+//! The daemon holds one `O_PATH` fd per inode the kernel remembers; keeping a read-write
+//! fd as well for every file ever opened doubles that. A daemon held to 20,000 fds (root
+//! in a container without CAP_SYS_RESOURCE cannot raise its hard limit) failed with
+//! EMFILE creating 10,000 files that stayed cached. Parking keeps the fd of files in use
+//! (no extra open per open for a working set) and closes idle ones past a budget.
 
 use super::{BackendFile, Whence};
-use crate::fdpool::{Evict, FdPool, Slot};
 use crate::lock::{Mutex, Rank};
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Opens the backend file again (a reopen of the inode's `O_PATH` fd).
 pub type Opener = Box<dyn Fn() -> io::Result<Box<dyn BackendFile>> + Send + Sync>;
@@ -25,20 +25,22 @@ pub struct Reopening {
     open: Opener,
     /// Descriptors open through every `Reopening` sharing it.
     live: Arc<AtomicU64>,
-    /// The pool the descriptor is counted in (`None`: not pooled, tests).
-    pool: Option<Arc<FdPool>>,
-    me: Weak<Reopening>,
-    /// Used since the pool's last sweep passed.
-    used: AtomicBool,
-    /// Never closed by the pool (unlinked through the mount while open).
-    pinned: AtomicBool,
 }
 
-/// One open descriptor, counted in `live` (and the pool) until dropped.
+/// One open descriptor, counted in `live` until dropped.
 struct Open {
     file: Box<dyn BackendFile>,
     live: Arc<AtomicU64>,
-    _slot: Option<Slot>,
+}
+
+impl Open {
+    fn new(file: Box<dyn BackendFile>, live: &Arc<AtomicU64>) -> Arc<Self> {
+        live.fetch_add(1, Relaxed);
+        Arc::new(Self {
+            file,
+            live: live.clone(),
+        })
+    }
 }
 
 impl Drop for Open {
@@ -55,53 +57,15 @@ impl std::fmt::Debug for Reopening {
     }
 }
 
-impl Evict for Reopening {
-    fn evict(&self) -> bool {
-        !self.pinned.load(Relaxed) && self.park()
-    }
-
-    fn take_used(&self) -> bool {
-        self.used.swap(false, Relaxed)
-    }
-}
-
 impl Reopening {
     /// `first` is the file already open; `open` opens it again after a park; `live`
-    /// counts open descriptors; `pool`, if any, may close it while idle.
-    pub fn new(
-        first: Box<dyn BackendFile>,
-        open: Opener,
-        live: Arc<AtomicU64>,
-        pool: Option<Arc<FdPool>>,
-    ) -> Arc<Self> {
-        let this = Arc::new_cyclic(|me| Self {
-            inner: Mutex::new(Rank::BackendFd, None),
+    /// counts open descriptors.
+    pub fn new(first: Box<dyn BackendFile>, open: Opener, live: Arc<AtomicU64>) -> Self {
+        Self {
+            inner: Mutex::new(Rank::BackendFd, Some(Open::new(first, &live))),
             open,
             live,
-            pool,
-            me: me.clone(),
-            used: AtomicBool::new(true),
-            pinned: AtomicBool::new(false),
-        });
-        // Counted once it exists (a sweep may look at it at once).
-        let first = this.counted(first);
-        *this.inner.lock() = Some(first);
-        this
-    }
-
-    /// `file` with its place in the counts.
-    fn counted(&self, file: Box<dyn BackendFile>) -> Arc<Open> {
-        self.used.store(true, Relaxed);
-        self.live.fetch_add(1, Relaxed);
-        let slot = self.pool.as_ref().map(|p| {
-            let me: Weak<dyn Evict> = self.me.clone();
-            p.opened(me)
-        });
-        Arc::new(Open {
-            file,
-            live: self.live.clone(),
-            _slot: slot,
-        })
+        }
     }
 
     /// Closes the descriptor (once no call is using it); the next call opens it again.
@@ -111,30 +75,9 @@ impl Reopening {
         closed.is_some()
     }
 
-    /// Keeps the descriptor open until the node goes (the pool may not close it): the
-    /// file was unlinked through the mount while open. Opens it first if parked.
-    ///
-    /// # Errors
-    /// The reopen's.
-    pub fn pin(&self) -> io::Result<()> {
-        self.pinned.store(true, Relaxed);
-        self.ensure_open()
-    }
-
     /// No descriptor is open.
     pub fn is_parked(&self) -> bool {
         self.inner.lock().is_none()
-    }
-
-    /// Opens the descriptor now if it is parked: an application's open opens the backend
-    /// file then, not at its first read or write, so that the file stays held (and
-    /// readable) if its name is removed while it is open, and a backend with its own
-    /// cache revalidates it at the open (close-to-open).
-    ///
-    /// # Errors
-    /// The reopen's (`ENOENT` if the file is gone).
-    pub fn ensure_open(&self) -> io::Result<()> {
-        self.with(|_| Ok(()))
     }
 
     /// [`BackendFile::identity`] of the open descriptor; `None` while parked (no open).
@@ -144,12 +87,11 @@ impl Reopening {
     }
 
     fn with<R>(&self, f: impl FnOnce(&dyn BackendFile) -> io::Result<R>) -> io::Result<R> {
-        self.used.store(true, Relaxed);
         let cur = self.inner.lock().clone();
         let open = match cur {
             Some(o) => o,
             None => {
-                let fresh = self.counted((self.open)()?);
+                let fresh = Open::new((self.open)()?, &self.live);
                 // Another caller may have reopened meanwhile: keep one (the other closes
                 // when dropped here, unlocked).
                 let mut slot = self.inner.lock();
@@ -220,7 +162,6 @@ mod tests {
                 Ok(Box::new(f2.clone()))
             }),
             live.clone(),
-            None,
         );
         r.write_all_at(&[IoSlice::new(b"abc")], 10).unwrap();
         assert_eq!(live.load(Relaxed), 1);
@@ -253,7 +194,6 @@ mod tests {
                 }
             }),
             live.clone(),
-            None,
         );
         r.park();
         assert_eq!(r.size().unwrap_err().raw_os_error(), Some(libc::EMFILE));
