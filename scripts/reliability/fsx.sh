@@ -179,6 +179,7 @@ log "flen=$FLEN opmax=$OPMAX align=$ALIGN skip-ops=[${SKIP_OPS[*]}] mount-opts=[
 
 run=0
 FAILS=0
+FSXBUGS=0
 declare -A SUM_OPS SUM_RES SUM_SECS SUM_BYTES
 budget_hit=0
 for backing in "${BACKINGS[@]}"; do
@@ -244,8 +245,12 @@ for backing in "${BACKINGS[@]}"; do
                         "$REFDIR/ref" >/dev/null 2>"$d/art/control-tmpfs.log"; then
                         detail="$detail [passes on tmpfs]"
                     else
-                        result=error
-                        detail="$detail [fails on tmpfs too: fsx/config, not sparsefs]"
+                        # fsx 0.3.2 fails some seeds by itself (a zero-length
+                        # posix_fallocate answered EINVAL by every filesystem): reported,
+                        # not counted as a sparsefs failure; that run verified nothing.
+                        result=fsx-bug
+                        detail="$detail [fails on tmpfs too: an fsx bug for this seed, not sparsefs]"
+                        FSXBUGS=$((FSXBUGS + 1))
                     fi
                     rm -f "$REFDIR/ref" "$REFDIR/ref.fsxgood"
                 fi
@@ -314,7 +319,8 @@ for backing in "${BACKINGS[@]}"; do
             SUM_OPS[$key]=$(( SUM_OPS[$key] + ran ))
             SUM_BYTES[$key]=$(( SUM_BYTES[$key] + rbytes ))
             SUM_SECS[$key]=$(awk -v a="${SUM_SECS[$key]}" -v b="$secs" 'BEGIN { printf "%.2f", a + b }')
-            if [ $result != pass ]; then
+            [ $result = fsx-bug ] && SUM_RES[$key]=$result
+            if [ $result != pass ] && [ $result != fsx-bug ]; then
                 FAILS=$((FAILS + 1))
                 SUM_RES[$key]=$result
                 fd="$OUT/fail-$tag"
@@ -366,6 +372,7 @@ for backing in "${BACKINGS[@]}"; do
 done
 echo "total: $tot fsx ops, $totb bytes verified by reads, $FAILS failing run(s), ${TOTAL_SECS}s wall; results: $RESULTS"
 [ $budget_hit = 1 ] && echo "stopped by --time-budget before the target of $OPS ops"
+[ $FSXBUGS -gt 0 ] && echo "$FSXBUGS run(s) hit an fsx bug (the same seed fails on tmpfs without sparsefs): not counted, see $RESULTS"
 if [ $FAILS -gt 0 ]; then
     echo "FAILED: see $OUT/fail-*/"
     exit 1
