@@ -14,7 +14,8 @@ fi
 export SPARSEFS_GLUSTER_DIR SPARSEFS_TEST_BACKINGS=gluster
 cargo test --release --test mount -- --test-threads=1 \
   dd_of_zeros real_tools sparse_aware zeros_written fallocate files_not_written \
-  maps_persist a_map_is_never two_mounts scan_makes a_writer_joining the_kernel_keeps
+  maps_persist a_map_is_never two_mounts scan_makes a_writer_joining the_kernel_keeps \
+  punch_frees_space the_punch_probe seek_answers_come
 # The never-hang torture over GlusterFS too (30 s; scripts/long-suite.sh runs 10 min).
 SPARSEFS_TORTURE_SECS=${SPARSEFS_TORTURE_SECS:-30} cargo test --release --test mount -- \
   --test-threads=1 many_threads_and_processes
