@@ -294,15 +294,7 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
 /// The errno of fsync.
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     let _io = crate::lock::io("fsync");
-    // SAFETY: plain syscall on a borrowed fd.
-    cvt(unsafe {
-        if datasync {
-            libc::fdatasync(fd.as_raw_fd())
-        } else {
-            libc::fsync(fd.as_raw_fd())
-        }
-    })
-    .map(drop)
+    super::fsync_once(fd, datasync)
 }
 
 /// One directory entry of a [`DirSnapshot`].
