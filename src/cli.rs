@@ -17,6 +17,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of the mount variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Mount BACKING at MOUNTPOINT (returns once the mount is live, unless -f).
@@ -123,6 +125,7 @@ pub struct MountArgs {
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
     /// read_ahead=SIZE, map_store=xattr|sidecar|none, cache_writes, no_passthrough, no_dir_cache,
+    /// inode_handles=auto|always|never, max_fds=N,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
     /// subtype=NAME, and fstab-only ones that are ignored (defaults, _netdev, nofail,
     /// noauto, auto, user, users, x-*).
@@ -164,6 +167,15 @@ pub struct MountArgs {
     /// ctime, and unchanged for 2 s before the listing was taken).
     #[arg(long)]
     pub no_dir_cache: bool,
+    /// How the daemon keeps track of files without holding an fd each: auto (default: by
+    /// file handle where the backend makes handles and the daemon holds
+    /// CAP_DAC_READ_SEARCH, else by name), always (fail the mount without handles), never.
+    #[arg(long, value_name = "MODE")]
+    pub inode_handles: Option<String>,
+    /// Backend fds the daemon keeps open at most before closing idle ones (default: its fd
+    /// limit less an eighth kept for its own use).
+    #[arg(long, value_name = "N")]
+    pub max_fds: Option<u64>,
     /// Request-handling threads (default: the number of CPUs, 2 to 8).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -230,6 +242,10 @@ pub struct MountConfig {
     pub passthrough: bool,
     /// Kernel cache of directory listings.
     pub dir_cache: bool,
+    /// How inodes are anchored.
+    pub inode_handles: crate::fs::HandleMode,
+    /// The fd pool's high-water mark (`None`: from the fd limit).
+    pub max_fds: Option<u64>,
     /// subtype shown in /proc/mounts.
     pub subtype: String,
     /// Foreground.
@@ -346,6 +362,8 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut cache_writes = a.cache_writes;
     let mut passthrough = !a.no_passthrough;
     let mut dir_cache = !a.no_dir_cache;
+    let mut inode_handles = a.inode_handles.clone();
+    let mut max_fds = a.max_fds;
     let mut map_store = a.map_store.clone();
     let mut access = if a.allow_other {
         Access::All
@@ -377,6 +395,15 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
                 threads = Some(need(v)?.parse().map_err(|_| {
                     UsageError(format!(
                         "invalid threads '{}': expected a number",
+                        v.unwrap_or("")
+                    ))
+                })?)
+            }
+            "inode_handles" => inode_handles = Some(need(v)?),
+            "max_fds" => {
+                max_fds = Some(need(v)?.parse().map_err(|_| {
+                    UsageError(format!(
+                        "invalid max_fds '{}': expected a number",
                         v.unwrap_or("")
                     ))
                 })?)
@@ -454,6 +481,21 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             ));
         }
     };
+    let inode_handles = match inode_handles.as_deref().unwrap_or("auto") {
+        "auto" => crate::fs::HandleMode::Auto,
+        "always" => crate::fs::HandleMode::Always,
+        "never" => crate::fs::HandleMode::Never,
+        other => {
+            return usage(format!(
+                "invalid inode handles '{other}': expected auto, always or never"
+            ));
+        }
+    };
+    if let Some(n) = max_fds
+        && n < 16
+    {
+        return usage(format!("invalid max fds {n}: must be at least 16"));
+    }
     // More request threads than cores only adds wake-up latency (measured: 4 threads on
     // 2 cores made create+stat+unlink 2.5x slower than 2).
     let threads = threads
@@ -495,6 +537,8 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         cache_writes,
         passthrough,
         dir_cache,
+        inode_handles,
+        max_fds,
         backing,
         mountpoint,
         sparse_block,

@@ -95,6 +95,8 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
         cache_writes: false,
         passthrough: true,
         dir_cache: true,
+        inode_handles: crate::fs::HandleMode::Auto,
+        fd_high: None,
         debug_hooks: false,
     };
     let fs = Arc::new(SparseFs::new(cfg, stats.clone()).map_err(|e| err("open backing", e))?);

@@ -1,20 +1,31 @@
-//! The inode table: one `O_PATH` fd per backing inode, keyed by `(st_dev, st_ino)`, with
-//! FUSE lookup counts. Hard links share one entry; an unlinked file stays reachable
-//! through its fd while the kernel holds it.
+//! The inode table: backing inodes keyed by `(st_dev, st_ino)`, with FUSE lookup counts.
+//! Hard links share one entry.
+//!
+//! An inode is anchored by a file handle where the backend makes them
+//! (`name_to_handle_at`; reopened with `open_by_handle_at`), else by its last name (the
+//! parent inode and the name, checked against `(st_dev, st_ino)` when reopened). Its
+//! `O_PATH` fd is a cache in the [`FdPool`]: closed past the pool's mark, opened again on
+//! the next use. So the daemon holds no fd per inode the kernel remembers (it ran out of
+//! fds past ~4,090 inodes at a limit of 4,096).
 //!
 //! FUSE node ids are the backing inode numbers, so `st_ino` is stable across remounts.
 //! The root is node 1; a backing inode numbered 1 on the root's device takes the root's
 //! own backing number (a swap, so ids stay unique). Inodes of other devices (mounts
 //! below the backing directory) get synthetic ids from 2^63 up.
 
+use crate::backend::meta::MetaBackend;
+use crate::fdpool::{Evict, FdPool, Pin, Slot};
 use crate::ids::Ino;
 use crate::lock::{Mutex, Rank, RwLock};
 use crate::node::FileNode;
 pub use crate::node::Stamp;
+use crate::sys::FileHandle;
 use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 
 /// An inode's `O_PATH` fd, held (see [`Inode::fd`]).
 pub struct PathFd(Arc<OwnedFd>);
@@ -35,6 +46,121 @@ pub struct Listed {
     pub cached: Option<Stamp>,
 }
 
+/// What every inode needs to open its `O_PATH` fd again.
+pub struct Anchoring {
+    /// The metadata seam (counted backend calls).
+    pub meta: Arc<dyn MetaBackend>,
+    /// The pool the `O_PATH` fds are kept in.
+    pub pool: Arc<FdPool>,
+    /// The backing root's `O_PATH` fd.
+    root: Arc<OwnedFd>,
+    /// The backing root opened for reading: the mount fd of `open_by_handle_at` (which
+    /// refuses an `O_PATH` fd).
+    mount: Option<OwnedFd>,
+    /// The root's mount id, when inodes are anchored by handle (`None`: by name only).
+    handles: Option<u64>,
+}
+
+/// How inodes are anchored (`-o inode_handles=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HandleMode {
+    /// By handle where the backend makes handles and the daemon may open them (probed
+    /// at mount), else by name.
+    #[default]
+    Auto,
+    /// By handle; the mount fails where that does not work.
+    Always,
+    /// By name.
+    Never,
+}
+
+impl Anchoring {
+    /// Probes whether inodes can be anchored by handle under `root`: a handle of the root
+    /// itself, opened back (needs `CAP_DAC_READ_SEARCH` in the initial namespace).
+    /// Returns the anchoring and a line saying why handles are off, if they are.
+    ///
+    /// # Errors
+    /// `mode` is [`HandleMode::Always`] and handles do not work here.
+    pub fn probe(
+        meta: Arc<dyn MetaBackend>,
+        pool: Arc<FdPool>,
+        root: OwnedFd,
+        root_key: (u64, u64),
+        mode: HandleMode,
+    ) -> io::Result<(Self, Option<String>)> {
+        let mut mount = None;
+        let found = (mode != HandleMode::Never).then(|| {
+            // A FUSE backing (bindfs, GlusterFS's client) makes handles of its node ids:
+            // they open back only while its kernel side caches the inode (without export
+            // support) and name two links of one file differently. The root, always
+            // cached, would pass the probe; its files would not.
+            if !crate::sys::handles_outlive_the_mount(root.as_fd()) {
+                return Err(io::Error::other(
+                    "a FUSE backing: its handles are node ids, valid only while cached",
+                ));
+            }
+            let m = meta.reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            let (h, mnt) = meta.name_to_handle(root.as_fd())?;
+            let back = meta.open_by_handle(m.as_fd(), &h, libc::O_PATH)?;
+            let st = meta.fstat(back.as_fd())?;
+            if (st.st_dev, st.st_ino) != root_key {
+                return Err(io::Error::from_raw_os_error(libc::ESTALE));
+            }
+            mount = Some(m);
+            Ok(mnt)
+        });
+        let (handles, why) = match found {
+            None => (None, Some("inode_handles=never".to_string())),
+            Some(Ok(mnt)) => (Some(mnt), None),
+            Some(Err(e)) => {
+                if mode == HandleMode::Always {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "inode_handles=always, but file handles do not work on the backing directory: {e}"
+                        ),
+                    ));
+                }
+                (None, Some(format!("file handles do not work here ({e})")))
+            }
+        };
+        Ok((
+            Self {
+                meta,
+                pool,
+                root: Arc::new(root),
+                mount: if handles.is_some() { mount } else { None },
+                handles,
+            },
+            why,
+        ))
+    }
+
+    /// Whether inodes are anchored by handle.
+    pub fn by_handle(&self) -> bool {
+        self.handles.is_some()
+    }
+}
+
+/// An inode's cached `O_PATH` fd and what anchors it.
+struct FdSlot {
+    /// The fd, with its place in the pool's count.
+    fd: Option<(Arc<OwnedFd>, Held)>,
+    /// Its last name: the parent and the name (for a reopen where there is no handle).
+    name: Option<(Arc<Inode>, CString)>,
+    /// The last name was removed through the mount while nobody had it open.
+    detached: bool,
+    /// Never closed by the pool (the root; a file unlinked through the mount while open).
+    pinned: bool,
+}
+
+/// How an open fd is counted.
+enum Held {
+    Pooled(#[allow(dead_code)] Slot),
+    Pinned(#[allow(dead_code)] Pin),
+    Root,
+}
+
 /// One backing inode.
 pub struct Inode {
     /// FUSE node id (= `st_ino` shown to users).
@@ -43,10 +169,16 @@ pub struct Inode {
     pub key: (u64, u64),
     /// `st_mode & S_IFMT`.
     pub kind: u32,
-    /// The `O_PATH` fd. Rank `InodeFd` (a leaf, held only to clone or swap the fd): each
-    /// lookup of the same file swaps in its own fresh fd (see
+    /// Its file handle, where inodes are anchored by handle and this one has one.
+    handle: Option<FileHandle>,
+    /// Rank `InodeFd` (a leaf, held only to clone, swap or take the fd and the name):
+    /// see [`Inode::fd`]. Each lookup of the same file swaps in its own fresh fd (see
     /// [`InodeTable::insert_lookup`]).
-    fd: Mutex<Arc<OwnedFd>>,
+    slot: Mutex<FdSlot>,
+    /// Used since the pool's last sweep passed (the clock's flag).
+    used: AtomicBool,
+    anchoring: Arc<Anchoring>,
+    me: Weak<Inode>,
     lookups: AtomicU64,
     /// Sparse state, for regular files once opened. Rank `FileSlot` (a leaf).
     file: Mutex<Option<Arc<FileNode>>>,
@@ -65,16 +197,192 @@ pub struct Inode {
     seen: (AtomicI64, AtomicI64),
 }
 
-impl Inode {
-    /// The `O_PATH` fd (a reference that stays valid while held).
-    pub fn fd(&self) -> PathFd {
-        PathFd(self.fd.lock().clone())
+impl Evict for Inode {
+    fn evict(&self) -> bool {
+        let old = {
+            let mut s = self.slot.lock();
+            if s.pinned || s.fd.is_none() {
+                return false;
+            }
+            s.fd.take()
+        };
+        drop(old);
+        true
     }
 
-    /// Puts `fd` in place of the `O_PATH` fd; returns the old one (to be closed by the
-    /// caller, outside any lock).
-    fn repair(&self, fd: OwnedFd) -> Arc<OwnedFd> {
-        std::mem::replace(&mut *self.fd.lock(), Arc::new(fd))
+    fn take_used(&self) -> bool {
+        self.used.swap(false, Relaxed)
+    }
+}
+
+impl Inode {
+    /// The `O_PATH` fd (a reference that stays valid while held), opened again if the pool
+    /// closed it: by handle, or by the last name (the file found there must be this one).
+    ///
+    /// # Errors
+    /// `ENOENT` once the file was removed through the mount ([`Inode::detach`]); `ESTALE`
+    /// where the handle or the name no longer leads to this file; the backend's errno.
+    pub fn fd(&self) -> io::Result<PathFd> {
+        self.used.store(true, Relaxed);
+        let name = {
+            let s = self.slot.lock();
+            if let Some((fd, _)) = &s.fd {
+                return Ok(PathFd(fd.clone()));
+            }
+            if s.detached {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
+            s.name.clone()
+        };
+        let a = &self.anchoring;
+        let fd = match (&self.handle, name) {
+            (Some(h), _) => {
+                let m = a.mount.as_ref().map_or(a.root.as_fd(), |m| m.as_fd());
+                a.meta.open_by_handle(m, h, libc::O_PATH)?
+            }
+            (None, Some((parent, name))) => {
+                let fd = a.meta.openat(
+                    parent.fd()?.as_fd(),
+                    &name,
+                    libc::O_PATH | libc::O_NOFOLLOW,
+                    0,
+                )?;
+                let st = a.meta.fstat(fd.as_fd())?;
+                if (st.st_dev, st.st_ino) != self.key {
+                    return Err(io::Error::from_raw_os_error(libc::ESTALE));
+                }
+                fd
+            }
+            (None, None) => return Err(io::Error::from_raw_os_error(libc::ESTALE)),
+        };
+        Ok(PathFd(self.install(fd, false)))
+    }
+
+    /// Installs `fd` as the cached `O_PATH` fd (counted in the pool) unless one is there
+    /// and `replace` is false; returns the fd in place. An fd replaced is closed after the
+    /// lock is released.
+    fn install(&self, fd: OwnedFd, replace: bool) -> Arc<OwnedFd> {
+        let fd = Arc::new(fd);
+        {
+            let s = self.slot.lock();
+            if let Some((cur, _)) = &s.fd
+                && !replace
+            {
+                return cur.clone();
+            }
+        }
+        // Counted before it is installed (the pool may sweep now; this inode is marked
+        // used, so the sweep passes it over).
+        self.used.store(true, Relaxed);
+        let held = if self.ino == Ino::ROOT {
+            Held::Root
+        } else {
+            let me: Weak<dyn Evict> = self.me.clone();
+            Held::Pooled(self.anchoring.pool.opened(me))
+        };
+        let mut s = self.slot.lock();
+        let held = match held {
+            Held::Pooled(slot) if s.pinned => {
+                drop(slot);
+                Held::Pinned(self.anchoring.pool.pin())
+            }
+            h => h,
+        };
+        let old = match &s.fd {
+            Some((cur, _)) if !replace => {
+                let cur = cur.clone();
+                drop(s);
+                return cur;
+            }
+            _ => s.fd.replace((fd.clone(), held)),
+        };
+        s.detached = false;
+        drop(s);
+        drop(old);
+        fd
+    }
+
+    /// Remembers `name` in `parent` as the file's last name (its anchor where there are no
+    /// handles).
+    pub fn named(&self, parent: &Arc<Inode>, name: &CStr) {
+        if self.ino == Ino::ROOT {
+            return;
+        }
+        let old = self
+            .slot
+            .lock()
+            .name
+            .replace((parent.clone(), name.to_owned()));
+        drop(old);
+    }
+
+    /// Lets go of the `O_PATH` fd before the file's last name is removed through the
+    /// mount while nobody has it open: an fd held on a name makes an NFS client rename the
+    /// file to `.nfsXXXX` instead of removing it (silly rename), and keeps the directory
+    /// from being removed. Afterwards the inode answers `ENOENT` until a lookup finds the
+    /// file again ([`Inode::reattach`] if the removal failed). The fd closes here unless
+    /// a call in flight still holds it (it closes when that call ends). Not the root.
+    pub fn detach(&self) {
+        if self.ino != Ino::ROOT {
+            let old = {
+                let mut s = self.slot.lock();
+                s.detached = true;
+                s.fd.take()
+            };
+            drop(old);
+        }
+    }
+
+    /// Takes `fd` (a fresh `O_PATH` fd of this very file) after a removal that failed.
+    pub fn reattach(&self, fd: OwnedFd) {
+        self.install(fd, true);
+    }
+
+    /// Keeps the `O_PATH` fd open for good (out of the pool's reach): the file's last name
+    /// was removed through the mount while it is open, so nothing could open it again.
+    /// Call while the fd is open (after [`Inode::fd`]).
+    pub fn pin(&self) {
+        let mut s = self.slot.lock();
+        if s.pinned {
+            return;
+        }
+        s.pinned = true;
+        if let Some((_, held)) = &mut s.fd
+            && matches!(held, Held::Pooled(_))
+        {
+            *held = Held::Pinned(self.anchoring.pool.pin());
+        }
+    }
+
+    /// Whether this inode is anchored by a file handle.
+    pub fn has_handle(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    /// Whether it is pinned (unlinked through the mount while open: nothing could find
+    /// it again).
+    pub fn is_pinned(&self) -> bool {
+        self.slot.lock().pinned
+    }
+
+    /// Whether the file its cached fd holds is gone (fstat of the fd fails with ENOENT or
+    /// ESTALE); false where no fd is cached or the call fails otherwise.
+    fn file_gone(&self) -> bool {
+        let fd = self.slot.lock().fd.as_ref().map(|(fd, _)| fd.clone());
+        fd.is_some_and(|fd| {
+            matches!(
+                self.anchoring
+                    .meta
+                    .fstat_fresh(fd.as_fd())
+                    .map_err(|e| e.raw_os_error()),
+                Err(Some(libc::ENOENT | libc::ESTALE))
+            )
+        })
+    }
+
+    /// Its file handle, where it is anchored by one.
+    pub fn handle(&self) -> Option<&FileHandle> {
+        self.handle.as_ref()
     }
 
     /// The sparse state, if the file was opened.
@@ -85,7 +393,7 @@ impl Inode {
     /// Installs `node` unless another thread did first; returns the node in place and
     /// whether it is `node`. (Nodes are built without the slot's lock: building one
     /// calls the backend.)
-    pub fn install(&self, node: Arc<FileNode>) -> (Arc<FileNode>, bool) {
+    pub fn install_node(&self, node: Arc<FileNode>) -> (Arc<FileNode>, bool) {
         let mut slot = self.file.lock();
         match &*slot {
             Some(n) => (n.clone(), false),
@@ -96,12 +404,32 @@ impl Inode {
         }
     }
 
-    fn new(ino: Ino, st: &libc::stat, fd: OwnedFd, lookups: u64, generation: u64) -> Self {
-        Self {
+    /// A new inode without an fd (installed by the caller once the table is unlocked).
+    fn new(
+        ino: Ino,
+        st: &libc::stat,
+        handle: Option<FileHandle>,
+        anchoring: &Arc<Anchoring>,
+        lookups: u64,
+        generation: u64,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             ino,
             key: (st.st_dev, st.st_ino),
             kind: st.st_mode & libc::S_IFMT,
-            fd: Mutex::new(Rank::InodeFd, Arc::new(fd)),
+            handle,
+            slot: Mutex::new(
+                Rank::InodeFd,
+                FdSlot {
+                    fd: None,
+                    name: None,
+                    detached: false,
+                    pinned: ino == Ino::ROOT,
+                },
+            ),
+            used: AtomicBool::new(true),
+            anchoring: anchoring.clone(),
+            me: me.clone(),
             lookups: AtomicU64::new(lookups),
             file: Mutex::new(Rank::FileSlot, None),
             no_caps: std::sync::atomic::AtomicBool::new(false),
@@ -111,7 +439,7 @@ impl Inode {
                 AtomicI64::new(st.st_ctime),
                 AtomicI64::new(st.st_ctime_nsec),
             ),
-        }
+        })
     }
 
     /// Whether `st` (a stat under the same backing inode number) shows the last ctime seen.
@@ -134,19 +462,23 @@ struct Maps {
 /// All inodes the kernel knows about.
 pub struct InodeTable {
     root_path: PathFd,
-    /// Rank `InodeTable`: only an inode's file slot is taken under it. Inodes leaving
-    /// the table are dropped after it is released (dropping one closes its fds).
+    /// Rank `InodeTable`: only an inode's file slot and fd slot are taken under it (never
+    /// the pool: fds are installed after it is released). Inodes leaving the table are
+    /// dropped after it is released (dropping one closes its fds).
     maps: RwLock<Maps>,
     root_key: (u64, u64),
     next_synthetic: AtomicU64,
+    anchoring: Arc<Anchoring>,
 }
 
 impl InodeTable {
-    /// A table holding the root.
-    pub fn new(root_fd: OwnedFd, root: &libc::stat) -> Self {
+    /// A table holding the root (whose fd is the anchoring's root).
+    pub fn new(anchoring: Anchoring, root: &libc::stat) -> Self {
         let key = (root.st_dev, root.st_ino);
-        let inode = Arc::new(Inode::new(Ino::ROOT, root, root_fd, 1 << 40, 0));
-        let root_path = inode.fd();
+        let anchoring = Arc::new(anchoring);
+        let inode = Inode::new(Ino::ROOT, root, None, &anchoring, 1 << 40, 0);
+        inode.slot.lock().fd = Some((anchoring.root.clone(), Held::Root));
+        let root_path = PathFd(anchoring.root.clone());
         let mut maps = Maps::default();
         maps.by_ino.insert(Ino::ROOT, inode.clone());
         maps.by_key.insert(key, Ino::ROOT);
@@ -155,7 +487,13 @@ impl InodeTable {
             maps: RwLock::new(Rank::InodeTable, maps),
             root_key: key,
             next_synthetic: AtomicU64::new(1 << 63),
+            anchoring,
         }
+    }
+
+    /// How inodes are anchored, and the pool their fds are in.
+    pub fn anchoring(&self) -> &Anchoring {
+        &self.anchoring
     }
 
     /// The FUSE id a backing `(dev, ino)` gets (also used for readdir's `d_ino`).
@@ -205,6 +543,7 @@ impl InodeTable {
         &self,
         fd: OwnedFd,
         st: &libc::stat,
+        name: Option<(&Arc<Inode>, &CStr)>,
         same: impl FnOnce(&FileNode) -> bool,
     ) -> Arc<Inode> {
         let key = (st.st_dev, st.st_ino);
@@ -222,20 +561,87 @@ impl InodeTable {
             .filter(|k| k.kind == kind && !k.seen_as(st))
             .and_then(|k| idle(k))
             .is_some_and(|n| !same(&n));
+        // A new inode's handle, taken before the table is locked (a call to the backend);
+        // also asked where a known handle-anchored number shows another ctime: a handle
+        // is the file's identity (it holds the inode's generation), so another handle
+        // under the number is another file that got it (reused), which gets a new inode.
+        let new = known.as_ref().is_none_or(|k| k.kind != kind);
+        let ask = new
+            || known
+                .as_ref()
+                .is_some_and(|k| k.handle.is_some() && !k.seen_as(st));
+        let handle = match self.anchoring.handles {
+            Some(root_mnt) if ask => match self.anchoring.meta.name_to_handle(fd.as_fd()) {
+                Ok((h, mnt)) if mnt == root_mnt => Some(h),
+                _ => None,
+            },
+            _ => None,
+        };
+        // Another file under a known number (see below: it gets a node id of its own).
+        // Told by the handle where inodes have one; else, where the ctime moved, by the
+        // old inode's own fd: on a backing where an O_PATH fd does not hold the file
+        // (FUSE, NFS), another client's removal frees the number and a fresh fstat of
+        // that fd fails.
+        let reborn = !new
+            && known.as_ref().is_some_and(|k| match (&k.handle, &handle) {
+                (Some(old), Some(new)) => old != new,
+                _ => !k.seen_as(st) && k.ino != Ino::ROOT && k.file_gone(),
+            });
+        let named = |i: &Inode| {
+            if let Some((parent, n)) = name {
+                i.named(parent, n);
+            }
+        };
         let mut m = self.maps.write();
         if let Some(ino) = m.by_key.get(&key)
             && let Some(i) = m.by_ino.get(ino)
         {
             let old = i.clone();
+            let checked = known.as_ref().is_some_and(|k| Arc::ptr_eq(k, &old));
+            if reborn && checked && old.ino != Ino::ROOT {
+                // Another file under a number the kernel still holds for the old one:
+                // the new file gets a node id of its own (a synthetic number), so a
+                // cached dentry of the old file's name cannot reach it, and the old inode
+                // stays as it is until the kernel forgets it (its requests fail as the
+                // backend fails them for a removed file). No generation bump: the kernel
+                // would fail with EIO every request on its inode of that number,
+                // including a concurrent lookup's reply of the new file.
+                let ino = Ino(self.next_synthetic.fetch_add(1, Relaxed));
+                let inode = Inode::new(ino, st, handle, &self.anchoring, 1, 0);
+                named(&inode);
+                m.by_ino.insert(ino, inode.clone());
+                m.by_key.insert(key, ino);
+                drop(m);
+                tracing::debug!(
+                    old = old.ino.0,
+                    new = ino.0,
+                    "inode number now names another file: a node id of its own"
+                );
+                inode.install(fd, true);
+                return inode;
+            }
             if old.kind == kind || old.ino == Ino::ROOT {
+                if !old.seen_as(st) {
+                    let was = old
+                        .slot
+                        .lock()
+                        .name
+                        .as_ref()
+                        .map(|(p, n)| (p.ino.0, n.clone()));
+                    tracing::debug!(
+                        ino = old.ino.0,
+                        was = ?was,
+                        now = ?name.map(|(p, n)| (p.ino.0, n.to_owned())),
+                        "KEPT with another ctime"
+                    );
+                }
                 old.lookups.fetch_add(1, Relaxed);
                 old.saw(st);
                 old.no_caps.store(false, Relaxed);
-                let checked = known.as_ref().is_some_and(|k| Arc::ptr_eq(k, &old));
+                named(&old);
                 let dropped = (other && checked && idle(&old).is_some())
                     .then(|| old.file.lock().take())
                     .flatten();
-                let replaced = (old.ino != Ino::ROOT).then(|| old.repair(fd));
                 drop(m);
                 if dropped.is_some() {
                     tracing::debug!(
@@ -244,29 +650,39 @@ impl InodeTable {
                     );
                 }
                 drop(dropped);
-                drop(replaced);
+                if old.ino != Ino::ROOT {
+                    old.install(fd, true);
+                }
                 return old;
             }
-            let inode = Arc::new(Inode::new(
+            let inode = Inode::new(
                 old.ino,
                 st,
-                fd,
+                handle,
+                &self.anchoring,
                 old.lookups.load(Relaxed) + 1,
                 old.generation + 1,
-            ));
+            );
+            named(&inode);
             m.by_ino.insert(old.ino, inode.clone());
             drop(m);
             drop(old);
+            inode.install(fd, true);
             return inode;
         }
-        let ino = Ino(if key.0 == self.root_key.0 {
-            if key.1 == 1 { self.root_key.1 } else { key.1 }
-        } else {
-            self.next_synthetic.fetch_add(1, Relaxed)
-        });
-        let inode = Arc::new(Inode::new(ino, st, fd, 1, 0));
+        // The backing number, unless the kernel still holds it for another file (one
+        // that gave its number up: see the synthetic node ids above).
+        let ino = Some(key.1)
+            .filter(|_| key.0 == self.root_key.0)
+            .map(|n| Ino(if n == 1 { self.root_key.1 } else { n }))
+            .filter(|i| !m.by_ino.contains_key(i))
+            .unwrap_or_else(|| Ino(self.next_synthetic.fetch_add(1, Relaxed)));
+        let inode = Inode::new(ino, st, handle, &self.anchoring, 1, 0);
+        named(&inode);
         m.by_ino.insert(ino, inode.clone());
         m.by_key.insert(key, ino);
+        drop(m);
+        inode.install(fd, true);
         inode
     }
 

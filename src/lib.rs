@@ -28,6 +28,7 @@ pub mod coalescer;
 pub mod daemon;
 pub mod demo;
 pub mod extents;
+pub mod fdpool;
 pub mod file;
 pub mod fs;
 pub mod fuse_adapter;

@@ -65,6 +65,9 @@ pub enum Rank {
     Flusher,
     /// An inode's `O_PATH` fd slot: held only to clone or swap the fd.
     InodeFd,
+    /// The fd pool's ring of holders ([`crate::fdpool::FdPool`]): held only to push and
+    /// pop; victims are closed after it is released.
+    FdPool,
     /// Internals of in-memory test backends (called from under the engine).
     Fake,
 }
@@ -84,6 +87,7 @@ const ALL: [Rank; RANKS] = [
     Rank::Wake,
     Rank::Flusher,
     Rank::InodeFd,
+    Rank::FdPool,
     Rank::Fake,
 ];
 

@@ -3,8 +3,14 @@
 //!
 //! ```text
 //!  "SPFS" | ver u8 | flags u8 | 0u16 | size u64 | mtime s i64, ns u32 | ctime s i64, ns u32
-//!  | ino u64 | count u32 | count x (gap varint, len varint) | crc32 (IEEE) of all before
+//!  | ino u64 | [birth u64, with FLAG_BIRTH] | count u32 | count x (gap varint, len varint)
+//!  | crc32 (IEEE) of all before
 //! ```
+//! `birth` (version 2) is written only where it is known, so a record without it keeps
+//! the size it had in version 1 (which had no flags of its own): a small map stays inside
+//! an ext4 inode's xattr space instead of taking a 4 KiB block. A record without `birth`
+//! reads as 0 (identity unknown), which a backing whose files have an identity refuses as
+//! stale (the file is then treated as data).
 //! Gaps are measured from the end of the previous range (the first from 0), so a map of
 //! 100k extents stays a few hundred KiB.
 #![forbid(unsafe_code)]
@@ -13,8 +19,8 @@ use crate::extents::RangeSet;
 
 const MAGIC: &[u8; 4] = b"SPFS";
 /// The encoding version written by this build.
-pub const VERSION: u8 = 1;
-const HEADER: usize = 4 + 4 + 8 + 12 + 12 + 8 + 4;
+pub const VERSION: u8 = 2;
+const HEADER_V1: usize = 4 + 4 + 8 + 12 + 12 + 8 + 4;
 
 use crate::stamp::Stamp;
 
@@ -37,7 +43,7 @@ impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Magic => write!(f, "not a sparsefs extent map"),
-            Self::Version(v) => write!(f, "extent map version {v} is not {VERSION}"),
+            Self::Version(v) => write!(f, "extent map version {v} is not 1 or {VERSION}"),
             Self::Truncated => write!(f, "extent map is truncated"),
             Self::Checksum => write!(f, "extent map checksum mismatch"),
             Self::Invalid => write!(f, "extent map ranges are invalid"),
@@ -68,10 +74,13 @@ fn get_varint(b: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
 
 /// Flag: the ranges live in the file's xattr; this record only carries the exact stamp.
 pub const FLAG_MAP_IN_XATTR: u8 = 1;
+/// Flag (set by `encode` where the stamp has one): the header carries `birth`.
+const FLAG_BIRTH: u8 = 2;
 
 /// Encodes `data` (ranges below `stamp.size`) with its stamp and flags.
 pub fn encode(data: &RangeSet, stamp: &Stamp, flags: u8) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + 4 + data.len() * 6);
+    let flags = (flags & !FLAG_BIRTH) | if stamp.birth != 0 { FLAG_BIRTH } else { 0 };
+    let mut out = Vec::with_capacity(HEADER_V1 + 12 + data.len() * 6);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[VERSION, flags, 0, 0]);
     out.extend_from_slice(&stamp.size.to_le_bytes());
@@ -80,6 +89,9 @@ pub fn encode(data: &RangeSet, stamp: &Stamp, flags: u8) -> Vec<u8> {
     out.extend_from_slice(&stamp.ctime.0.to_le_bytes());
     out.extend_from_slice(&stamp.ctime.1.to_le_bytes());
     out.extend_from_slice(&stamp.ino.to_le_bytes());
+    if stamp.birth != 0 {
+        out.extend_from_slice(&stamp.birth.to_le_bytes());
+    }
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     let mut prev = 0;
     for (s, e) in data.iter() {
@@ -100,11 +112,17 @@ pub fn decode(b: &[u8]) -> Result<(RangeSet, Stamp, u8), DecodeError> {
     if b.len() < 4 || &b[..4] != MAGIC {
         return Err(DecodeError::Magic);
     }
-    if b.len() < HEADER + 4 {
+    if b.len() < 5 {
         return Err(DecodeError::Truncated);
     }
-    if b[4] != VERSION {
-        return Err(DecodeError::Version(b[4]));
+    let header = match (b[4], b.get(5).copied().unwrap_or(0) & FLAG_BIRTH) {
+        (1, 0) | (VERSION, 0) => HEADER_V1,
+        (VERSION, _) => HEADER_V1 + 8,
+        (1, _) => return Err(DecodeError::Invalid),
+        (v, _) => return Err(DecodeError::Version(v)),
+    };
+    if b.len() < header + 4 {
+        return Err(DecodeError::Truncated);
     }
     let (body, crc) = b.split_at(b.len() - 4);
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
@@ -117,9 +135,10 @@ pub fn decode(b: &[u8]) -> Result<(RangeSet, Stamp, u8), DecodeError> {
         mtime: (u64_at(16) as i64, u32_at(24)),
         ctime: (u64_at(28) as i64, u32_at(36)),
         ino: u64_at(40),
+        birth: if header > HEADER_V1 { u64_at(48) } else { 0 },
     };
-    let count = u32_at(48) as usize;
-    let mut pos = HEADER;
+    let count = u32_at(header - 4) as usize;
+    let mut pos = header;
     let mut data = RangeSet::new();
     let mut prev = 0u64;
     for i in 0..count {
@@ -136,7 +155,7 @@ pub fn decode(b: &[u8]) -> Result<(RangeSet, Stamp, u8), DecodeError> {
     if pos != body.len() {
         return Err(DecodeError::Invalid);
     }
-    Ok((data, stamp, body[5]))
+    Ok((data, stamp, body[5] & !FLAG_BIRTH))
 }
 
 #[cfg(test)]
@@ -150,6 +169,7 @@ mod tests {
             mtime: (1_700_000_000, 5),
             ctime: (1_700_000_001, 7),
             ino: 42,
+            birth: 0x1234_5678_9abc,
         }
     }
 
@@ -187,9 +207,9 @@ mod tests {
             c[i] ^= 0x40;
             assert!(decode(&c).is_err(), "flipped byte {i}");
         }
-        let mut v2 = b.clone();
-        v2[4] = 2;
-        assert_eq!(decode(&v2), Err(DecodeError::Version(2)));
+        let mut v3 = b.clone();
+        v3[4] = 3;
+        assert_eq!(decode(&v3), Err(DecodeError::Version(3)));
         assert_eq!(decode(b"XXXXsomething"), Err(DecodeError::Magic));
     }
 
@@ -218,6 +238,33 @@ mod tests {
         let mut i = now;
         i.ino += 1;
         assert!(!s.same_content(&i));
+        let mut reborn = now;
+        reborn.birth += 1;
+        assert!(
+            !s.same_content(&reborn),
+            "a reused inode number is another file"
+        );
+    }
+
+    #[test]
+    fn a_version_one_map_reads_with_no_identity() {
+        let mut d = RangeSet::new();
+        d.insert(0, 4096);
+        let st = stamp(8192);
+        // Version 1: the same bytes without the birth field.
+        let v2 = encode(&d, &st, 0);
+        let mut v1 = v2[..HEADER_V1 - 4].to_vec();
+        (v1[4], v1[5]) = (1, 0);
+        v1.extend_from_slice(&v2[HEADER_V1 + 4..v2.len() - 4]);
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&v1).unwrap(), (d.clone(), st.born(0), 0));
+        // A record without a birth is as long as a version-1 one (inside ext4's inode).
+        assert_eq!(encode(&d, &st.born(0), 0).len(), v1.len());
+        assert_eq!(
+            decode(&encode(&d, &st.born(0), 1)).unwrap(),
+            (d, st.born(0), 1)
+        );
     }
 
     proptest! {

@@ -7,7 +7,11 @@
 //! Writing the sidecar record does not touch the file; its stamp (size, mtime and ctime
 //! to the ns, inode) is taken after the xattr, so any later change of the file, even one
 //! that puts its mtime back, moves its ctime and the map is refused. Records are keyed
-//! by inode number (the same on every node of a shared filesystem; st_dev is not).
+//! by inode number (the same on every node of a shared filesystem; st_dev is not), and
+//! the stamp carries the file's birth identity (a digest of its file handle, which holds
+//! the inode's generation) where the backing's handles name the same file on every mount:
+//! a record left by a removed file never describes a new file that got its inode number,
+//! even one with the same size and times (coarse timestamps, another node's clock).
 
 use crate::backend::meta::MetaBackend;
 use crate::extents::RangeSet;
@@ -54,6 +58,9 @@ pub struct Persist<'a> {
     root: BorrowedFd<'a>,
     store: MapStore,
     meta: &'a dyn MetaBackend,
+    /// The backing's handles outlive the mount (see `sys::handles_outlive_the_mount`):
+    /// stamps carry births.
+    births: bool,
 }
 
 fn xattr_name() -> CString {
@@ -67,8 +74,36 @@ fn record_name(st: &libc::stat) -> CString {
 impl<'a> Persist<'a> {
     /// Persistence under the backing root `root` (an `O_PATH` or open directory fd),
     /// calling the backend through `meta`.
-    pub fn new(root: BorrowedFd<'a>, store: MapStore, meta: &'a dyn MetaBackend) -> Self {
-        Self { root, store, meta }
+    /// `births`: whether stamps carry the files' birth identities (the backing's file
+    /// handles outlive the mount; decided once per backing).
+    pub fn new(
+        root: BorrowedFd<'a>,
+        store: MapStore,
+        meta: &'a dyn MetaBackend,
+        births: bool,
+    ) -> Self {
+        Self {
+            root,
+            store,
+            meta,
+            births,
+        }
+    }
+
+    /// The birth identity of `file` (0 where stamps carry none or the backend makes no
+    /// handle for it): the digest of `known`, its handle taken at lookup, else of a
+    /// fresh one (a backend call).
+    pub fn birth(&self, file: BorrowedFd<'_>, known: Option<&crate::sys::FileHandle>) -> u64 {
+        if !self.births {
+            return 0;
+        }
+        match known {
+            Some(h) => h.digest(),
+            None => self
+                .meta
+                .name_to_handle(file)
+                .map_or(0, |(h, _)| h.digest()),
+        }
     }
 
     fn dir(&self, create: bool) -> io::Result<OwnedFd> {
@@ -109,8 +144,9 @@ impl<'a> Persist<'a> {
             .renameat2(dir.as_fd(), &tmp, dir.as_fd(), &record_name(st), 0)
     }
 
-    /// Loads the map of `file` whose fresh stat is `st`.
-    pub fn load(&self, file: BorrowedFd<'_>, st: &libc::stat) -> Loaded {
+    /// Loads the map of `file` whose fresh stat is `st` and birth identity `birth` (see
+    /// [`Persist::birth`]).
+    pub fn load(&self, file: BorrowedFd<'_>, st: &libc::stat, birth: u64) -> Loaded {
         if self.store == MapStore::None {
             return Loaded::None;
         }
@@ -121,7 +157,7 @@ impl<'a> Persist<'a> {
             Ok(x) => x,
             Err(e) => return Loaded::Refused(e.to_string()),
         };
-        let now = Stamp::of(st);
+        let now = Stamp::of(st).born(birth);
         if stamp != now {
             return Loaded::Stale;
         }
@@ -132,7 +168,7 @@ impl<'a> Persist<'a> {
                 .map_err(|e| e.to_string())
                 .and_then(|b| decode(&b).map_err(|e: DecodeError| e.to_string()));
             match xa {
-                Ok((d, xs, _)) if xs.same_content(&now) => data = d,
+                Ok((d, xs, _)) if xs.same_content(&now.born(0)) => data = d,
                 Ok(_) => return Loaded::Stale,
                 Err(e) => return Loaded::Refused(e),
             }
@@ -140,11 +176,12 @@ impl<'a> Persist<'a> {
         Loaded::Map(data)
     }
 
-    /// Stores `data` as the map of `file` (which must be on the backend as described).
+    /// Stores `data` as the map of `file` (which must be on the backend as described),
+    /// whose birth identity is `birth`.
     ///
     /// # Errors
     /// The backend's errno when no record could be written.
-    pub fn store(&self, file: BorrowedFd<'_>, data: &RangeSet) -> io::Result<()> {
+    pub fn store(&self, file: BorrowedFd<'_>, data: &RangeSet, birth: u64) -> io::Result<()> {
         if self.store == MapStore::None {
             return Ok(());
         }
@@ -156,6 +193,8 @@ impl<'a> Persist<'a> {
         let mut st_final = st;
         let mut in_xattr = false;
         if self.store == MapStore::Xattr {
+            // The xattr's own stamp carries no birth: the sidecar record's decides it,
+            // and a small map stays inside an ext4 inode (no 4 KiB xattr block).
             let bytes = encode(data, &Stamp::of(&st), 0);
             if let Ok(after) = self
                 .meta
@@ -167,9 +206,13 @@ impl<'a> Persist<'a> {
             }
         }
         let rec = if in_xattr {
-            encode(&RangeSet::new(), &Stamp::of(&st_final), FLAG_MAP_IN_XATTR)
+            encode(
+                &RangeSet::new(),
+                &Stamp::of(&st_final).born(birth),
+                FLAG_MAP_IN_XATTR,
+            )
         } else {
-            encode(data, &Stamp::of(&st_final), 0)
+            encode(data, &Stamp::of(&st_final).born(birth), 0)
         };
         self.write_record(&st_final, &rec)
     }
@@ -188,5 +231,61 @@ impl<'a> Persist<'a> {
         if let (Ok(dir), Ok(st)) = (self.dir(false), self.meta.fstat(file)) {
             let _ = self.meta.unlinkat(dir.as_fd(), &record_name(&st), 0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::meta::SysMeta;
+    use std::os::unix::fs::MetadataExt;
+
+    fn map_of(l: &Loaded) -> Option<&RangeSet> {
+        match l {
+            Loaded::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_record_left_by_a_removed_file_never_describes_the_file_that_gets_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let root: OwnedFd = File::open(dir.path()).unwrap().into();
+        let p = Persist::new(root.as_fd(), MapStore::Xattr, &SysMeta, true);
+        let a = File::create(dir.path().join("a")).unwrap();
+        a.set_len(2 << 20).unwrap();
+        let mut map = RangeSet::new();
+        map.insert(1 << 20, (1 << 20) + 4096);
+        let birth_a = p.birth(a.as_fd(), None);
+        assert_ne!(birth_a, 0, "ext4 makes handles");
+        p.store(a.as_fd(), &map, birth_a).unwrap();
+        let st_a = crate::sys::fstat(a.as_fd()).unwrap();
+        assert_eq!(map_of(&p.load(a.as_fd(), &st_a, birth_a)), Some(&map));
+        // The file goes behind the mount's back (its record stays); files are made until
+        // one gets its inode number.
+        drop(a);
+        std::fs::remove_file(dir.path().join("a")).unwrap();
+        let mut reborn = None;
+        for i in 0..4000 {
+            let path = dir.path().join(format!("n{i}"));
+            let f = File::create(&path).unwrap();
+            if f.metadata().unwrap().ino() == st_a.st_ino {
+                reborn = Some(f);
+                break;
+            }
+        }
+        let b = reborn.expect("ext4 hands a freed inode number out again");
+        // The worst case: the new file has the old one's size and times (a backend with
+        // coarse timestamps, another node's clock). Only its birth tells them apart.
+        let mut st_b = crate::sys::fstat(b.as_fd()).unwrap();
+        (st_b.st_size, st_b.st_mtime, st_b.st_mtime_nsec) =
+            (st_a.st_size, st_a.st_mtime, st_a.st_mtime_nsec);
+        (st_b.st_ctime, st_b.st_ctime_nsec) = (st_a.st_ctime, st_a.st_ctime_nsec);
+        let birth_b = p.birth(b.as_fd(), None);
+        assert_ne!(birth_b, birth_a, "the handle holds the inode's generation");
+        assert!(matches!(p.load(b.as_fd(), &st_b, birth_b), Loaded::Stale));
+        // Where handles do not outlive the mount (FUSE backings) stamps carry no birth.
+        let q = Persist::new(root.as_fd(), MapStore::Xattr, &SysMeta, false);
+        assert_eq!(q.birth(b.as_fd(), None), 0);
     }
 }

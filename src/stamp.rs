@@ -1,5 +1,6 @@
 //! What identifies a backing file's state: size, mtime, ctime (to the nanosecond) and
-//! inode number, taken from one stat. The close-to-open check, the directory listing
+//! inode number, taken from one stat, and for stored maps the file's birth identity (a
+//! digest of its file handle, which changes when an inode number is reused). The close-to-open check, the directory listing
 //! cache and the stored extent maps all judge "changed since" by it.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,9 @@ pub struct Stamp {
     pub ctime: (i64, u32),
     /// st_ino.
     pub ino: u64,
+    /// The file's identity beyond its inode number (a digest of its file handle, see
+    /// `sys::FileHandle::digest`); 0 where it is not known. Set for stored maps only.
+    pub birth: u64,
 }
 
 impl Stamp {
@@ -24,13 +28,22 @@ impl Stamp {
             mtime: (st.st_mtime, st.st_mtime_nsec as u32),
             ctime: (st.st_ctime, st.st_ctime_nsec as u32),
             ino: st.st_ino,
+            birth: 0,
         }
     }
 
-    /// True if the content-describing parts (inode, size, mtime) agree; ctime is left
-    /// out because storing a map in the file's own xattr moves it.
+    /// This stamp with the birth identity `birth` (0: unknown).
+    pub fn born(self, birth: u64) -> Self {
+        Self { birth, ..self }
+    }
+
+    /// True if the content-describing parts (inode, birth, size, mtime) agree; ctime is
+    /// left out because storing a map in the file's own xattr moves it.
     pub fn same_content(&self, now: &Stamp) -> bool {
-        self.ino == now.ino && self.size == now.size && self.mtime == now.mtime
+        self.ino == now.ino
+            && self.birth == now.birth
+            && self.size == now.size
+            && self.mtime == now.mtime
     }
 
     /// The later of mtime and ctime, in seconds: when the file last changed.

@@ -77,10 +77,12 @@ pub enum MetaOp {
     Statfs,
     /// fsync of a directory
     Fsync,
+    /// name_to_handle_at, open_by_handle_at
+    Handle,
 }
 
 /// All metadata call kinds, in display order.
-pub const META_OPS: [MetaOp; 12] = [
+pub const META_OPS: [MetaOp; 13] = [
     MetaOp::Open,
     MetaOp::Reopen,
     MetaOp::Stat,
@@ -93,6 +95,7 @@ pub const META_OPS: [MetaOp; 12] = [
     MetaOp::Readlink,
     MetaOp::Statfs,
     MetaOp::Fsync,
+    MetaOp::Handle,
 ];
 
 impl MetaOp {
@@ -100,7 +103,7 @@ impl MetaOp {
     pub fn name(self) -> &'static str {
         [
             "open", "reopen", "stat", "create", "unlink", "rename", "setattr", "xattr", "readdir",
-            "readlink", "statfs", "fsync",
+            "readlink", "statfs", "fsync", "handle",
         ][self as usize]
     }
 }
@@ -162,7 +165,7 @@ struct OpCounter {
 #[derive(Debug, Default)]
 pub struct Stats {
     ops: [OpCounter; 7],
-    meta: [[AtomicU64; 2]; 12],
+    meta: [[AtomicU64; 2]; META_OPS.len()],
     flushes: [AtomicU64; 7],
     /// Bytes applications wrote through the mount.
     pub app_write_bytes: AtomicU64,
@@ -184,8 +187,15 @@ pub struct Stats {
     pub dirty_bytes: AtomicU64,
     /// Highest dirty bytes seen.
     pub dirty_peak: AtomicU64,
-    /// Idle files whose read-write fd was closed to stay within the fd budget.
+    /// Read-write fds closed because no application had the file open any more (at the
+    /// last close, or before its name was removed).
     pub data_fds_parked: AtomicU64,
+    /// Read-write (data) fds of regular files the daemon holds now (a gauge, shared with
+    /// every file's [`crate::backend::reopen::Reopening`]).
+    pub data_fds: std::sync::Arc<AtomicU64>,
+    /// Inodes the kernel knows through this mount now, each holding one `O_PATH` fd (a
+    /// gauge, set when the stats are read).
+    pub inodes: AtomicU64,
     /// Opens served by kernel passthrough (the kernel reads the backend file itself).
     pub passthrough_opens: AtomicU64,
     /// Of which writable (a writer joining passthrough readers of the same file).
@@ -261,7 +271,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -273,6 +283,8 @@ impl Stats {
             g(&self.dirty_bytes),
             g(&self.dirty_peak),
             g(&self.data_fds_parked),
+            g(&self.data_fds),
+            g(&self.inodes),
             g(&self.passthrough_opens),
             g(&self.passthrough_writers),
             g(&self.dir_listings),
@@ -417,6 +429,13 @@ pub fn table_from_json(json: &str) -> String {
         human(g("dirty_peak"))
     );
     let _ = writeln!(s, "idle fds closed       {:>12}", g("data_fds_parked"));
+    let _ = writeln!(
+        s,
+        "backend fds held now  {:>12}  ({} data, {} inodes)",
+        g("data_fds") + g("inodes"),
+        g("data_fds"),
+        g("inodes")
+    );
     let _ = writeln!(
         s,
         "passthrough opens     {:>12}  (of which writers {})",

@@ -248,6 +248,7 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
         root.as_fd(),
         MapStore::Xattr,
         &crate::backend::meta::SysMeta,
+        sys::handles_outlive_the_mount(root.as_fd()),
     );
     let mut files = Vec::new();
     for p in paths {
@@ -282,8 +283,9 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
                 }
             }
             if zero > 0 {
+                let birth = persist.birth(f.as_fd(), None);
                 persist
-                    .store(f.as_fd(), &data)
+                    .store(f.as_fd(), &data, birth)
                     .map_err(|e| format!("{}: storing the map: {e}", p.display()))?;
             }
         }

@@ -74,4 +74,7 @@ impl<B: BackendFile> BackendFile for Counting<B> {
     fn allocated(&self) -> io::Result<Option<u64>> {
         self.inner.allocated()
     }
+    fn close(self: Box<Self>) -> io::Result<()> {
+        Box::new(self.inner).close()
+    }
 }

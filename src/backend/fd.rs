@@ -119,6 +119,10 @@ impl FdFile {
 }
 
 impl BackendFile for FdFile {
+    fn close(self: Box<Self>) -> io::Result<()> {
+        sys::close(self.file.into())
+    }
+
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         let _io = crate::lock::io("pread");
         let fd = self.file.as_fd();

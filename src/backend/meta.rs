@@ -28,6 +28,16 @@ pub trait MetaBackend: Send + Sync {
     ) -> io::Result<OwnedFd>;
     /// An open of `/proc/self/fd/N` (a reopen of an `O_PATH` or open fd).
     fn reopen(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd>;
+    /// name_to_handle_at(2) of an fd: its file handle and mount id (see
+    /// [`sys::name_to_handle`]). Errors: `EOPNOTSUPP`, `EOVERFLOW`.
+    fn name_to_handle(&self, fd: BorrowedFd<'_>) -> io::Result<(sys::FileHandle, u64)>;
+    /// open_by_handle_at(2). Errors: `ESTALE`, `EPERM`.
+    fn open_by_handle(
+        &self,
+        mount: BorrowedFd<'_>,
+        h: &sys::FileHandle,
+        flags: i32,
+    ) -> io::Result<OwnedFd>;
     /// fstat(2) (may be answered from a client's attribute cache).
     fn fstat(&self, fd: BorrowedFd<'_>) -> io::Result<libc::stat>;
     /// statx(2) with `AT_STATX_FORCE_SYNC`: fresh from the backend.
@@ -106,6 +116,17 @@ impl MetaBackend for SysMeta {
     }
     fn reopen(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
         sys::reopen(fd, flags)
+    }
+    fn name_to_handle(&self, fd: BorrowedFd<'_>) -> io::Result<(sys::FileHandle, u64)> {
+        sys::name_to_handle(fd)
+    }
+    fn open_by_handle(
+        &self,
+        mount: BorrowedFd<'_>,
+        h: &sys::FileHandle,
+        flags: i32,
+    ) -> io::Result<OwnedFd> {
+        sys::open_by_handle(mount, h, flags)
     }
     fn fstat(&self, fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
         sys::fstat(fd)
@@ -225,6 +246,17 @@ impl<M: MetaBackend> MetaBackend for Counted<M> {
     }
     fn reopen(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
         self.count(MetaOp::Reopen, self.inner.reopen(fd, flags))
+    }
+    fn name_to_handle(&self, fd: BorrowedFd<'_>) -> io::Result<(sys::FileHandle, u64)> {
+        self.count(MetaOp::Handle, self.inner.name_to_handle(fd))
+    }
+    fn open_by_handle(
+        &self,
+        mount: BorrowedFd<'_>,
+        h: &sys::FileHandle,
+        flags: i32,
+    ) -> io::Result<OwnedFd> {
+        self.count(MetaOp::Handle, self.inner.open_by_handle(mount, h, flags))
     }
     fn fstat(&self, fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
         self.count(MetaOp::Stat, self.inner.fstat(fd))

@@ -57,6 +57,11 @@ pub trait BackendFile: Send + Sync {
     fn allocated(&self) -> io::Result<Option<u64>> {
         Ok(None)
     }
+    /// Closes the file and says what the close found: NFS reports write-back errors
+    /// (`EIO`, `ENOSPC`, `EDQUOT`) at close. Dropping a file closes it without asking.
+    fn close(self: Box<Self>) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A shared backend (tests keep a handle to check what the engine wrote).

@@ -93,6 +93,8 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
         cache_writes: cfg.cache_writes,
         passthrough: cfg.passthrough,
         dir_cache: cfg.dir_cache,
+        inode_handles: cfg.inode_handles,
+        fd_high: cfg.max_fds,
         debug_hooks: std::env::var("SPARSEFS_DEBUG_HOOKS").is_ok_and(|v| v == "1"),
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 impl SparseFs {
     /// The stat of an inode, with size and blocks from its sparse state.
     pub(super) fn stat_of(&self, inode: &Inode) -> io::Result<libc::stat> {
-        Ok(self.sparse_stat(inode, self.sh.meta.fstat(inode.fd().as_fd())?))
+        Ok(self.sparse_stat(inode, self.sh.meta.fstat(inode.fd()?.as_fd())?))
     }
 
     /// `st` (a stat of the inode's backing file) with the inode number, block size, and
@@ -78,11 +78,11 @@ impl SparseFs {
         if let Some(mode) = a.mode
             && inode.kind != libc::S_IFLNK
         {
-            self.sh.meta.chmod(inode.fd().as_fd(), mode & 0o7777)?;
+            self.sh.meta.chmod(inode.fd()?.as_fd(), mode & 0o7777)?;
         }
         if a.uid.is_some() || a.gid.is_some() {
             self.sh.meta.chown(
-                inode.fd().as_fd(),
+                inode.fd()?.as_fd(),
                 a.uid.unwrap_or(u32::MAX),
                 a.gid.unwrap_or(u32::MAX),
             )?;
@@ -100,7 +100,7 @@ impl SparseFs {
                 Some(Some(t)) => t,
             };
             self.sh.meta.utimens(
-                inode.fd().as_fd(),
+                inode.fd()?.as_fd(),
                 &[ts(a.atime), ts(a.mtime)],
                 inode.kind == libc::S_IFLNK,
             )?;
@@ -119,12 +119,12 @@ impl SparseFs {
     /// that to us for uncached (direct-I/O) writes (`FUSE_WRITE_KILL_SUIDGID`), and the
     /// backend would not do it: the daemon writes with `CAP_FSETID`.
     pub(super) fn clear_setid(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
-        let st = self.sh.meta.fstat(inode.fd().as_fd())?;
+        let st = self.sh.meta.fstat(inode.fd()?.as_fd())?;
         let bits = crate::node::setid_to_clear(st.st_mode);
         if bits != 0 {
             self.sh
                 .meta
-                .chmod(inode.fd().as_fd(), st.st_mode & 0o7777 & !bits)?;
+                .chmod(inode.fd()?.as_fd(), st.st_mode & 0o7777 & !bits)?;
             self.record_stamp(inode, node);
             if let Some(f) = self.sh.invalidate_attrs.get() {
                 f(inode.ino);
@@ -139,7 +139,7 @@ impl SparseFs {
     /// # Errors
     /// `EINVAL` if not a symlink.
     pub fn readlink(&self, ino: Ino) -> io::Result<OsString> {
-        self.sh.meta.readlink(self.inode(ino)?.fd().as_fd())
+        self.sh.meta.readlink(self.inode(ino)?.fd()?.as_fd())
     }
 
     /// statfs of the backing filesystem.
@@ -147,7 +147,7 @@ impl SparseFs {
     /// # Errors
     /// The backend's errno.
     pub fn statfs(&self, ino: Ino) -> io::Result<libc::statvfs> {
-        self.sh.meta.statvfs(self.inode(ino)?.fd().as_fd())
+        self.sh.meta.statvfs(self.inode(ino)?.fd()?.as_fd())
     }
 
     /// access (only reached without default_permissions).
@@ -159,6 +159,6 @@ impl SparseFs {
         if inode.kind == libc::S_IFLNK {
             return Ok(());
         }
-        self.sh.meta.access(inode.fd().as_fd(), mask)
+        self.sh.meta.access(inode.fd()?.as_fd(), mask)
     }
 }

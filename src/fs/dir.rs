@@ -22,7 +22,7 @@ impl SparseFs {
         }
         // The stat is only for the cache decision (a round trip on a networked backend).
         let stamp = if self.sh.cfg.dir_cache {
-            stamp_of(&self.sh.meta.fstat_fresh(inode.fd().as_fd())?)
+            stamp_of(&self.sh.meta.fstat_fresh(inode.fd()?.as_fd())?)
         } else {
             Default::default()
         };
@@ -63,7 +63,7 @@ impl SparseFs {
         let dev = inode.key.0;
         self.sh
             .meta
-            .read_dir_into(inode.fd().as_fd(), &mut entries, &mut |ino, name| {
+            .read_dir_into(inode.fd()?.as_fd(), &mut entries, &mut |ino, name| {
                 if inode.ino == Ino::ROOT && name == SIDECAR_DIR.as_bytes() {
                     return None;
                 }
@@ -118,7 +118,7 @@ impl SparseFs {
         let d = self
             .sh
             .meta
-            .reopen(inode.fd().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            .reopen(inode.fd()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         self.sh.meta.fsync(d.as_fd(), datasync)
     }
 }

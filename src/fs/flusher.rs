@@ -35,7 +35,10 @@ impl SparseFs {
             e.flush(Depth::Data, Trigger::DirtyLimit)?;
         }
         if e.is_dirty() {
-            self.sh.dirty.lock().insert(ino, node.clone());
+            // A node it replaces is dropped after the lock (its last reference closes
+            // a backend fd).
+            let replaced = self.sh.dirty.lock().insert(ino, node.clone());
+            drop(replaced);
         }
         Ok(())
     }
@@ -70,7 +73,15 @@ pub(super) fn flusher(sh: &Shared) {
                     }
                 }
                 if e.dirty_since().is_none() {
-                    sh.dirty.lock().remove(&ino);
+                    // Only this node's entry (another node may have taken the number's
+                    // place), dropped after the lock.
+                    let mut d = sh.dirty.lock();
+                    let gone = d
+                        .get(&ino)
+                        .is_some_and(|n| Arc::ptr_eq(n, &node))
+                        .then(|| d.remove(&ino));
+                    drop(d);
+                    drop(gone);
                 }
             });
         }

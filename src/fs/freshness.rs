@@ -11,7 +11,7 @@ impl SparseFs {
         let Some(ticket) = node.with_state(|s| (s.opens() == 0).then(|| s.stamp_ticket())) else {
             return Ok(());
         };
-        let st = self.sh.meta.fstat_fresh(inode.fd().as_fd())?;
+        let st = self.sh.meta.fstat_fresh(inode.fd()?.as_fd())?;
         let now = stamp_of(&st);
         node.with_state(|s| s.saw_mode(st.st_mode));
         if !node.with_state(|s| s.stale(&now)) {
@@ -24,8 +24,13 @@ impl SparseFs {
             }
             debug!(
                 ino = inode.ino.0,
+                known = ?state.with(|s| s.stamp()),
+                now = ?now,
                 "backing file changed outside the mount: map dropped"
             );
+            // A data fd kept open since the last close (FUSE backings) is closed: the
+            // next call opens the file afresh, so the backend revalidates it.
+            node.data.park();
             e.reset_from_backend()?;
             let record = self.load_map(inode, e, &st);
             state.with(|s| s.refreshed(ticket, now, record));
@@ -38,6 +43,7 @@ impl SparseFs {
             self.sh.inodes.root_fd(),
             self.sh.cfg.map_store,
             &*self.sh.meta,
+            self.sh.births,
         ))
     }
 
@@ -50,7 +56,12 @@ impl SparseFs {
         let Ok(p) = self.persist() else {
             return Record::None;
         };
-        match p.load(inode.fd().as_fd(), st) {
+        // A removed file has no record to load; one that may exist is treated as stored.
+        let Ok(fd) = inode.fd() else {
+            return Record::Stored;
+        };
+        let birth = p.birth(fd.as_fd(), inode.handle());
+        match p.load(fd.as_fd(), st, birth) {
             Loaded::None => Record::None,
             Loaded::Stale => {
                 debug!(
@@ -90,11 +101,13 @@ impl SparseFs {
         };
         if e.index_data().total() >= e.size() {
             if replaces {
-                p.remove(inode.fd().as_fd());
+                p.remove(inode.fd().ok()?.as_fd());
             }
             return Some(false);
         }
-        match p.store(inode.fd().as_fd(), e.index_data()) {
+        let fd = inode.fd().ok()?;
+        let birth = p.birth(fd.as_fd(), inode.handle());
+        match p.store(fd.as_fd(), e.index_data(), birth) {
             Ok(()) => Some(true),
             Err(err) => {
                 warn!(ino = inode.ino.0, error = %err, "extent map not persisted");
@@ -134,7 +147,10 @@ impl SparseFs {
     /// [`NodeState::stamp_ticket`]).
     pub(super) fn record_stamp(&self, inode: &Inode, node: &FileNode) {
         let ticket = node.with_state(|s| s.stamp_ticket());
-        if let Ok(st) = self.sh.meta.fstat_fresh(inode.fd().as_fd()) {
+        if let Ok(st) = inode
+            .fd()
+            .and_then(|fd| self.sh.meta.fstat_fresh(fd.as_fd()))
+        {
             node.with_state(|s| s.record_stamp(ticket, stamp_of(&st)));
         }
     }

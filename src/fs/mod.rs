@@ -19,9 +19,11 @@ use crate::backend::fd::FdFile;
 use crate::backend::meta::{Counted, MetaBackend, SysMeta};
 use crate::backend::reopen::Reopening;
 use crate::backend::{BackendFile, Caps, Whence, probe};
+use crate::fdpool::FdPool;
 use crate::file::{Depth, Geometry, SparseFile};
 pub use crate::ids::{Fh, Ino};
-use crate::inodes::{Inode, InodeTable};
+pub use crate::inodes::HandleMode;
+use crate::inodes::{Anchoring, Inode, InodeTable};
 use crate::lock::{Condvar, Mutex, Rank, RwLock};
 pub use crate::node::PassToken;
 use crate::node::{FileNode, NodeState, OpenPlan, Record, stamp_of};
@@ -63,6 +65,10 @@ pub struct FsConfig {
     pub passthrough: bool,
     /// Let the kernel keep directory listings while the backend shows them unchanged.
     pub dir_cache: bool,
+    /// How inodes are anchored (`-o inode_handles=`).
+    pub inode_handles: HandleMode,
+    /// The pool's high-water mark (`None`: from the fd limit, see [`FdPool::for_limit`]).
+    pub fd_high: Option<u64>,
     /// Test hooks (`SPARSEFS_DEBUG_HOOKS=1`): setting [`WEDGE_XATTR`] on an open file
     /// wedges its engine lock for good, to test what a wedged daemon does.
     pub debug_hooks: bool,
@@ -163,11 +169,12 @@ struct Shared {
     passthrough: AtomicBool,
     /// Tells the kernel to drop an inode's cached attributes (set by the mount).
     invalidate_attrs: std::sync::OnceLock<AttrInvalidator>,
-    /// Read-write fds of regular files open now (see [`Reopening`]).
-    data_fds: Arc<AtomicU64>,
-    /// Past this many, a file's fd is closed at its last release (an eighth of the fd
-    /// limit: the rest is for the one `O_PATH` fd per inode and open directories).
-    data_fd_budget: u64,
+    /// Stored maps carry the files' birth identities (the backing's file handles name
+    /// the same file on every mount; see [`crate::persist`]).
+    births: bool,
+    /// The backing is a FUSE filesystem: `O_PATH` fds do not hold its files (see
+    /// `SparseFs::park_idle`).
+    fuse_backing: bool,
 }
 
 /// Drops the kernel's cached attributes of a FUSE inode.
@@ -178,6 +185,11 @@ pub type AttrInvalidator = Box<dyn Fn(Ino) + Send + Sync>;
 struct Child {
     /// Its inode, if known with sparse state.
     known: Option<Arc<Inode>>,
+    /// Its inode, if the kernel knows it (any kind).
+    inode: Option<Arc<Inode>>,
+    /// Its inode if it is not a directory, and whether this is its last name: what the
+    /// daemon lets go of before removing the name.
+    held: Option<(Arc<Inode>, bool)>,
     /// Its backing inode number (regular files only).
     ino: Option<u64>,
     /// Its backing inode number if this is its only link and maps are stored.
@@ -244,7 +256,26 @@ impl SparseFs {
                 "the backend cannot reopen a file unlinked while open (GlusterFS): kernel passthrough is off, reads go through the daemon"
             );
         }
-        let inodes = InodeTable::new(root, &st);
+        let meta: Arc<dyn MetaBackend> = Arc::new(Counted::new(SysMeta, stats.clone()));
+        let pool = match cfg.fd_high {
+            Some(high) => FdPool::with_marks(high, high * 3 / 4),
+            None => FdPool::for_limit(sys::nofile_limit()),
+        };
+        let key = (st.st_dev, st.st_ino);
+        let births = sys::handles_outlive_the_mount(root.as_fd());
+        let (anchoring, why) =
+            Anchoring::probe(meta.clone(), pool.clone(), root, key, cfg.inode_handles)?;
+        match why {
+            None => info!(
+                fd_high = pool.high(),
+                "inodes anchored by file handle; backend fds pooled"
+            ),
+            Some(why) => info!(
+                fd_high = pool.high(),
+                "inodes anchored by name ({why}; file handles need CAP_DAC_READ_SEARCH and a backend that exports them); backend fds pooled"
+            ),
+        }
+        let inodes = InodeTable::new(anchoring, &st);
         let cfg = FsConfig {
             passthrough: cfg.passthrough && reopen_unlinked,
             ..cfg
@@ -252,7 +283,7 @@ impl SparseFs {
         Ok(Self {
             sh: Arc::new(Shared {
                 cfg,
-                meta: Arc::new(Counted::new(SysMeta, stats.clone())),
+                meta,
                 caps,
                 stats,
                 inodes,
@@ -264,8 +295,8 @@ impl SparseFs {
                 wake_lock: Mutex::new(Rank::Wake, ()),
                 passthrough: AtomicBool::new(false),
                 invalidate_attrs: std::sync::OnceLock::new(),
-                data_fds: Arc::new(AtomicU64::new(0)),
-                data_fd_budget: (sys::nofile_limit() / 8).max(64),
+                births,
+                fuse_backing: !births,
             }),
             flusher: Mutex::new(Rank::Flusher, None),
         })

@@ -3,7 +3,13 @@
 use super::*;
 
 impl SparseFs {
-    pub(super) fn entry(&self, fd: OwnedFd) -> io::Result<(Arc<Inode>, libc::stat)> {
+    /// The inode of `fd`, found by `name` in `parent`, in the table.
+    pub(super) fn entry(
+        &self,
+        fd: OwnedFd,
+        parent: &Arc<Inode>,
+        name: &std::ffi::CStr,
+    ) -> io::Result<(Arc<Inode>, libc::stat)> {
         // One stat serves the table (dev, ino) and the reply: a round trip each on a
         // networked backend.
         let st = self.sh.meta.fstat(fd.as_fd())?;
@@ -11,7 +17,7 @@ impl SparseFs {
         let inode = self
             .sh
             .inodes
-            .insert_lookup(fd, &st, |node| same_file(key, node));
+            .insert_lookup(fd, &st, Some((parent, name)), |node| same_file(key, node));
         let st = self.sparse_stat(&inode, st);
         Ok((inode, st))
     }
@@ -29,8 +35,8 @@ impl SparseFs {
         let fd = self
             .sh
             .meta
-            .openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let (inode, st) = self.entry(fd)?;
+            .openat(dir.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let (inode, st) = self.entry(fd, &dir, &c)?;
         Ok(Entry::of(&inode, st))
     }
 
@@ -53,24 +59,36 @@ impl SparseFs {
     /// changes never make its map look stale), and its inode number if it is a regular
     /// file whose only link this is (removing the name ends the file and its stored map).
     pub(super) fn child(&self, dir: &Inode, name: &std::ffi::CStr) -> Child {
-        let Ok(st) = self.sh.meta.fstatat(dir.fd().as_fd(), name) else {
+        let Ok(st) = dir.fd().and_then(|d| self.sh.meta.fstatat(d.as_fd(), name)) else {
             return Child::default();
         };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Child::default();
-        }
-        let known = self
+        let kind = st.st_mode & libc::S_IFMT;
+        let inode = self
             .sh
             .inodes
             .ino_for(st.st_dev, st.st_ino)
             .and_then(|ino| self.sh.inodes.get(ino).ok())
-            .filter(|i| i.key == (st.st_dev, st.st_ino) && i.node().is_some());
+            .filter(|i| i.key == (st.st_dev, st.st_ino) && i.kind == kind);
+        let held = inode
+            .clone()
+            .filter(|_| kind != libc::S_IFDIR)
+            .map(|i| (i, st.st_nlink <= 1));
+        if kind != libc::S_IFREG {
+            return Child {
+                inode,
+                held,
+                ..Child::default()
+            };
+        }
+        let known = inode.clone().filter(|i| i.node().is_some());
         let last_link = (self.sh.cfg.map_store != MapStore::None
             && st.st_nlink == 1
             && st.st_dev == self.sh.inodes.root_key().0)
             .then_some(st.st_ino);
         Child {
             known,
+            inode,
+            held,
             ino: Some(st.st_ino),
             last_link,
             nlink: st.st_nlink,
@@ -84,11 +102,89 @@ impl SparseFs {
         }
     }
 
+    /// Runs `remove`, a backend call that removes the name `name` of `child` in `dir`
+    /// (unlink, or a rename over it), after letting go of the daemon's own fds of that file
+    /// where no application has it open: its read-write fd (libfuse filesystems such as
+    /// bindfs rename a file removed while open to `.fuse_hidden*`, NFS clients to
+    /// `.nfsXXXX`, and the directory then cannot be removed), and, for its last name, its
+    /// `O_PATH` fd ([`Inode::detach`]; NFS silly-renames a name an fd holds). Files an
+    /// application holds open keep everything and behave as on the backend itself.
+    ///
+    /// Runs as a transition of the file's node (the gate is held across the backend call,
+    /// like every transition: an open of the same file waits, so none can slip in between
+    /// the check and the removal). If the removal fails, a detached inode takes a fresh
+    /// `O_PATH` fd of the name again.
+    pub(super) fn removing(
+        &self,
+        child: &Child,
+        dir: &Inode,
+        name: &std::ffi::CStr,
+        remove: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Some((inode, last)) = &child.held else {
+            return remove();
+        };
+        let run = |node: Option<&FileNode>| {
+            let idle = node.is_none_or(|n| n.with_state(|s| s.opens() == 0));
+            if !idle {
+                if *last || !inode.has_handle() {
+                    // Open, and about to lose its last name (or the name it may be
+                    // anchored by, where there are no handles): nothing could open it
+                    // again, so its fds stay open (out of the pool's reach) until the
+                    // kernel forgets it.
+                    if let Some(n) = node {
+                        n.data.pin()?;
+                    }
+                    inode.fd()?;
+                    inode.pin();
+                }
+                return remove();
+            }
+            if let Some(n) = node {
+                if n.data.park() {
+                    self.sh.stats.data_fds_parked.fetch_add(1, Relaxed);
+                }
+                // No application holds it: an error its close reported (logged) has
+                // nobody to go to, and must not fail the next open.
+                let _ = n.data.take_deferred();
+            }
+            // Not on a FUSE backing: its kernel client does not silly-rename, and
+            // libfuse filesystems hide only files they have open (an O_PATH fd opens
+            // nothing there).
+            if *last && !self.sh.fuse_backing {
+                inode.detach();
+            }
+            let r = remove();
+            if r.is_err() && *last {
+                self.reanchor(inode, dir, name);
+            }
+            r
+        };
+        match inode.node() {
+            Some(node) => node.transition(|n| run(Some(n))),
+            None => run(None),
+        }
+    }
+
+    /// Gives a detached inode a fresh `O_PATH` fd of `name` in `dir` if that still names it.
+    fn reanchor(&self, inode: &Inode, dir: &Inode, name: &std::ffi::CStr) {
+        let Ok(dfd) = dir.fd() else { return };
+        if let Ok(fd) = self
+            .sh
+            .meta
+            .openat(dfd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            && let Ok(st) = self.sh.meta.fstat(fd.as_fd())
+            && (st.st_dev, st.st_ino) == inode.key
+        {
+            inode.reattach(fd);
+        }
+    }
+
     /// Runs a creating operation as the caller (so the new node belongs to them), and
     /// looks the result up.
     pub(super) fn create_as(
         &self,
-        parent: &Inode,
+        parent: &Arc<Inode>,
         name: &OsStr,
         who: Caller,
         f: impl Fn(&std::ffi::CStr) -> io::Result<()>,
@@ -102,7 +198,7 @@ impl SparseFs {
     /// second lookup of the name on the backend, and no race with a rename).
     pub(super) fn create_as_with(
         &self,
-        parent: &Inode,
+        parent: &Arc<Inode>,
         name: &OsStr,
         who: Caller,
         f: impl Fn(&std::ffi::CStr) -> io::Result<Option<OwnedFd>>,
@@ -121,10 +217,10 @@ impl SparseFs {
             None => {
                 self.sh
                     .meta
-                    .openat(parent.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?
+                    .openat(parent.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?
             }
         };
-        let (i, st) = self.entry(fd)?;
+        let (i, st) = self.entry(fd, parent, &c)?;
         Ok((i, st, made))
     }
 
@@ -145,7 +241,7 @@ impl SparseFs {
         let (i, st) = self.create_as(&dir, name, who, |c| {
             self.sh
                 .meta
-                .mknodat(dir.fd().as_fd(), c, mode & !umask, rdev as u64)
+                .mknodat(dir.fd()?.as_fd(), c, mode & !umask, rdev as u64)
         })?;
         Ok(Entry::of(&i, st))
     }
@@ -166,7 +262,7 @@ impl SparseFs {
         let (i, st) = self.create_as(&dir, name, who, |c| {
             self.sh
                 .meta
-                .mkdirat(dir.fd().as_fd(), c, mode & !umask & 0o7777)
+                .mkdirat(dir.fd()?.as_fd(), c, mode & !umask & 0o7777)
         })?;
         Ok(Entry::of(&i, st))
     }
@@ -186,7 +282,7 @@ impl SparseFs {
         let (i, st) = self.create_as(&dir, name, who, |c| {
             self.sh
                 .meta
-                .symlinkat(target.as_os_str(), dir.fd().as_fd(), c)
+                .symlinkat(target.as_os_str(), dir.fd()?.as_fd(), c)
         })?;
         Ok(Entry::of(&i, st))
     }
@@ -199,7 +295,10 @@ impl SparseFs {
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
         let child = self.child(&dir, &c);
-        self.sh.meta.unlinkat(dir.fd().as_fd(), &c, 0)?;
+        let dfd = dir.fd()?;
+        self.removing(&child, &dir, &c, || {
+            self.sh.meta.unlinkat(dfd.as_fd(), &c, 0)
+        })?;
         // The last name of a file: nothing can open it again, so its stamp no longer
         // matters; its stored record is dropped unless this mount knows it has none.
         let unrecorded = child
@@ -222,9 +321,11 @@ impl SparseFs {
     /// The backend's errno.
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
-        self.sh
-            .meta
-            .unlinkat(dir.fd().as_fd(), &sys::component(name)?, libc::AT_REMOVEDIR)
+        self.sh.meta.unlinkat(
+            dir.fd()?.as_fd(),
+            &sys::component(name)?,
+            libc::AT_REMOVEDIR,
+        )
     }
 
     /// rename / renameat2 (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
@@ -246,10 +347,26 @@ impl SparseFs {
             self.name_ok(newparent, newname)?,
         );
         let moved = self.child(&a, &on);
-        let target = self.child(&b, &nn);
-        self.sh
-            .meta
-            .renameat2(a.fd().as_fd(), &on, b.fd().as_fd(), &nn, flags)?;
+        let mut target = self.child(&b, &nn);
+        if flags & libc::RENAME_EXCHANGE != 0 || target.ino.is_some() && target.ino == moved.ino {
+            // Nothing is removed: the target keeps a name.
+            target.held = None;
+        }
+        let (afd, bfd) = (a.fd()?, b.fd()?);
+        self.removing(&target, &b, &nn, || {
+            self.sh
+                .meta
+                .renameat2(afd.as_fd(), &on, bfd.as_fd(), &nn, flags)
+        })?;
+        // The anchors by name follow the rename.
+        if let Some(i) = &moved.inode {
+            i.named(&b, &nn);
+        }
+        if flags & libc::RENAME_EXCHANGE != 0
+            && let Some(i) = &target.inode
+        {
+            i.named(&a, &on);
+        }
         self.restamp(moved.known);
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.restamp(target.known);
@@ -271,13 +388,13 @@ impl SparseFs {
         let c = self.name_ok(newparent, newname)?;
         self.sh
             .meta
-            .link(inode.fd().as_fd(), dir.fd().as_fd(), &c)?;
+            .link(inode.fd()?.as_fd(), dir.fd()?.as_fd(), &c)?;
         self.restamp(Some(inode.clone()));
         let fd = self
             .sh
             .meta
-            .openat(dir.fd().as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let (i, st) = self.entry(fd)?;
+            .openat(dir.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let (i, st) = self.entry(fd, &dir, &c)?;
         Ok(Entry::of(&i, st))
     }
 }

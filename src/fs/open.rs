@@ -37,14 +37,15 @@ impl SparseFs {
         // The reopen holds the inode weakly: the inode owns the node, not the other way.
         let weak = Arc::downgrade(inode);
         let meta = self.sh.meta.clone();
-        let data = Arc::new(Reopening::new(
+        let data = Reopening::new(
             first,
             Box::new(move || {
                 let inode = weak.upgrade().ok_or_else(|| errno(libc::ESTALE))?;
                 Ok(wrap(reopen_data(&*meta, &inode)?))
             }),
-            self.sh.data_fds.clone(),
-        ));
+            self.sh.stats.data_fds.clone(),
+            Some(self.sh.inodes.anchoring().pool.clone()),
+        );
         let backend: Box<dyn BackendFile> = Box::new(data.clone());
         let (geo, caps, stats) = (self.sh.cfg.geo, self.sh.caps, self.sh.stats.clone());
         let (mut engine, st) = match known {
@@ -54,13 +55,13 @@ impl SparseFs {
             ),
             None => (
                 SparseFile::open(backend, geo, caps, stats)?,
-                self.sh.meta.fstat_fresh(inode.fd().as_fd())?,
+                self.sh.meta.fstat_fresh(inode.fd()?.as_fd())?,
             ),
         };
         let record = self.load_map(inode, &mut engine, &st);
         let state = NodeState::new(stamp_of(&st), st.st_mode, record, engine.view());
         let node = Arc::new(FileNode::new(engine, state, data));
-        Ok(inode.install(node))
+        Ok(inode.install_node(node))
     }
 
     pub(super) fn new_fh(&self, h: Handle) -> Fh {
@@ -87,6 +88,8 @@ impl SparseFs {
         let token = node.transition(|node| -> io::Result<Option<PassToken>> {
             if !made {
                 self.refresh_if_stale(inode, node)?;
+                // Held from here to the last close (see `Reopening::ensure_open`).
+                node.data.ensure_open()?;
             }
             let token = match node.with_state(|s| s.plan_open(writable, qualifies)) {
                 OpenPlan::Ordinary => None,
@@ -106,7 +109,7 @@ impl SparseFs {
                 }
                 OpenPlan::Passthrough => {
                     let make = make.expect("qualifies only with a registrar");
-                    match self.sh.meta.reopen(inode.fd().as_fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
+                    match self.sh.meta.reopen(inode.fd()?.as_fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
                         Ok(t) => Some(t),
                         Err(e) => {
                             debug!(ino = inode.ino.0, error = %e, "passthrough refused: ordinary open");
@@ -204,7 +207,7 @@ impl SparseFs {
             self.sh
                 .meta
                 .openat(
-                    dir.fd().as_fd(),
+                    dir.fd()?.as_fd(),
                     c,
                     libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | excl | trunc,
                     mode & !umask & 0o7777,
@@ -259,7 +262,7 @@ impl SparseFs {
                 self.record_stamp(&inode, node);
             }
             if rel.last && r.is_ok() {
-                self.park_if_over_budget(node);
+                self.park_idle(node);
             }
         });
         r
@@ -288,17 +291,32 @@ impl SparseFs {
         })
     }
 
-    /// Closes an idle file's read-write fd when more than the budget are open (it is
-    /// opened again on its next use): a working set keeps its fds, a tree of many files
-    /// written once does not hold two fds per file. Called in the file's last-close
-    /// transition, so no open races it.
-    pub(super) fn park_if_over_budget(&self, node: &FileNode) {
-        if self.sh.data_fds.load(Relaxed) <= self.sh.data_fd_budget {
-            return;
-        }
+    /// Closes the read-write fd of a file nobody has open any more (it is opened again
+    /// on its next use): the daemon holds a backend file only while it needs it. A file
+    /// held open elsewhere on a networked backend pins it there (NFS silly-renames it when
+    /// another client removes it, libfuse filesystems hide it as `.fuse_hidden*`), and
+    /// the next open then opens it fresh, so a backend with its own page cache revalidates
+    /// it as for any other client (close-to-open). Called in the file's last-close
+    /// transition, so no open races it. A file still holding buffered data (its flush
+    /// failed) keeps its fd for the retry.
+    ///
+    /// Not on a FUSE backing (bindfs, GlusterFS's client): there an `O_PATH` fd does not
+    /// keep the backing file, so once its last real fd closed, another client's removal
+    /// frees its inode number, a new file can take it, and this mount (whose node ids are
+    /// the backing numbers) would hand the new file to whoever still holds the old one
+    /// (found by the torture: writes of one file landing in another). Its data fd stays
+    /// open while the kernel knows the inode (in the pool, which may still close it past
+    /// its mark); a removal through the mount lets go of it first, and an open that finds
+    /// the file changed opens it afresh (`refresh_if_stale`).
+    pub(super) fn park_idle(&self, node: &FileNode) {
         let idle = node.with_state(|s| s.opens() == 0 && !s.view().dirty);
-        if idle && node.data.park() {
+        if idle && !self.sh.fuse_backing && node.data.park() {
             self.sh.stats.data_fds_parked.fetch_add(1, Relaxed);
+        }
+        if idle {
+            // The last close has returned to the application (FUSE flush): an error the
+            // backend's close reported (logged) must not fail the next open.
+            let _ = node.data.take_deferred();
         }
     }
 }
@@ -306,6 +324,6 @@ impl SparseFs {
 /// A read-write fd of a regular file from its `O_PATH` fd (read-only where the daemon may
 /// not write it).
 pub(super) fn reopen_data(meta: &dyn MetaBackend, inode: &Inode) -> io::Result<OwnedFd> {
-    meta.reopen(inode.fd().as_fd(), libc::O_RDWR)
-        .or_else(|_| meta.reopen(inode.fd().as_fd(), libc::O_RDONLY))
+    meta.reopen(inode.fd()?.as_fd(), libc::O_RDWR)
+        .or_else(|_| meta.reopen(inode.fd()?.as_fd(), libc::O_RDONLY))
 }

@@ -21,6 +21,10 @@ impl SparseFs {
             if who.uid != 0 && who.uid != self.sh.cfg.owner {
                 return Err(errno(libc::EACCES));
             }
+            self.sh
+                .stats
+                .inodes
+                .store(self.sh.inodes.len() as u64, Relaxed);
             let v = self.sh.stats.to_json().into_bytes();
             if size != 0 && (size as usize) < v.len() {
                 return Err(errno(libc::ERANGE));
@@ -36,7 +40,10 @@ impl SparseFs {
             return Err(errno(libc::ENODATA));
         }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
-        let r = self.sh.meta.getxattr(inode.fd().as_fd(), &c, size as usize);
+        let r = self
+            .sh
+            .meta
+            .getxattr(inode.fd()?.as_fd(), &c, size as usize);
         if caps && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENODATA)) {
             inode.no_caps.store(true, Relaxed);
         }
@@ -53,8 +60,8 @@ impl SparseFs {
             return Ok(Vec::new());
         }
         // Our own map xattr is not listed: fetch the whole list and filter it.
-        let n = self.sh.meta.listxattr(inode.fd().as_fd(), 0)?.len();
-        let all = self.sh.meta.listxattr(inode.fd().as_fd(), n.max(1))?;
+        let n = self.sh.meta.listxattr(inode.fd()?.as_fd(), 0)?.len();
+        let all = self.sh.meta.listxattr(inode.fd()?.as_fd(), n.max(1))?;
         let hidden = format!("{MAP_XATTR}\0");
         let mut out = Vec::with_capacity(all.len());
         for item in all.split_inclusive(|&b| b == 0) {
@@ -105,7 +112,7 @@ impl SparseFs {
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
         self.sh
             .meta
-            .setxattr(inode.fd().as_fd(), &c, value, flags)?;
+            .setxattr(inode.fd()?.as_fd(), &c, value, flags)?;
         self.restamp(Some(inode));
         Ok(())
     }
@@ -159,7 +166,7 @@ impl SparseFs {
         self.xattr_ok(&inode)?;
         inode.no_caps.store(false, Relaxed);
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
-        self.sh.meta.removexattr(inode.fd().as_fd(), &c)?;
+        self.sh.meta.removexattr(inode.fd()?.as_fd(), &c)?;
         self.restamp(Some(inode));
         Ok(())
     }

@@ -274,6 +274,25 @@ pub fn access(fd: BorrowedFd<'_>, mask: i32) -> io::Result<()> {
     cvt(unsafe { libc::access(p.as_ptr(), mask) }).map(drop)
 }
 
+/// close(2) of an fd, saying what the close found (NFS reports write-back errors at
+/// close). Not retried: Linux releases the fd even when close fails; EINTR reports
+/// nothing lost.
+///
+/// # Errors
+/// The errno of close.
+pub fn close(fd: OwnedFd) -> io::Result<()> {
+    let _io = crate::lock::io("close");
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+    // SAFETY: the fd was owned and is closed once here.
+    if unsafe { libc::close(raw) } == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+        e => Err(e),
+    }
+}
+
 /// Safe wrapper for fstatvfs(2).
 ///
 /// # Errors
@@ -568,4 +587,146 @@ pub fn fstat_fresh(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     st.st_ctime = sx.stx_ctime.tv_sec;
     st.st_ctime_nsec = sx.stx_ctime.tv_nsec as i64;
     Ok(st)
+}
+
+/// A file handle (`name_to_handle_at`): names an inode for as long as it exists, without
+/// an open fd. `handle_type` and the opaque bytes, as the filesystem gave them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileHandle {
+    kind: i32,
+    bytes: Box<[u8]>,
+}
+
+impl std::fmt::Debug for FileHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "FileHandle(type {}, {} bytes)",
+            self.kind,
+            self.bytes.len()
+        )
+    }
+}
+
+impl FileHandle {
+    /// A digest of the handle (type and bytes; FNV-1a, the same in every build and on
+    /// every node): a file's identity beyond its inode number, for the stored maps. The
+    /// handle of ext4, xfs, btrfs, GPFS, NFS and Lustre carries the inode's generation, so
+    /// a reused inode number has another digest.
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.kind.to_le_bytes().iter().chain(self.bytes.iter()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // 0 means "no identity" in a stored map.
+        h.max(1)
+    }
+}
+
+/// Whether file handles made on the filesystem holding `fd` name the same file on every
+/// mount of it (on every node of a shared filesystem, and after a remount): true for
+/// filesystems with stable handles; false for FUSE, whose handles carry the mount's own
+/// node ids (bindfs, GlusterFS's client), and where fstatfs fails.
+pub fn handles_outlive_the_mount(fd: BorrowedFd<'_>) -> bool {
+    const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
+    let _io = crate::lock::io("fstatfs");
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: st is valid for writes.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: initialised by the successful call.
+    let st = unsafe { st.assume_init() };
+    st.f_type as libc::c_long != FUSE_SUPER_MAGIC
+}
+
+/// The buffer `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct HandleBuf {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; libc::MAX_HANDLE_SZ as usize],
+}
+
+/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the handle of the file an (`O_PATH`) fd
+/// holds, and the id of the mount it is on: the unique 64-bit id where the kernel has
+/// `AT_HANDLE_MNT_ID_UNIQUE` (6.12+; ids are never reused), else the classic one.
+///
+/// # Errors
+/// `EOPNOTSUPP` where the filesystem cannot make handles (FUSE filesystems without export
+/// support, such as bindfs and GlusterFS's client), `EOVERFLOW` for a handle longer than
+/// `MAX_HANDLE_SZ`.
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, u64)> {
+    let _io = crate::lock::io("name_to_handle_at");
+    let mut buf = HandleBuf {
+        handle_bytes: libc::MAX_HANDLE_SZ as libc::c_uint,
+        handle_type: 0,
+        f_handle: [0; libc::MAX_HANDLE_SZ as usize],
+    };
+    let mut mnt: u64 = 0;
+    let call = |buf: &mut HandleBuf, mnt: &mut u64, flags: i32| {
+        // SAFETY: buf is a file_handle with MAX_HANDLE_SZ bytes of room, as handle_bytes
+        // says; mnt has 8 bytes (the unique id is 64-bit; the classic one is an int
+        // written to its first 4 bytes, read back below).
+        unsafe {
+            libc::name_to_handle_at(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                (buf as *mut HandleBuf).cast::<libc::file_handle>(),
+                (mnt as *mut u64).cast::<libc::c_int>(),
+                flags | libc::AT_EMPTY_PATH,
+            )
+        }
+    };
+    let unique = call(&mut buf, &mut mnt, libc::AT_HANDLE_MNT_ID_UNIQUE) == 0;
+    if !unique {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+        // A kernel without AT_HANDLE_MNT_ID_UNIQUE.
+        buf.handle_bytes = libc::MAX_HANDLE_SZ as libc::c_uint;
+        mnt = 0;
+        if call(&mut buf, &mut mnt, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let b = mnt.to_ne_bytes();
+        mnt = u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    }
+    let n = (buf.handle_bytes as usize).min(buf.f_handle.len());
+    Ok((
+        FileHandle {
+            kind: buf.handle_type,
+            bytes: buf.f_handle[..n].into(),
+        },
+        mnt,
+    ))
+}
+
+/// `open_by_handle_at(mount, handle, flags)`: the file a handle names, opened (needs
+/// `CAP_DAC_READ_SEARCH` in the initial user namespace).
+///
+/// # Errors
+/// `ESTALE` where the file no longer exists, `EPERM` without the capability.
+pub fn open_by_handle(mount: BorrowedFd<'_>, h: &FileHandle, flags: i32) -> io::Result<OwnedFd> {
+    let _io = crate::lock::io("open_by_handle_at");
+    let mut buf = HandleBuf {
+        handle_bytes: h.bytes.len() as libc::c_uint,
+        handle_type: h.kind,
+        f_handle: [0; libc::MAX_HANDLE_SZ as usize],
+    };
+    buf.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
+    let fd = cvt_retry(|| {
+        // SAFETY: buf is a file_handle whose handle_bytes bytes follow it.
+        unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                (&mut buf as *mut HandleBuf).cast::<libc::file_handle>(),
+                flags | libc::O_CLOEXEC,
+            )
+        }
+    })?;
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -313,6 +313,77 @@ fn a_map_is_never_used_for_a_file_changed_outside_the_mount() {
     }
 }
 
+/// Issue 15, point 6: a reused inode number never gives a file another file's holes. A
+/// sparse file written through the mount (map stored, its number known to the kernel and
+/// the daemon) is removed on the backing behind the mount's back, so its stored record
+/// stays; files are made there until one gets its inode number, and that one is filled
+/// with data. Through the same mount and through a new one, the new file is all data (SEEK
+/// map, st_blocks) and reads back as written. On a plain directory (ext4 reuses numbers
+/// at once, and its file handles hold the inode's generation).
+#[test]
+fn a_reused_inode_number_never_brings_back_another_files_holes() {
+    if !fuse_available() {
+        return;
+    }
+    let b = Backing::new("dir").unwrap();
+    let size = 8 * MIB;
+    // A pool of 16 fds: the daemon lets go of the file's fds while the kernel still
+    // knows its inode (else its O_PATH fd would keep the number from being reused).
+    let m = Mount::new(b.path(), &["--max-fds", "16"]);
+    let old = image_through_mount(&m, "old.img", size, &[(MIB, 65536)]);
+    let _ = fs::remove_file(&old);
+    let seen = fs::metadata(m.p("old.img")).unwrap();
+    assert!(
+        seen.blocks() * 512 < MIB,
+        "written sparse: {}",
+        seen.blocks()
+    );
+    fs::create_dir(m.p("others")).unwrap();
+    for i in 0..64 {
+        fs::write(m.p(&format!("others/{i}")), b"x").unwrap();
+    }
+    let raw = b.underlying().join("old.img");
+    let ino = fs::metadata(&raw).unwrap().ino();
+    fs::remove_file(&raw).unwrap();
+    let mut reborn = None;
+    for i in 0..4000 {
+        let p = b.underlying().join(format!("n{i}.img"));
+        fs::write(&p, b"").unwrap();
+        if fs::metadata(&p).unwrap().ino() == ino {
+            reborn = Some(p);
+            break;
+        }
+    }
+    let raw_new = reborn.expect("ext4 hands the freed inode number out again");
+    let name = raw_new.file_name().unwrap().to_str().unwrap().to_string();
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
+    fs::write(&raw_new, &data).unwrap();
+    let check = |m: &Mount, when: &str| {
+        let p = m.p(&name);
+        assert_eq!(fs::metadata(&p).unwrap().ino(), ino, "{when}: same number");
+        assert_eq!(seek_map(&p), vec![(0, size)], "{when}: all data");
+        assert!(
+            fs::metadata(&p).unwrap().blocks() * 512 >= size,
+            "{when}: st_blocks counts the data"
+        );
+        assert!(fs::read(&p).unwrap() == data, "{when}: contents");
+    };
+    check(&m, "same mount");
+    // The kernel may show the removed name (as the file now holding its number) until
+    // its entry expires (1 s), as for any change made behind a FUSE mount's back.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        fs::metadata(m.p("old.img"))
+            .err()
+            .and_then(|e| e.raw_os_error()),
+        Some(libc::ENOENT),
+        "the removed name is gone"
+    );
+    drop(m);
+    let m = Mount::new(b.path(), &[]);
+    check(&m, "new mount");
+}
+
 #[test]
 fn corrupt_or_foreign_maps_are_refused_with_a_warning() {
     if !fuse_available() || !have("setfattr") {
@@ -485,4 +556,103 @@ fn scan_makes_an_existing_archive_seekable_and_map_prints_its_runs() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A second bindfs view of a directory (another "node" over the same storage, with its own
+/// kernel page cache), unmounted on drop.
+struct BindfsView(tempfile::TempDir);
+
+impl BindfsView {
+    fn of(src: &Path) -> BindfsView {
+        let mnt = tempfile::tempdir().unwrap();
+        sh(&format!(
+            "bindfs {} {}",
+            src.display(),
+            mnt.path().display()
+        ));
+        wait_for("bindfs", Duration::from_secs(10), || {
+            is_mountpoint(mnt.path())
+        });
+        BindfsView(mnt)
+    }
+}
+
+impl Drop for BindfsView {
+    fn drop(&mut self) {
+        let p = self.0.path().display();
+        let _ = sh_status(&format!("fusermount3 -u {p} || umount -l {p}"));
+    }
+}
+
+/// Close-to-open between nodes on a backend with its own page cache (issue 15): two
+/// sparsefs mounts over two bindfs views of one directory; each round one side writes
+/// random data and zero runs at random places into a 16 MiB file and closes it, the other
+/// opens it, reads it whole and walks its SEEK map. The daemon used to keep the reader's
+/// backend fd open across rounds, so bindfs never revalidated its page cache (stale 4 KiB
+/// pages in 2 of 6 rounds); the daemon now holds the file only while it is open, and
+/// the next open is a fresh backend open.
+#[test]
+fn close_to_open_holds_between_two_nodes_over_bindfs_views_with_their_own_caches() {
+    if !fuse_available() || !have("bindfs") {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let (va, vb) = (BindfsView::of(src.path()), BindfsView::of(src.path()));
+    let (a, b) = (Mount::new(va.0.path(), &[]), Mount::new(vb.0.path(), &[]));
+    let size = 16 * MIB as usize;
+    let mut model = vec![0u8; size];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let (mut stale_pages, mut holes_over_data) = (0usize, 0usize);
+    let rounds = 50;
+    for round in 0..rounds {
+        // Alternate the writing side, so both directions are checked.
+        let (w, r) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(w.p("shared.img"))
+                .unwrap();
+            f.set_len(size as u64).unwrap();
+            for i in 0..8 {
+                let len = (4096 + next(256 << 10)) as usize;
+                let off = next((size - len) as u64) as usize;
+                let bytes = if i % 3 == 2 {
+                    vec![0u8; len]
+                } else {
+                    random_bytes(len, round * 100 + i)
+                };
+                f.write_all_at(&bytes, off as u64).unwrap();
+                model[off..off + len].copy_from_slice(&bytes);
+            }
+        }
+        let f = File::open(r.p("shared.img")).unwrap();
+        let mut got = vec![0u8; size];
+        f.read_exact_at(&mut got, 0).unwrap();
+        stale_pages += got
+            .chunks(4096)
+            .zip(model.chunks(4096))
+            .filter(|(g, m)| g != m)
+            .count();
+        let map = seek_map(&r.p("shared.img"));
+        for (blk, chunk) in model.chunks(4096).enumerate() {
+            let (s, e) = ((blk * 4096) as u64, ((blk + 1) * 4096) as u64);
+            if chunk.iter().any(|&c| c != 0) && !map.iter().any(|&(ms, me)| ms < e && s < me) {
+                holes_over_data += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (stale_pages, holes_over_data),
+        (0, 0),
+        "stale 4 KiB pages and holes reported over data in {rounds} rounds"
+    );
 }

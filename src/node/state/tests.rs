@@ -5,12 +5,14 @@ const STAMP: Stamp = Stamp {
     mtime: (1, 2),
     ctime: (3, 4),
     ino: 9,
+    birth: 0,
 };
 const OTHER: Stamp = Stamp {
     size: 10,
     mtime: (1, 2),
     ctime: (3, 5),
     ino: 9,
+    birth: 0,
 };
 
 fn clean_dense() -> View {
