@@ -365,19 +365,48 @@ impl Inode {
         self.slot.lock().pinned
     }
 
-    /// Whether the file its cached fd holds is gone (fstat of the fd fails with ENOENT or
-    /// ESTALE); false where no fd is cached or the call fails otherwise.
-    fn file_gone(&self) -> bool {
-        let fd = self.slot.lock().fd.as_ref().map(|(fd, _)| fd.clone());
-        fd.is_some_and(|fd| {
-            matches!(
-                self.anchoring
-                    .meta
-                    .fstat_fresh(fd.as_fd())
-                    .map_err(|e| e.raw_os_error()),
-                Err(Some(libc::ENOENT | libc::ESTALE))
-            )
-        })
+    /// Whether the file this inode named may be gone, so that its number, found again by a
+    /// lookup of `now` (parent and name), may name another file (asked where inodes have no
+    /// handle and the ctime moved). Where an fd is cached: whether a fresh fstat of it
+    /// fails with ENOENT/ESTALE or shows another number. Where none is: a lookup of the
+    /// inode's last name is this very question; another name is checked by opening the
+    /// last name again, and counts as gone unless it still leads to this number (a hard
+    /// link, or the same file renamed through the mount). When unsure, gone: a new node
+    /// id for a file the kernel knew costs a cache, the same id for another file gives
+    /// it the other file's pages and names.
+    fn file_gone(&self, now: Option<(&Arc<Inode>, &CStr)>) -> bool {
+        let (fd, last) = {
+            let s = self.slot.lock();
+            (s.fd.as_ref().map(|(fd, _)| fd.clone()), s.name.clone())
+        };
+        let meta = &self.anchoring.meta;
+        let shows_other = |st: io::Result<libc::stat>| match st {
+            Ok(st) => (st.st_dev, st.st_ino) != self.key,
+            Err(e) => matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)),
+        };
+        if let Some(fd) = fd {
+            let gone = shows_other(meta.fstat_fresh(fd.as_fd()));
+            tracing::debug!(ino = self.ino.0, gone, "number found again: its cached fd asked");
+            return gone;
+        }
+        let Some((parent, name)) = last else {
+            return false;
+        };
+        if let Some((p, n)) = now
+            && Arc::ptr_eq(&parent, p)
+            && name.as_c_str() == n
+        {
+            return false;
+        }
+        let gone = match parent.fd() {
+            Ok(pfd) => shows_other(
+                meta.openat(pfd.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                    .and_then(|fd| meta.fstat_fresh(fd.as_fd())),
+            ),
+            Err(_) => true,
+        };
+        tracing::debug!(ino = self.ino.0, gone, last = ?name, "number found again under another name: its last name asked");
+        gone
     }
 
     /// Its file handle, where it is anchored by one.
@@ -585,7 +614,7 @@ impl InodeTable {
         let reborn = !new
             && known.as_ref().is_some_and(|k| match (&k.handle, &handle) {
                 (Some(old), Some(new)) => old != new,
-                _ => !k.seen_as(st) && k.ino != Ino::ROOT && k.file_gone(),
+                _ => !k.seen_as(st) && k.ino != Ino::ROOT && k.file_gone(name),
             });
         let named = |i: &Inode| {
             if let Some((parent, n)) = name {

@@ -56,14 +56,7 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         if let Some(f) = self.file.take()
-            && let Err(e) = {
-                if std::env::var_os("XX_NOCLOSE").is_some() {
-                    drop(f);
-                    Ok(())
-                } else {
-                    f.close()
-                }
-            }
+            && let Err(e) = f.close()
         {
             tracing::warn!(error = %e, "the backend reported an error at close: answered to the file's next call");
             self.deferred

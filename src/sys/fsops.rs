@@ -565,7 +565,13 @@ pub fn fstat_fresh(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
         )
     };
     if r < 0 {
-        return fstat(fd);
+        // Only a missing statx falls back: a plain fstat after ENOENT/ESTALE could answer
+        // from the attribute cache of a file that is gone.
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => fstat(fd),
+            _ => Err(e),
+        };
     }
     // SAFETY: statx succeeded, so sx is initialised.
     let sx = unsafe { sx.assume_init() };

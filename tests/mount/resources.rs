@@ -350,3 +350,62 @@ fn two_thousand_open_files_work_through_a_daemon_limited_to_512_fds() {
         }
     }
 }
+
+/// Regression (issue 15, found by the bindfs torture under load): once the daemon let go of
+/// a file's backend fds at its last close, a backing inode number could be freed (the file
+/// removed elsewhere) and handed to a new file while this mount's kernel still held the
+/// old inode. The new file got the old node id, so the old name's cached inode opened the
+/// new file (other threads' writes landed in it). Now a number found again under another
+/// name is checked (the cached fd, else the last name) and a new file gets a node id of its
+/// own. Over bindfs (no file handles; its O_PATH fds do not hold the file), the daemon's
+/// pool at 16 fds so it keeps no fd of the old file.
+#[test]
+fn a_number_freed_behind_the_mount_never_gives_a_new_file_the_old_files_node() {
+    if !fuse_available() || !have("bindfs") {
+        return;
+    }
+    let b = Backing::new("bindfs").unwrap();
+    let m = Mount::new(b.path(), &["--max-fds", "16"]);
+    fs::write(m.p("old"), vec![b'o'; 65536]).unwrap();
+    // The kernel keeps the old inode: an O_PATH fd (no FUSE open, so no backend fd).
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(m.p("old"))
+        .unwrap();
+    let old_ino = held.metadata().unwrap().ino();
+    // The pool sweeps the old file's O_PATH fd out.
+    fs::create_dir(m.p("others")).unwrap();
+    for i in 0..64 {
+        fs::write(m.p(&format!("others/{i}")), b"x").unwrap();
+    }
+    let raw_ino = fs::metadata(b.underlying().join("old")).unwrap().ino();
+    fs::remove_file(b.underlying().join("old")).unwrap();
+    // Files made through the mount (beside it: ext4 hands out numbers per directory's
+    // group) until one gets the freed number.
+    let mut reborn = None;
+    for i in 0..4000 {
+        let name = format!("n{i}");
+        fs::write(m.p(&name), b"").unwrap();
+        if fs::metadata(b.underlying().join(&name)).unwrap().ino() == raw_ino {
+            reborn = Some(name);
+            break;
+        }
+    }
+    let name = reborn.expect("ext4 hands the freed inode number out again");
+    let data = vec![b'n'; 100_000];
+    fs::write(m.p(&name), &data).unwrap();
+    let new_ino = fs::metadata(m.p(&name)).unwrap().ino();
+    assert_ne!(new_ino, old_ino, "the new file has a node id of its own");
+    // The old inode the kernel still holds does not open the new file.
+    let proc = format!("/proc/self/fd/{}", held.as_raw_fd());
+    match fs::read(&proc) {
+        Ok(got) => assert!(got != data, "the old inode opened the new file"),
+        Err(e) => assert!(
+            matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)),
+            "{e}"
+        ),
+    }
+    assert_eq!(fs::read(m.p(&name)).unwrap(), data);
+    drop(held);
+}
