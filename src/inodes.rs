@@ -386,7 +386,11 @@ impl Inode {
         };
         if let Some(fd) = fd {
             let gone = shows_other(meta.fstat_fresh(fd.as_fd()));
-            tracing::debug!(ino = self.ino.0, gone, "number found again: its cached fd asked");
+            tracing::debug!(
+                ino = self.ino.0,
+                gone,
+                "number found again: its cached fd asked"
+            );
             return gone;
         }
         let Some((parent, name)) = last else {
