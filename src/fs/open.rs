@@ -300,17 +300,15 @@ impl SparseFs {
     /// transition, so no open races it. A file still holding buffered data (its flush
     /// failed) keeps its fd for the retry.
     ///
-    /// Not on a FUSE backing (bindfs, GlusterFS's client): there an `O_PATH` fd does not
-    /// keep the backing file, so once its last real fd closed, another client's removal
-    /// frees its inode number, a new file can take it, and this mount (whose node ids are
-    /// the backing numbers) would hand the new file to whoever still holds the old one
-    /// (found by the torture: writes of one file landing in another). Its data fd stays
-    /// open while the kernel knows the inode (in the pool, which may still close it past
-    /// its mark); a removal through the mount lets go of it first, and an open that finds
-    /// the file changed opens it afresh (`refresh_if_stale`).
+    /// On a FUSE backing (bindfs, GlusterFS's client) an `O_PATH` fd does not keep the
+    /// backing file, so once this fd closed, another client's removal may free the inode
+    /// number while the kernel still knows the inode, and a new file may take it: the
+    /// inode table gives such a file a node id of its own (see
+    /// `InodeTable::insert_lookup`; found by the torture, writes of one file landing in
+    /// another while this fd was kept open on FUSE backings instead).
     pub(super) fn park_idle(&self, node: &FileNode) {
         let idle = node.with_state(|s| s.opens() == 0 && !s.view().dirty);
-        if idle && !self.sh.fuse_backing && node.data.park() {
+        if idle && node.data.park() {
             self.sh.stats.data_fds_parked.fetch_add(1, Relaxed);
         }
         if idle {
