@@ -19,3 +19,16 @@ cargo test --release --test mount -- --test-threads=1 \
 # The never-hang torture over GlusterFS too (30 s; scripts/long-suite.sh runs 10 min).
 SPARSEFS_TORTURE_SECS=${SPARSEFS_TORTURE_SECS:-30} cargo test --release --test mount -- \
   --test-threads=1 many_threads_and_processes
+# Issue 15, point 5: close-to-open between two GlusterFS client mounts of one sharded
+# volume with GlusterFS's client caches on (CACHE=1), each under its own sparsefs mount.
+if [ -n "${base:-}" ]; then
+  BASE=$base "$shared/backends/gluster-down.sh" >/dev/null 2>&1 || true
+  a=$(CACHE=1 SHARD=1 BASE=$base "$shared/backends/gluster-up.sh")
+  b=$base/mnt2; mkdir -p "$b"
+  trap 'umount "$b" 2>/dev/null || umount -l "$b" 2>/dev/null; BASE=$base "$shared/backends/gluster-down.sh" >/dev/null 2>&1 || true; rm -rf "$base"' EXIT
+  glusterfs --volfile-server=127.0.0.1 --volfile-server-port=24007 --volfile-id=vol \
+    --log-file="$base/client2.log" "$b"
+  for _ in $(seq 100); do mountpoint -q "$b" && stat -f "$b" >/dev/null 2>&1 && break; sleep 0.1; done
+  SPARSEFS_GLUSTER_CACHED="$a:$b" cargo test --release --test mount -- --test-threads=1 \
+    --nocapture close_to_open_between_two_glusterfs_clients
+fi

@@ -74,6 +74,9 @@ fn get_varint(b: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
 
 /// Flag: the ranges live in the file's xattr; this record only carries the exact stamp.
 pub const FLAG_MAP_IN_XATTR: u8 = 1;
+/// In the file's xattr: only the stamp of the last map stored through any mount (the map
+/// itself is in the sidecar record: too large for an xattr). See `Persist::witness`.
+pub const FLAG_STAMP_ONLY: u8 = 4;
 /// Flag (set by `encode` where the stamp has one): the header carries `birth`.
 const FLAG_BIRTH: u8 = 2;
 

@@ -15,7 +15,7 @@
 
 use crate::backend::meta::MetaBackend;
 use crate::extents::RangeSet;
-use crate::mapfile::{DecodeError, FLAG_MAP_IN_XATTR, decode, encode};
+use crate::mapfile::{DecodeError, FLAG_MAP_IN_XATTR, FLAG_STAMP_ONLY, decode, encode};
 use crate::stamp::Stamp;
 use std::ffi::CString;
 use std::fs::File;
@@ -51,6 +51,20 @@ pub enum Loaded {
     Refused(String),
     /// A map that describes the file as it is.
     Map(RangeSet),
+}
+
+/// What the file's own map xattr says of the last map stored through any mount: the
+/// freshness witness on backends whose client caches may lag between nodes (a FUSE
+/// client such as GlusterFS's keeps attributes and small files' contents for a while,
+/// but reads user xattrs from the brick).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Witness {
+    /// No map xattr on the file.
+    Absent,
+    /// The content stamp (size, mtime) of the file when its map was last stored.
+    Stamp(Stamp),
+    /// Could not tell (the call failed otherwise, or the xattr is damaged).
+    Unknown,
 }
 
 /// Persistence operations relative to one backing root.
@@ -144,6 +158,19 @@ impl<'a> Persist<'a> {
             .renameat2(dir.as_fd(), &tmp, dir.as_fd(), &record_name(st), 0)
     }
 
+    /// The witness in `file`'s map xattr (see [`Witness`]); `Unknown` where maps are
+    /// not kept in xattrs.
+    pub fn witness(&self, file: BorrowedFd<'_>) -> Witness {
+        if self.store != MapStore::Xattr {
+            return Witness::Unknown;
+        }
+        match self.meta.getxattr(file, &xattr_name(), 1 << 24) {
+            Ok(b) => decode(&b).map_or(Witness::Unknown, |(_, s, _)| Witness::Stamp(s)),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Witness::Absent,
+            Err(_) => Witness::Unknown,
+        }
+    }
+
     /// Loads the map of `file` whose fresh stat is `st` and birth identity `birth` (see
     /// [`Persist::birth`]).
     pub fn load(&self, file: BorrowedFd<'_>, st: &libc::stat, birth: u64) -> Loaded {
@@ -168,10 +195,18 @@ impl<'a> Persist<'a> {
                 .map_err(|e| e.to_string())
                 .and_then(|b| decode(&b).map_err(|e: DecodeError| e.to_string()));
             match xa {
-                Ok((d, xs, _)) if xs.same_content(&now.born(0)) => data = d,
+                Ok((d, xs, f)) if f & FLAG_STAMP_ONLY == 0 && xs.same_content(&now.born(0)) => {
+                    data = d;
+                }
                 Ok(_) => return Loaded::Stale,
                 Err(e) => return Loaded::Refused(e),
             }
+        } else if let Witness::Stamp(xs) = self.witness(file)
+            && !xs.same_content(&now.born(0))
+        {
+            // The record and the stat agree, but the file's xattr (read past the client
+            // caches that may have served both) says a later map was stored since.
+            return Loaded::Stale;
         }
         Loaded::Map(data)
     }
@@ -196,12 +231,28 @@ impl<'a> Persist<'a> {
             // The xattr's own stamp carries no birth: the sidecar record's decides it,
             // and a small map stays inside an ext4 inode (no 4 KiB xattr block).
             let bytes = encode(data, &Stamp::of(&st), 0);
-            if let Ok(after) = self
-                .meta
-                .setxattr(file, &xattr_name(), &bytes, 0)
-                .and_then(|()| self.meta.fstat_fresh(file))
+            // A map too large for an xattr goes to the record; the xattr then keeps only
+            // its stamp, the witness other nodes check (see `Witness`).
+            let full = match self.meta.setxattr(file, &xattr_name(), &bytes, 0) {
+                Ok(()) => Some(true),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::E2BIG | libc::ENOSPC | libc::ERANGE)
+                    ) =>
+                {
+                    let stamp_only = encode(&RangeSet::new(), &Stamp::of(&st), FLAG_STAMP_ONLY);
+                    self.meta
+                        .setxattr(file, &xattr_name(), &stamp_only, 0)
+                        .ok()
+                        .map(|()| false)
+                }
+                Err(_) => None,
+            };
+            if let Some(full) = full
+                && let Ok(after) = self.meta.fstat_fresh(file)
             {
-                in_xattr = true;
+                in_xattr = full;
                 st_final = after;
             }
         }

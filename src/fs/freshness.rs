@@ -11,15 +11,19 @@ impl SparseFs {
         let Some(ticket) = node.with_state(|s| (s.opens() == 0).then(|| s.stamp_ticket())) else {
             return Ok(());
         };
-        let st = self.sh.meta.fstat_fresh(inode.fd()?.as_fd())?;
+        let fd = inode.fd()?;
+        let st = self.sh.meta.fstat_fresh(fd.as_fd())?;
         let now = stamp_of(&st);
         node.with_state(|s| s.saw_mode(st.st_mode));
-        if !node.with_state(|s| s.stale(&now)) {
+        let forced =
+            !node.with_state(|s| s.stale(&now)) && self.witness_disagrees(inode, node, fd.as_fd());
+        drop(fd);
+        if !forced && !node.with_state(|s| s.stale(&now)) {
             return Ok(());
         }
         node.with_engine(|e, state| {
             // Checked again under the engine: a truncate by path may have run meanwhile.
-            if !state.with(|s| s.stale(&now)) {
+            if !state.with(|s| s.stale(&now) || (forced && s.idle_clean())) {
                 return Ok(());
             }
             debug!(
@@ -36,6 +40,42 @@ impl SparseFs {
             state.with(|s| s.refreshed(ticket, now, record));
             Ok(())
         })
+    }
+
+    /// On a FUSE backing (GlusterFS's client and the like keep attributes and small
+    /// files' contents in caches that may lag another node's change by a second or more,
+    /// so a fresh stat may still show the stamp this mount knows), whether the file's map
+    /// xattr, read past those caches, says another mount stored a later map since (or
+    /// removed the one this mount knows of). Unsure (the call failed) counts as yes.
+    /// Not asked where the node's stamp already differs, or on other backings (a fresh
+    /// stat there is the backend's truth), or where maps are not kept in xattrs.
+    fn witness_disagrees(
+        &self,
+        inode: &Inode,
+        node: &FileNode,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> bool {
+        if !self.sh.fuse_backing || self.sh.cfg.map_store != MapStore::Xattr {
+            return false;
+        }
+        let Some((known, record)) = node.with_state(|s| s.stamp().map(|k| (k, s.record()))) else {
+            return false;
+        };
+        let Ok(p) = self.persist() else {
+            return false;
+        };
+        let disagrees = match p.witness(fd) {
+            Witness::Stamp(x) => !x.same_content(&known.born(0)),
+            Witness::Absent => record == Record::Stored,
+            Witness::Unknown => true,
+        };
+        if disagrees {
+            debug!(
+                ino = inode.ino.0,
+                "the map's witness says another mount changed the file: state dropped"
+            );
+        }
+        disagrees
     }
 
     pub(super) fn persist(&self) -> io::Result<Persist<'_>> {

@@ -105,7 +105,7 @@ pub struct Opened {
 
 pub use crate::persist::MapStore;
 
-pub use crate::persist::{Loaded, MAP_XATTR, Persist, SIDECAR_DIR};
+pub use crate::persist::{Loaded, MAP_XATTR, Persist, SIDECAR_DIR, Witness};
 
 /// The virtual xattr on the mount root that carries the live counters (JSON). Hidden
 /// from listxattr; readable by the mount's owner and root only; never stored.

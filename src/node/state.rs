@@ -311,6 +311,13 @@ impl<T: Clone> NodeState<T> {
         self.opens == 0 && !self.view.dirty && self.stamp != Some(*backend)
     }
 
+    /// Whether an open may drop the engine's state although the stamp matches (the
+    /// map's witness says another node stored a later map): nobody has it open and
+    /// nothing is unflushed.
+    pub fn idle_clean(&self) -> bool {
+        self.opens == 0 && !self.view.dirty
+    }
+
     /// The engine was reset from the backend whose stat showed `backend` (taken after
     /// `ticket`), and its record was loaded as `record`.
     pub fn refreshed(&mut self, ticket: u64, backend: Stamp, record: Record) {

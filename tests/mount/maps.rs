@@ -358,9 +358,17 @@ fn a_reused_inode_number_never_brings_back_another_files_holes() {
     let name = raw_new.file_name().unwrap().to_str().unwrap().to_string();
     let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
     fs::write(&raw_new, &data).unwrap();
+    // Through the mount that still knows the old file's inode the new file has a node id
+    // of its own (the kernel would give it the old inode: see insert_lookup); a new mount
+    // shows the backing number.
     let check = |m: &Mount, when: &str| {
         let p = m.p(&name);
-        assert_eq!(fs::metadata(&p).unwrap().ino(), ino, "{when}: same number");
+        let shown = fs::metadata(&p).unwrap().ino();
+        if when == "new mount" {
+            assert_eq!(shown, ino, "{when}: the backing number");
+        } else {
+            assert_ne!(shown, seen.ino(), "{when}: not the old file's node id");
+        }
         assert_eq!(seek_map(&p), vec![(0, size)], "{when}: all data");
         assert!(
             fs::metadata(&p).unwrap().blocks() * 512 >= size,
@@ -599,6 +607,56 @@ fn close_to_open_holds_between_two_nodes_over_bindfs_views_with_their_own_caches
     let src = tempfile::tempdir().unwrap();
     let (va, vb) = (BindfsView::of(src.path()), BindfsView::of(src.path()));
     let (a, b) = (Mount::new(va.0.path(), &[]), Mount::new(vb.0.path(), &[]));
+    let rounds = 50;
+    let (stale_pages, holes_over_data) = close_to_open_rounds(&a, &b, rounds, Duration::ZERO);
+    assert_eq!(
+        (stale_pages, holes_over_data),
+        (0, 0),
+        "stale 4 KiB pages and holes reported over data in {rounds} rounds"
+    );
+}
+
+/// Issue 15, point 5: two sparsefs mounts over two GlusterFS client mounts of one
+/// sharded volume with GlusterFS's client caches on (`CACHE=1` in gluster-up.sh: its
+/// md-cache keeps attributes, quick-read and io-cache keep contents, for about a second),
+/// rounds as above, each read right after the other side's close. A fresh stat may
+/// still show the stamp the reader knows, with the stored record to match: the file's
+/// map xattr (read by GlusterFS from the brick) is the witness that another mount stored
+/// a later map, so the reader drops what it knew. Never a hole over data; stale pages
+/// are GlusterFS's own lag (the volume read directly shows them too) and are only
+/// counted. Run by scripts/test-gluster.sh, which sets `SPARSEFS_GLUSTER_CACHED` to the
+/// two client mounts ("A:B").
+#[test]
+fn close_to_open_between_two_glusterfs_clients_with_their_caches_on_never_shows_a_hole_over_data() {
+    let Ok(dirs) = std::env::var("SPARSEFS_GLUSTER_CACHED") else {
+        return;
+    };
+    let (da, db) = dirs.split_once(':').expect("SPARSEFS_GLUSTER_CACHED=A:B");
+    let (ta, tb) = (Path::new(da).join("c2o"), Path::new(db).join("c2o"));
+    let _ = fs::create_dir(&ta);
+    wait_for(
+        "the directory on the other client",
+        Duration::from_secs(10),
+        || tb.is_dir(),
+    );
+    let (a, b) = (Mount::new(&ta, &[]), Mount::new(&tb, &[]));
+    let rounds = 20;
+    let (stale_pages, holes_over_data) =
+        close_to_open_rounds(&a, &b, rounds, Duration::from_millis(50));
+    eprintln!(
+        "GlusterFS with client caches: {rounds} rounds, {stale_pages} stale 4 KiB pages, {holes_over_data} holes over data"
+    );
+    assert_eq!(
+        holes_over_data, 0,
+        "holes reported over data in {rounds} rounds"
+    );
+}
+
+/// Rounds of close-to-open between mounts `a` and `b`: one side writes random data and
+/// zero runs at random places into a 16 MiB file and closes it, waits `pause`, the other
+/// opens it, reads it whole and walks its SEEK map. Returns (4 KiB pages read stale,
+/// 4 KiB blocks of data inside a reported hole).
+fn close_to_open_rounds(a: &Mount, b: &Mount, rounds: u64, pause: Duration) -> (usize, usize) {
     let size = 16 * MIB as usize;
     let mut model = vec![0u8; size];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -609,7 +667,6 @@ fn close_to_open_holds_between_two_nodes_over_bindfs_views_with_their_own_caches
         x % n
     };
     let (mut stale_pages, mut holes_over_data) = (0usize, 0usize);
-    let rounds = 50;
     for round in 0..rounds {
         // Alternate the writing side, so both directions are checked.
         let (w, r) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
@@ -634,6 +691,7 @@ fn close_to_open_holds_between_two_nodes_over_bindfs_views_with_their_own_caches
                 model[off..off + len].copy_from_slice(&bytes);
             }
         }
+        std::thread::sleep(pause);
         let f = File::open(r.p("shared.img")).unwrap();
         let mut got = vec![0u8; size];
         f.read_exact_at(&mut got, 0).unwrap();
@@ -650,9 +708,5 @@ fn close_to_open_holds_between_two_nodes_over_bindfs_views_with_their_own_caches
             }
         }
     }
-    assert_eq!(
-        (stale_pages, holes_over_data),
-        (0, 0),
-        "stale 4 KiB pages and holes reported over data in {rounds} rounds"
-    );
+    (stale_pages, holes_over_data)
 }
