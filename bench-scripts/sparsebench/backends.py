@@ -1,9 +1,10 @@
-"""Backends (dir, xfs, bindfs, gluster, gluster-shard): bring-up, capability probe, teardown."""
+"""Backends (dir, xfs, bindfs, gluster, gluster-shard, gluster-remote-<N>us): bring-up, capability probe, teardown."""
 
 import os
 import subprocess
+import time
 
-from .common import BACKEND_TITLE, GiB, MiB, REPO, BenchError, log
+from .common import BACKEND_TITLE, GiB, MiB, REPO, BenchError, log, remote_delay
 from .proc import detach_loops, fs_type, fuse_unmount, is_mountpoint, lazy_umount, remove_tree, sh
 
 BACKENDS_ENV = "SPARSEFS_BENCH_BACKENDS"
@@ -122,6 +123,13 @@ def _gluster(be, base, cleanups, info, gluster_dir):
         info["how"] = f"existing GlusterFS mount {gd} (--gluster-dir; {is_mountpoint(gd) or 'subdir'})"
         return gd
     why = gluster_running()
+    # the previous backend's GlusterFS (a latency sweep brings one up per delay) may still
+    # be exiting: give it a few seconds
+    for _ in range(150):
+        if not why:
+            break
+        time.sleep(0.1)
+        why = gluster_running()
     if why:
         raise BenchError(f"cannot start GlusterFS: {why}; only one instance can run on this "
                          f"machine (port 24007): pass --gluster-dir MOUNT to use it")
@@ -130,14 +138,19 @@ def _gluster(be, base, cleanups, info, gluster_dir):
     # point is whatever gluster-up.sh prints last
     gbase = os.path.join(base, "gl")
     env = dict(os.environ, BASE=gbase)
-    if be == "gluster-shard":
+    delay = remote_delay(be)
+    if be == "gluster-shard" or delay is not None:
         env["SHARD"] = "1"
+    if delay:
+        # every brick operation waits `delay` µs (GlusterFS's delay-gen): a brick across a network
+        env["DELAY_US"] = str(delay)
     down = os.path.join(scripts, "gluster-down.sh")
     cleanups.push("gluster volume", lambda: subprocess.run(
         [down], env=dict(os.environ, BASE=gbase), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     log(f"starting GlusterFS ({be}) with {scripts}/gluster-up.sh")
     p = sh([os.path.join(scripts, "gluster-up.sh")], env=env, timeout=300)
-    info["how"] = f"gluster-up.sh{' SHARD=1' if be == 'gluster-shard' else ''} (own volume)"
+    info["how"] = (f"gluster-up.sh{' SHARD=1' if be == 'gluster-shard' or delay is not None else ''}"
+                   f"{f' DELAY_US={delay}' if delay else ''} (own volume)")
     return p.stdout.strip().splitlines()[-1]
 
 

@@ -11,8 +11,8 @@ import sys
 import time
 
 from .backends import gluster_running, glusterfs_mounts
-from .common import (ALL_BACKENDS, ALL_SCENARIOS, DEFAULT_BACKENDS, QUICK_BACKENDS, REPO, SIZES,
-                     BenchError, log)
+from .common import (ALL_BACKENDS, ALL_SCENARIOS, DEFAULT_BACKENDS, QUICK_BACKENDS, REMOTENESS, REPO,
+                     SIZES, BenchError, log, remote_name)
 from .harness import Harness
 from .report import derive, machine_info, report_only, write_outputs
 
@@ -28,6 +28,9 @@ def build_parser():
     ap.add_argument("--size", choices=list(SIZES), help="workload sizes (default full, quick with --quick; "
                     "medium halves every input)")
     ap.add_argument("--runs", type=int, help="timed runs per variant (default 3, quick 1)")
+    ap.add_argument("--delay-us", action="append", type=int, metavar="N",
+                    help="gluster-remote: every brick operation waits N µs (GlusterFS delay-gen), default 500; "
+                         "repeatable: a latency sweep (e.g. 0 100 500 2000), one volume per delay")
     ap.add_argument("--gluster-dir", help="use this existing GlusterFS mount (a subdir is created and removed)")
     ap.add_argument("--sparsefs", default=os.path.join(REPO, "target", "release", "sparsefs"),
                     help="sparsefs binary (copied to a temp dir at start)")
@@ -50,9 +53,20 @@ def check_run_args(ap, a):
         ap.error(f"--sparsefs {a.sparsefs}: not an executable file")
     backends = list(dict.fromkeys(a.backend or (QUICK_BACKENDS if a.quick else DEFAULT_BACKENDS)))
     scenarios = [s for s in ALL_SCENARIOS if s in (a.scenario or ALL_SCENARIOS)]
+    if a.delay_us and "gluster-remote" not in backends:
+        ap.error("--delay-us is for --backend gluster-remote")
+    if any(d < 0 or d > 1_000_000 for d in a.delay_us or []):
+        ap.error("--delay-us must be between 0 and 1000000")
+    if "gluster-remote" in backends:
+        delays = sorted(set(a.delay_us or [500]))
+        i = backends.index("gluster-remote")
+        backends[i:i + 1] = [remote_name(d) for d in delays]
+        # the most remote first, for the report's headline
+        REMOTENESS[:0] = [remote_name(d) for d in reversed(delays)]
     gl = [b for b in backends if b.startswith("gluster")]
     if a.gluster_dir and len(gl) > 1:
-        ap.error("--gluster-dir serves one gluster backend: pass only one of gluster, gluster-shard")
+        ap.error("--gluster-dir serves one gluster backend: pass only one of gluster, gluster-shard, "
+                 "gluster-remote with one --delay-us")
     if a.gluster_dir and not gl:
         ap.error("--gluster-dir given but no gluster backend selected (--backend gluster-shard)")
     for tool in TOOLS:

@@ -11,7 +11,7 @@ GiB = 1 << 30
 # the repository root: bench-scripts/sparsebench/common.py -> ../..
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ALL_BACKENDS = ["dir", "xfs", "bindfs", "gluster", "gluster-shard"]
+ALL_BACKENDS = ["dir", "xfs", "bindfs", "gluster", "gluster-shard", "gluster-remote"]
 DEFAULT_BACKENDS = ["dir", "bindfs", "gluster-shard"]
 # Workload sizes per --size profile. full is the reference; medium halves every input so
 # that every scenario on the three default backends with --runs 3 fits in about an hour
@@ -31,8 +31,31 @@ QUICK_BACKENDS = ["dir", "bindfs"]
 ALL_SCENARIOS = ["dd-zeros", "cp-never", "rsync-S", "rsync-plain", "rsync-inplace", "tar-x",
                  "qemu-convert", "checkpoint", "dense", "smallfiles", "read-sparse", "sweep"]
 SWEEP_BLOCKS = ["4K", "16K", "32K", "64K", "256K", "1M", "4M"]
-BACKEND_TITLE = {"dir": "ext4 directory", "xfs": "XFS (loop image)", "bindfs": "bindfs over ext4",
-                 "gluster": "GlusterFS", "gluster-shard": "sharded GlusterFS"}
+
+
+class _Titles(dict):
+    """Backend titles; `gluster-remote-<N>us` (one per --delay-us) is titled by its delay."""
+
+    def __missing__(self, be):
+        d = remote_delay(be)
+        if d is None:
+            raise KeyError(be)
+        return f"sharded GlusterFS, brick waits {d} µs per operation"
+
+
+def remote_delay(be):
+    """The brick delay in µs of a `gluster-remote-<N>us` backend name, else None."""
+    m = re.fullmatch(r"gluster-remote-(\d+)us", be)
+    return int(m.group(1)) if m else None
+
+
+def remote_name(delay_us):
+    """The backend name of gluster-remote at `delay_us` µs per brick operation."""
+    return f"gluster-remote-{delay_us}us"
+
+
+BACKEND_TITLE = _Titles({"dir": "ext4 directory", "xfs": "XFS (loop image)", "bindfs": "bindfs over ext4",
+                         "gluster": "GlusterFS", "gluster-shard": "sharded GlusterFS"})
 # the order in which backends are "most like a parallel filesystem" (for the headline)
 REMOTENESS = ["gluster-shard", "gluster", "bindfs", "xfs", "dir"]
 KIND_ORDER = {"sparsefs": 0, "direct": 1, "bindfs": 2, "peer": 3}

@@ -2,8 +2,18 @@
 
 import os
 
-from .common import ALL_SCENARIOS, BACKEND_TITLE, KIND_ORDER, REMOTENESS, MiB, fmt_bytes, fmt_n, fmt_s, fmt_x
+from .common import (ALL_SCENARIOS, BACKEND_TITLE, KIND_ORDER, REMOTENESS, MiB, fmt_bytes, fmt_n, fmt_s, fmt_x,
+                     remote_delay)
 from .straceparse import READ_CALLS, WRITE_CALLS
+
+
+def _remoteness(records):
+    """Backends of `records`, the most like a parallel filesystem first: gluster-remote by
+    falling delay, then REMOTENESS, then any other."""
+    present = list(dict.fromkeys(r["backend"] for r in records))
+    remote = sorted((b for b in present if remote_delay(b) is not None), key=remote_delay, reverse=True)
+    known = [b for b in REMOTENESS if b in present and b not in remote]
+    return remote + known + [b for b in present if b not in remote and b not in known]
 
 
 def headline(records):
@@ -15,7 +25,7 @@ def headline(records):
         recs = [r for r in records if r["scenario"] == sc]
         if not recs:
             continue
-        be = next(b for b in REMOTENESS if any(r["backend"] == b for r in recs))
+        be = next(b for b in _remoteness(records) if any(r["backend"] == b for r in recs))
         cases = []
         for r in recs:
             if r["backend"] == be and r["case"] not in cases:
@@ -457,8 +467,8 @@ def projection_section(records):
         if key in seen or r["scenario"] == "sweep":
             continue
         seen.add(key)
-        be = next(b for b in REMOTENESS if any(x["backend"] == b and (x["scenario"], x["case"]) == key
-                                               for x in records))
+        be = next(b for b in _remoteness(records) if any(x["backend"] == b and (x["scenario"], x["case"]) == key
+                                                         for x in records))
         for x in sorted([x for x in records if x["backend"] == be and (x["scenario"], x["case"]) == key],
                         key=lambda x: KIND_ORDER[x["variant"]]):
             if x["variant"] == "bindfs":

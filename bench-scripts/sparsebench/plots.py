@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from .common import BACKEND_TITLE, MiB, log, parse_size
+from .common import BACKEND_TITLE, MiB, log, parse_size, remote_delay
 
 
 def ensure_matplotlib():
@@ -116,4 +116,41 @@ def make_plots(outdir, records, backends):
         fig.savefig(os.path.join(outdir, "sweep.png"), dpi=110)
         plt.close(fig)
         made.append("sweep.png")
+
+    # The latency sweep (gluster-remote at several --delay-us): sparsefs's speed-up over
+    # writing directly, per scenario, against the brick's delay per operation.
+    remote = sorted({r["backend"] for r in main if remote_delay(r["backend"]) is not None}, key=remote_delay)
+    if len(remote) >= 2:
+        fig, ax = plt.subplots(figsize=(10, 5))
+        keys = []
+        for r in main:
+            k = (r["scenario"], r["case"])
+            if remote_delay(r["backend"]) is not None and k not in keys:
+                keys.append(k)
+        for k in keys:
+            xs, ys = [], []
+            for be in remote:
+                r = next((r for r in main if r["backend"] == be and (r["scenario"], r["case"]) == k
+                          and r["variant"] == "sparsefs"), None)
+                v = r and r.get("ratios", {}).get("speedup_vs_direct")
+                if v:
+                    xs.append(max(remote_delay(be), 10))
+                    ys.append(v)
+            if xs:
+                ax.plot(xs, ys, "o-", label=k[0] + (f" {k[1]}" if k[1] else ""))
+        ax.axhline(1, color="k", ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([max(remote_delay(b), 10) for b in remote])
+        ax.set_xticklabels([f"{remote_delay(b)} µs" for b in remote])
+        ax.minorticks_off()
+        ax.set_xlabel("brick delay per operation (GlusterFS delay-gen; 0 plotted at 10)")
+        ax.set_ylabel("speed-up of sparsefs over direct (log)")
+        ax.set_title("sharded GlusterFS with a remote brick: speed-up against round trip")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(os.path.join(outdir, "latency.png"), dpi=110)
+        plt.close(fig)
+        made.append("latency.png")
     return made
