@@ -135,7 +135,8 @@ pub struct MountArgs {
     /// noauto, auto, user, users, x-*).
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
-    /// Unit of zero detection and hole creation: a power of two from 4K to 64M.
+    /// Unit of zero detection and hole creation: a power of two from 4K to 64M (default
+    /// 32K).
     #[arg(long, value_name = "SIZE")]
     pub sparse_block: Option<String>,
     /// Largest backend write, a multiple of the sparse block (default 4M).
@@ -192,7 +193,7 @@ pub struct MountArgs {
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Log to this file when running in the background.
+    /// Log to this file when running in the background (default: none, logs are dropped).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
     /// Serve Prometheus metrics on `GET /metrics` at ADDR: IP:PORT (127.0.0.1:9464,
