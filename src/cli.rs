@@ -196,8 +196,8 @@ pub struct MountArgs {
     /// Log to this file when running in the background (default: none, logs are dropped).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
-    /// Serve Prometheus metrics on `GET /metrics` at ADDR: IP:PORT (127.0.0.1:9464,
-    /// [::1]:9464) or unix:PATH (default: off). No authentication: prefer loopback.
+    /// Serve Prometheus metrics on `GET /metrics` at ADDR: IP:PORT (`127.0.0.1:9464`,
+    /// `[::1]:9464`) or unix:PATH (default: off). No authentication: prefer loopback.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
 }
