@@ -96,6 +96,250 @@ pub fn latency_counts(m: &HashMap<String, u64>, kind: &str) -> [u64; BUCKETS] {
     std::array::from_fn(|i| m.get(&format!("latency.{kind}.b{i}")).copied().unwrap_or(0))
 }
 
+/// FUSE requests the adapter times and whose errors it counts, by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum FuseOp {
+    Lookup = 0,
+    Forget,
+    Getattr,
+    Setattr,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Read,
+    Write,
+    Flush,
+    Release,
+    Fsync,
+    Opendir,
+    Readdir,
+    Readdirplus,
+    Releasedir,
+    Fsyncdir,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Ioctl,
+    Access,
+    Create,
+    Fallocate,
+    Lseek,
+    CopyFileRange,
+}
+
+/// The names of [`FuseOp`] (the `op` label), in its order.
+pub const FUSE_OPS: [&str; 34] = [
+    "lookup",
+    "forget",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "read",
+    "write",
+    "flush",
+    "release",
+    "fsync",
+    "opendir",
+    "readdir",
+    "readdirplus",
+    "releasedir",
+    "fsyncdir",
+    "statfs",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "ioctl",
+    "access",
+    "create",
+    "fallocate",
+    "lseek",
+    "copy_file_range",
+];
+
+/// errnos counted one by one; a larger one is counted in the last slot.
+const ERRNOS: usize = 134;
+
+/// Latency and errors of FUSE requests by kind: one histogram per kind and one atomic
+/// per (kind, errno). No lock: a request adds to one bucket, a failed one to one more.
+#[derive(Debug)]
+pub struct FuseMetrics {
+    latency: Vec<Histogram>,
+    sum_ns: Vec<AtomicU64>,
+    errors: Vec<AtomicU64>,
+}
+
+impl Default for FuseMetrics {
+    fn default() -> Self {
+        Self {
+            latency: (0..FUSE_OPS.len()).map(|_| Histogram::default()).collect(),
+            sum_ns: (0..FUSE_OPS.len()).map(|_| AtomicU64::new(0)).collect(),
+            errors: (0..FUSE_OPS.len() * ERRNOS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+}
+
+/// Times one request from its creation to its drop (after the reply is sent).
+#[must_use = "the request is timed until this is dropped"]
+pub struct RequestTimer<'a> {
+    m: &'a FuseMetrics,
+    op: FuseOp,
+    t: std::time::Instant,
+}
+
+impl Drop for RequestTimer<'_> {
+    fn drop(&mut self) {
+        let ns = self.t.elapsed().as_nanos() as u64;
+        let i = self.op as usize;
+        self.m.latency[i].observe(ns);
+        self.m.sum_ns[i].fetch_add(ns, Relaxed);
+        let e = FAILED.replace(0);
+        if e != 0 {
+            let e = (e.max(0) as usize).min(ERRNOS - 1);
+            self.m.errors[i * ERRNOS + e].fetch_add(1, Relaxed);
+        }
+    }
+}
+
+thread_local! {
+    /// The errno the request being answered on this thread failed with (0: none).
+    static FAILED: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// Notes that the request being answered on this thread failed with `errno` (the
+/// adapter's `fail!` calls it); the request's [`RequestTimer`] counts it when dropped.
+pub fn note_error(errno: i32) {
+    FAILED.set(errno);
+}
+
+impl FuseMetrics {
+    /// Starts timing a request of kind `op`.
+    pub fn timer(&self, op: FuseOp) -> RequestTimer<'_> {
+        FAILED.set(0);
+        RequestTimer {
+            m: self,
+            op,
+            t: std::time::Instant::now(),
+        }
+    }
+
+    /// As JSON members (no braces): `"fuse":{op:{"sum_ns":n,"bN":n}}` with the non-zero buckets
+    /// and `"fuse_errors":{op:{errno name:n}}` with the non-zero counts.
+    pub fn json(&self, s: &mut String) {
+        s.push_str("\"fuse\":{");
+        let mut first = true;
+        for (i, op) in FUSE_OPS.iter().enumerate() {
+            let c = self.latency[i].counts();
+            if c.iter().all(|n| *n == 0) {
+                continue;
+            }
+            let _ = write!(s, "{}\"{op}\":{{", if first { "" } else { "," });
+            first = false;
+            let _ = write!(s, "\"sum_ns\":{}", self.sum_ns[i].load(Relaxed));
+            for (b, n) in c.iter().enumerate().filter(|(_, n)| **n > 0) {
+                let _ = write!(s, ",\"b{b}\":{n}");
+            }
+            s.push('}');
+        }
+        s.push_str("},\"fuse_errors\":{");
+        let mut first = true;
+        for (i, op) in FUSE_OPS.iter().enumerate() {
+            let row = &self.errors[i * ERRNOS..(i + 1) * ERRNOS];
+            if row.iter().all(|n| n.load(Relaxed) == 0) {
+                continue;
+            }
+            let _ = write!(s, "{}\"{op}\":{{", if first { "" } else { "," });
+            first = false;
+            let mut f2 = true;
+            for (e, n) in row.iter().enumerate() {
+                let n = n.load(Relaxed);
+                if n > 0 {
+                    let _ = write!(
+                        s,
+                        "{}\"{}\":{n}",
+                        if f2 { "" } else { "," },
+                        errno_name(e as i32)
+                    );
+                    f2 = false;
+                }
+            }
+            s.push('}');
+        }
+        s.push('}');
+    }
+}
+
+/// The symbolic name of an errno (`ENOENT`), or its number.
+pub fn errno_name(e: i32) -> String {
+    const NAMES: [(i32, &str); 42] = [
+        (libc::EPERM, "EPERM"),
+        (libc::ENOENT, "ENOENT"),
+        (libc::ESRCH, "ESRCH"),
+        (libc::EINTR, "EINTR"),
+        (libc::EIO, "EIO"),
+        (libc::ENXIO, "ENXIO"),
+        (libc::E2BIG, "E2BIG"),
+        (libc::EBADF, "EBADF"),
+        (libc::EAGAIN, "EAGAIN"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::EACCES, "EACCES"),
+        (libc::EFAULT, "EFAULT"),
+        (libc::EBUSY, "EBUSY"),
+        (libc::EEXIST, "EEXIST"),
+        (libc::EXDEV, "EXDEV"),
+        (libc::ENODEV, "ENODEV"),
+        (libc::ENOTDIR, "ENOTDIR"),
+        (libc::EISDIR, "EISDIR"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::ENFILE, "ENFILE"),
+        (libc::EMFILE, "EMFILE"),
+        (libc::ETXTBSY, "ETXTBSY"),
+        (libc::EFBIG, "EFBIG"),
+        (libc::ENOSPC, "ENOSPC"),
+        (libc::ESPIPE, "ESPIPE"),
+        (libc::EROFS, "EROFS"),
+        (libc::EMLINK, "EMLINK"),
+        (libc::EPIPE, "EPIPE"),
+        (libc::ERANGE, "ERANGE"),
+        (libc::EDEADLK, "EDEADLK"),
+        (libc::ENAMETOOLONG, "ENAMETOOLONG"),
+        (libc::ENOLCK, "ENOLCK"),
+        (libc::ENOSYS, "ENOSYS"),
+        (libc::ENOTEMPTY, "ENOTEMPTY"),
+        (libc::ELOOP, "ELOOP"),
+        (libc::ENODATA, "ENODATA"),
+        (libc::EOVERFLOW, "EOVERFLOW"),
+        (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+        (libc::ENOTCONN, "ENOTCONN"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::ESTALE, "ESTALE"),
+        (libc::EDQUOT, "EDQUOT"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == e)
+        .map_or_else(|| e.to_string(), |(_, name)| (*name).to_string())
+}
+
 /// Escapes a label value (backslash, double quote, newline).
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -328,6 +572,42 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
         o.sample(&format!("{h}_sum"), &[("kind", kind)], sum);
         o.sample(&format!("{h}_count"), &[("kind", kind)], cum);
     }
+    let h = "sparsefs_fuse_request_seconds";
+    o.family(
+        h,
+        "histogram",
+        "Latency of FUSE requests in the daemon (decode to reply), by operation.",
+    );
+    for op in FUSE_OPS {
+        let mut cum = 0;
+        for i in 0..BUCKETS {
+            cum += g(&format!("fuse.{op}.b{i}"));
+            let bound = LATENCY_BOUNDS_NS
+                .get(i)
+                .map_or("+Inf".to_string(), |b| le(*b));
+            o.sample(&format!("{h}_bucket"), &[("op", op), ("le", &bound)], cum);
+        }
+        let sum = g(&format!("fuse.{op}.sum_ns")) as f64 / 1e9;
+        o.sample(&format!("{h}_sum"), &[("op", op)], sum);
+        o.sample(&format!("{h}_count"), &[("op", op)], cum);
+    }
+    let e = "sparsefs_fuse_errors_total";
+    o.family(
+        e,
+        "counter",
+        "FUSE requests answered with an error, by operation and errno (non-zero ones only).",
+    );
+    let mut errs: Vec<(&str, &str, u64)> = m
+        .iter()
+        .filter_map(|(k, v)| {
+            let (op, errno) = k.strip_prefix("fuse_errors.")?.split_once('.')?;
+            Some((op, errno, *v))
+        })
+        .collect();
+    errs.sort();
+    for (op, errno, v) in errs {
+        o.sample(e, &[("op", op), ("errno", errno)], v);
+    }
     o.s
 }
 
@@ -540,6 +820,35 @@ mod tests {
         for w in want {
             assert!(t.lines().any(|l| l == w), "missing {w}\n{t}");
         }
+    }
+
+    #[test]
+    fn fuse_requests_are_timed_and_their_errors_counted_by_op_and_errno() {
+        let s = Stats::default();
+        let fail = |op, e| {
+            let _t = s.fuse.timer(op);
+            note_error(e);
+        };
+        fail(FuseOp::Lookup, libc::ENOENT);
+        fail(FuseOp::Lookup, libc::ENOENT);
+        note_error(libc::EIO); // outside any request: not counted
+        drop(s.fuse.timer(FuseOp::Write));
+        fail(FuseOp::Write, libc::ENOSPC);
+        fail(FuseOp::Read, 100_000);
+        let t = render(&s.to_json(), Path::new("/m"), "f");
+        let b = "mount=\"/m\",fsname=\"f\"";
+        for w in [
+            format!("sparsefs_fuse_request_seconds_count{{{b},op=\"lookup\"}} 2"),
+            format!("sparsefs_fuse_request_seconds_bucket{{{b},op=\"lookup\",le=\"+Inf\"}} 2"),
+            format!("sparsefs_fuse_request_seconds_count{{{b},op=\"write\"}} 2"),
+            format!("sparsefs_fuse_request_seconds_count{{{b},op=\"mkdir\"}} 0"),
+            format!("sparsefs_fuse_errors_total{{{b},op=\"lookup\",errno=\"ENOENT\"}} 2"),
+            format!("sparsefs_fuse_errors_total{{{b},op=\"write\",errno=\"ENOSPC\"}} 1"),
+            format!("sparsefs_fuse_errors_total{{{b},op=\"read\",errno=\"133\"}} 1"),
+        ] {
+            assert!(t.lines().any(|l| l == w), "missing {w}\n{t}");
+        }
+        assert_eq!(t.matches("sparsefs_fuse_errors_total{").count(), 3, "{t}");
     }
 
     #[test]

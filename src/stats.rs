@@ -210,6 +210,8 @@ pub struct Stats {
     pub dirty_limit: AtomicU64,
     /// The fd pool's high-water mark (a constant, set at mount; 0 when not set).
     pub fd_high: AtomicU64,
+    /// Latency and errors of FUSE requests, by operation (counted by the adapter).
+    pub fuse: crate::metrics::FuseMetrics,
 }
 
 impl Stats {
@@ -342,7 +344,9 @@ impl Stats {
             }
             s.push('}');
         }
-        s.push_str("}}");
+        s.push_str("},");
+        self.fuse.json(&mut s);
+        s.push('}');
         s
     }
 }
