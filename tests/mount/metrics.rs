@@ -176,6 +176,17 @@ fn value(s: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     hits[0].value
 }
 
+/// As [`value`], 0 when the series is absent (series that exist only once non-zero).
+fn value_or_0(s: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+    let present = s.iter().any(|x| {
+        x.name == name
+            && want
+                .iter()
+                .all(|(k, v)| x.labels.get(*k).map(String::as_str) == Some(*v))
+    });
+    if present { value(s, name, want) } else { 0.0 }
+}
+
 /// Checks every histogram: buckets cumulative and ascending in `le`, `+Inf` equal to
 /// `_count`.
 fn check_histograms(s: &[Sample]) {
@@ -204,15 +215,19 @@ fn check_histograms(s: &[Sample]) {
 
 /// Also parses with the reference parser (prometheus_client) when it is installed.
 fn python_parses(text: &str) {
-    let have = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
+    // The distribution's python3 (python3-prometheus-client) may not be first in PATH.
+    let python = ["python3", "/usr/bin/python3"].into_iter().find(|p| {
+        Command::new(p)
+            .args(["-c", "import prometheus_client"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(python) = python else {
         eprintln!("prometheus_client not installed: reference parse skipped");
         return;
-    }
-    let mut c = Command::new("python3")
+    };
+    let mut c = Command::new(python)
         .args([
             "-c",
             "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
@@ -338,6 +353,20 @@ fn metrics_over_http_count_a_known_workload_exactly_and_parse_strictly() {
     assert!(value(&after, "sparsefs_fd_pool_high_mark", &[]) >= 16.0);
     assert!(d("sparsefs_flushes_total", &[("trigger", "close")]) >= 1.0);
     check_histograms(&after);
+    // Every application write is one timed FUSE write request.
+    assert_eq!(
+        d("sparsefs_fuse_request_seconds_count", &[("op", "write")]),
+        d("sparsefs_app_writes_total", &[])
+    );
+    // A failed lookup is counted by operation and errno (only non-zero series exist).
+    assert!(fs::metadata(m.p("no-such-file")).is_err());
+    let errs = metrics_ok(scrape_tcp(port, "/metrics"));
+    let enoent = [("op", "lookup"), ("errno", "ENOENT")];
+    assert_eq!(
+        value_or_0(&errs, "sparsefs_fuse_errors_total", &enoent)
+            - value_or_0(&after, "sparsefs_fuse_errors_total", &enoent),
+        1.0
+    );
 
     // Anything but /metrics is 404; the listener keeps serving after it.
     let (status, _, _) = scrape_tcp(port, "/");
