@@ -720,7 +720,8 @@ pub fn spawn(
 }
 
 /// Reads one request head (up to 8 KiB) and answers it: 200 with the metrics for
-/// `GET /metrics` (a query string is ignored), 405 for another method, 404 otherwise.
+/// `GET /metrics` (a query string is ignored; `HEAD` gets its headers), 405 for another
+/// method, 404 otherwise.
 fn answer(mut s: impl Read + Write, render: &impl Fn() -> String) -> io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
@@ -735,6 +736,8 @@ fn answer(mut s: impl Read + Write, render: &impl Fn() -> String) -> io::Result<
         }
     }
     let (status, body) = route(&head, render);
+    // HEAD: the headers GET would send (Content-Length included), no body.
+    let head_only = head.starts_with(b"HEAD ");
     let ctype = if status == "200 OK" {
         "text/plain; version=0.0.4; charset=utf-8"
     } else {
@@ -745,7 +748,9 @@ fn answer(mut s: impl Read + Write, render: &impl Fn() -> String) -> io::Result<
         body.len()
     );
     s.write_all(resp.as_bytes())?;
-    s.write_all(body.as_bytes())?;
+    if !head_only {
+        s.write_all(body.as_bytes())?;
+    }
     s.flush()
 }
 
@@ -761,11 +766,7 @@ fn route(head: &[u8], render: &impl Fn() -> String) -> (&'static str, String) {
     if method != "GET" && method != "HEAD" {
         return ("405 Method Not Allowed", "only GET\n".into());
     }
-    let body = render();
-    if method == "HEAD" {
-        return ("200 OK", String::new());
-    }
-    ("200 OK", body)
+    ("200 OK", render())
 }
 
 #[cfg(test)]
@@ -866,6 +867,31 @@ mod tests {
             "405 Method Not Allowed"
         );
         assert_eq!(route(b"", &r).0, "404 Not Found");
+        let mut resp = Vec::new();
+        let mut s = Duplex(&b"HEAD /metrics HTTP/1.0\r\n\r\n"[..], &mut resp);
+        answer(&mut s, &r).unwrap();
+        let resp = String::from_utf8(resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.0 200 OK\r\n"), "{resp}");
+        assert!(resp.contains("Content-Length: 4\r\n"), "{resp}");
+        assert!(resp.ends_with("\r\n\r\n"), "no body: {resp}");
+    }
+
+    /// A stream that reads from one buffer and writes to another.
+    struct Duplex<'a>(&'a [u8], &'a mut Vec<u8>);
+
+    impl Read for Duplex<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for Duplex<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.1.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]
