@@ -44,8 +44,12 @@ pub enum Cmd {
         /// The mount point.
         mountpoint: PathBuf,
         /// Print JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "prometheus")]
         json: bool,
+        /// Print the Prometheus text format (0.0.4) once, as `--metrics` serves it (for
+        /// node_exporter's textfile collector).
+        #[arg(long, conflicts_with = "watch")]
+        prometheus: bool,
         /// Refresh every N seconds.
         #[arg(long, value_name = "SECS")]
         watch: Option<f64>,
@@ -125,13 +129,14 @@ pub struct MountArgs {
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
     /// read_ahead=SIZE, map_store=xattr|sidecar|none, cache_writes, no_passthrough, no_dir_cache,
-    /// inode_handles=auto|always|never, max_fds=N,
+    /// inode_handles=auto|always|never, max_fds=N, metrics=ADDR,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
     /// subtype=NAME, and fstab-only ones that are ignored (defaults, _netdev, nofail,
     /// noauto, auto, user, users, x-*).
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
-    /// Unit of zero detection and hole creation: a power of two from 4K to 64M.
+    /// Unit of zero detection and hole creation: a power of two from 4K to 64M (default
+    /// 32K).
     #[arg(long, value_name = "SIZE")]
     pub sparse_block: Option<String>,
     /// Largest backend write, a multiple of the sparse block (default 4M).
@@ -188,9 +193,13 @@ pub struct MountArgs {
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Log to this file when running in the background.
+    /// Log to this file when running in the background (default: none, logs are dropped).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on `GET /metrics` at ADDR: IP:PORT (`127.0.0.1:9464`,
+    /// `[::1]:9464`) or unix:PATH (default: off). No authentication: prefer loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// Who may use the mount besides its owner.
@@ -254,6 +263,8 @@ pub struct MountConfig {
     pub verbose: u8,
     /// Log file.
     pub log_file: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`None`: off).
+    pub metrics: Option<crate::metrics::MetricsAddr>,
 }
 
 /// A usage error: printed as one line, exit status 2, nothing mounted.
@@ -365,6 +376,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut inode_handles = a.inode_handles.clone();
     let mut max_fds = a.max_fds;
     let mut map_store = a.map_store.clone();
+    let mut metrics = a.metrics.clone();
     let mut access = if a.allow_other {
         Access::All
     } else {
@@ -391,6 +403,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             "dirty_age" => dirty_age = Some(need(v)?),
             "read_ahead" => read_ahead = Some(need(v)?),
             "map_store" => map_store = Some(need(v)?),
+            "metrics" => metrics = Some(need(v)?),
             "threads" => {
                 threads = Some(need(v)?.parse().map_err(|_| {
                     UsageError(format!(
@@ -498,6 +511,11 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     }
     // More request threads than cores only adds wake-up latency (measured: 4 threads on
     // 2 cores made create+stat+unlink 2.5x slower than 2).
+    let metrics = metrics
+        .as_deref()
+        .map(crate::metrics::MetricsAddr::parse)
+        .transpose()
+        .or_else(usage)?;
     let threads = threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)));
     if !(1..=256).contains(&threads) {
@@ -555,6 +573,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         foreground: a.foreground,
         verbose: a.verbose,
         log_file: a.log_file.clone(),
+        metrics,
     })
 }
 

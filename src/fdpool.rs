@@ -72,12 +72,18 @@ impl Drop for Pin {
     }
 }
 
+/// The high-water mark of [`FdPool::for_limit`]: the fd limit less an eighth (at least
+/// 32, at most 1024) kept for the daemon's own use, and at least 16.
+pub fn high_for_limit(limit: u64) -> u64 {
+    let reserve = (limit / 8).clamp(32, 1024);
+    limit.saturating_sub(reserve).max(16)
+}
+
 impl FdPool {
     /// A pool for a daemon whose fd limit is `limit`: an eighth (at least 32, at most
     /// 1024) is kept for the daemon's own use; the low mark is three quarters of the high.
     pub fn for_limit(limit: u64) -> Arc<Self> {
-        let reserve = (limit / 8).clamp(32, 1024);
-        let high = limit.saturating_sub(reserve).max(16);
+        let high = high_for_limit(limit);
         Self::with_marks(high, high * 3 / 4)
     }
 

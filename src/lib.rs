@@ -36,6 +36,7 @@ pub mod ids;
 pub mod inodes;
 pub mod lock;
 pub mod mapfile;
+pub mod metrics;
 pub mod mountinfo;
 pub mod node;
 pub mod persist;

@@ -58,8 +58,14 @@ fn main() -> ExitCode {
         }
         Cmd::Stats {
             mountpoint,
+            prometheus: true,
+            ..
+        } => report(sparsefs::daemon::stats_prometheus(&mountpoint)),
+        Cmd::Stats {
+            mountpoint,
             json,
             watch,
+            ..
         } => report(sparsefs::daemon::stats(&mountpoint, json, watch)),
         Cmd::Gc {
             root,

@@ -204,6 +204,14 @@ pub struct Stats {
     pub dir_listings: AtomicU64,
     /// opendirs that let the kernel keep its cached listing.
     pub dir_cache_kept: AtomicU64,
+    /// Latency histogram of each backend call kind (indexed by [`Op`]).
+    pub latency: [crate::metrics::Histogram; OPS.len()],
+    /// The mount-wide dirty limit (a constant, set at mount; 0 when not set).
+    pub dirty_limit: AtomicU64,
+    /// The fd pool's high-water mark (a constant, set at mount; 0 when not set).
+    pub fd_high: AtomicU64,
+    /// Latency and errors of FUSE requests, by operation (counted by the adapter).
+    pub fuse: crate::metrics::FuseMetrics,
 }
 
 impl Stats {
@@ -213,6 +221,7 @@ impl Stats {
         c.calls.fetch_add(1, Relaxed);
         c.bytes.fetch_add(bytes, Relaxed);
         c.nanos.fetch_add(nanos, Relaxed);
+        self.latency[op as usize].observe(nanos);
         if !ok {
             c.errors.fetch_add(1, Relaxed);
         }
@@ -271,7 +280,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -289,6 +298,8 @@ impl Stats {
             g(&self.passthrough_writers),
             g(&self.dir_listings),
             g(&self.dir_cache_kept),
+            g(&self.dirty_limit),
+            g(&self.fd_high),
         );
         for (i, op) in OPS.iter().enumerate() {
             let c = &self.ops[*op as usize];
@@ -325,7 +336,17 @@ impl Stats {
                 g(&self.flushes[*t as usize])
             );
         }
-        s.push_str("}}");
+        s.push_str("},\"latency\":{");
+        for (i, op) in OPS.iter().enumerate() {
+            let _ = write!(s, "{}\"{}\":{{", if i > 0 { "," } else { "" }, op.name());
+            for (b, n) in self.latency[*op as usize].counts().iter().enumerate() {
+                let _ = write!(s, "{}\"b{b}\":{n}", if b > 0 { "," } else { "" });
+            }
+            s.push('}');
+        }
+        s.push_str("},");
+        self.fuse.json(&mut s);
+        s.push('}');
         s
     }
 }
@@ -386,6 +407,17 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", U[i])
+    }
+}
+
+/// A latency bucket bound for people (`≤50µs`, `≤2.5ms`, `>10s`; `-` for none).
+fn human_secs(b: Option<f64>) -> String {
+    match b {
+        None => "-".into(),
+        Some(s) if s.is_infinite() => ">10s".into(),
+        Some(s) if s < 1e-3 => format!("≤{}µs", (s * 1e6).round()),
+        Some(s) if s < 1.0 => format!("≤{}ms", (s * 1e4).round() / 10.0),
+        Some(s) => format!("≤{s}s"),
     }
 }
 
@@ -450,7 +482,7 @@ pub fn table_from_json(json: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "backend calls            calls        bytes   avg µs  errors"
+        "backend calls            calls        bytes   avg µs  errors      p50      p99"
     );
     for op in OPS {
         let n = op.name();
@@ -461,14 +493,18 @@ pub fn table_from_json(json: &str) -> String {
         } else {
             0.0
         };
+        let counts = crate::metrics::latency_counts(&m, n);
+        let q = |q| human_secs(crate::metrics::quantile_bound(&counts, q));
         let _ = writeln!(
             s,
-            "  {:<14} {:>12} {:>12} {:>8.1} {:>7}",
+            "  {:<14} {:>12} {:>12} {:>8.1} {:>7} {:>8} {:>8}",
             n,
             calls,
             human(g(&format!("backend.{n}.bytes"))),
             avg,
-            g(&format!("backend.{n}.errors"))
+            g(&format!("backend.{n}.errors")),
+            q(0.5),
+            q(0.99)
         );
     }
     let _ = write!(s, "backend metadata calls");
@@ -506,6 +542,11 @@ mod tests {
         assert!(flat.contains(&("flushes.close".into(), 0)), "{flat:?}");
         let t = table_from_json(&s.to_json());
         assert!(t.contains("7 B in 0 calls"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.trim_start().starts_with("write") && l.ends_with("≤10µs    ≤10µs")),
+            "p50/p99 of the write latency: {t}"
+        );
         assert!(
             t.lines()
                 .any(|l| l.trim_start().starts_with("write") && l.contains("4.0 KiB")),

@@ -23,6 +23,8 @@ mod images;
 mod kernel_cache;
 #[path = "mount/maps.rs"]
 mod maps;
+#[path = "mount/metrics.rs"]
+mod metrics;
 #[path = "mount/posix.rs"]
 mod posix;
 #[path = "mount/resources.rs"]

@@ -138,24 +138,45 @@ fn zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// The stats JSON of the mount at `mp`, read from its daemon through the stats xattr.
+fn read_stats(mp: &Path) -> Result<String, String> {
+    let name = std::ffi::CString::new(STATS_XATTR).expect("no NUL");
+    let raw = sys::getxattr_path(mp, &name).map_err(|e| match e.raw_os_error() {
+        Some(libc::EACCES) => format!(
+            "{}: only the mount's owner or root may read its stats",
+            mp.display()
+        ),
+        Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
+            format!("{} is not a sparsefs mount", mp.display())
+        }
+        _ => format!("{}: {e}", mp.display()),
+    })?;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// `sparsefs stats --prometheus`: the counters once in the Prometheus text format, the
+/// same text `--metrics` serves (labels: the canonical mount point and the mount's
+/// source as /proc/self/mountinfo shows it, which is its fsname).
+///
+/// # Errors
+/// A one-line message.
+pub fn stats_prometheus(mp: &Path) -> Result<(), String> {
+    let json = read_stats(mp)?;
+    let canon = std::fs::canonicalize(mp).map_err(|e| format!("{}: {e}", mp.display()))?;
+    let fsname = crate::mountinfo::find(&canon)
+        .map(|m| m.source)
+        .unwrap_or_default();
+    print!("{}", crate::metrics::render(&json, &canon, &fsname));
+    Ok(())
+}
+
 /// `sparsefs stats`: reads the counters from the running daemon.
 ///
 /// # Errors
 /// A one-line message.
 pub fn stats(mp: &Path, json: bool, watch: Option<f64>) -> Result<(), String> {
-    let name = std::ffi::CString::new(STATS_XATTR).expect("no NUL");
     loop {
-        let raw = sys::getxattr_path(mp, &name).map_err(|e| match e.raw_os_error() {
-            Some(libc::EACCES) => format!(
-                "{}: only the mount's owner or root may read its stats",
-                mp.display()
-            ),
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
-                format!("{} is not a sparsefs mount", mp.display())
-            }
-            _ => format!("{}: {e}", mp.display()),
-        })?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
+        let text = read_stats(mp)?;
         if json {
             println!("{text}");
         } else {

@@ -4,7 +4,7 @@
 mod commands;
 mod exit;
 
-pub use commands::{stats, umount, umount_force};
+pub use commands::{stats, stats_prometheus, umount, umount_force};
 pub use exit::{ExitProgress, judge};
 use exit::{exit_watch, wedge_after};
 
@@ -12,6 +12,7 @@ use crate::cli::{Access, MountConfig};
 use crate::file::Geometry;
 use crate::fs::{FsConfig, STATS_XATTR, SparseFs};
 use crate::fuse_adapter::Adapter;
+use crate::ids::Ino;
 use crate::stats::Stats;
 use crate::sys;
 use fuser::{Config, MountOption, SessionACL};
@@ -229,6 +230,21 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
         }
     };
     let caps = fs.caps();
+    // Bound before the mount, so a bad or busy address fails with nothing mounted and a
+    // scraper that connects as soon as the mount appears waits in the backlog.
+    let metrics = match cfg.metrics.as_ref().map(|a| (a, crate::metrics::bind(a))) {
+        None => None,
+        Some((_, Ok(l))) => Some(l),
+        Some((a, Err(e))) => return fail(format!("cannot serve metrics on {a}: {e}")),
+    };
+    fs.stats()
+        .dirty_limit
+        .store(cfg.max_dirty, std::sync::atomic::Ordering::Relaxed);
+    fs.stats().fd_high.store(
+        cfg.max_fds
+            .unwrap_or_else(|| crate::fdpool::high_for_limit(sys::nofile_limit())),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (session, mut unmounter) = match mount(cfg, Adapter::new(fs.clone())) {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot mount on {}: {e}", cfg.mountpoint.display())),
@@ -267,6 +283,23 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
         })
         .expect("spawn signal thread");
     fs.start();
+    if let Some(l) = metrics {
+        // The same path as `sparsefs stats`: the stats xattr's answer (atomics, and the
+        // inode table's size under its read lock for a moment), on the metrics thread.
+        let fs = fs.clone();
+        let (mp, fsname) = (cfg.mountpoint.clone(), cfg.fsname.clone());
+        let root = crate::fs::Caller { uid: 0, gid: 0 };
+        let render = move || {
+            let json = fs
+                .getxattr(Ino::ROOT, std::ffi::OsStr::new(STATS_XATTR), 0, root)
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            crate::metrics::render(&json, &mp, &fsname)
+        };
+        if let Err(e) = crate::metrics::spawn(l, render) {
+            error!(error = %e, "cannot start the metrics thread");
+        }
+    }
     if cfg.read_ahead > 0 {
         set_read_ahead(&cfg.mountpoint, cfg.read_ahead);
     }

@@ -2,6 +2,7 @@
 //! and logs errors. The only module that sees fuser's `Request`/`Reply` types.
 
 use crate::fs::{Caller, Fh, Ino, MakeToken, Opened, PassToken, SetAttr, SparseFs};
+use crate::metrics::FuseOp;
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
@@ -29,10 +30,12 @@ macro_rules! fail {
                     warn_fd_limit();
                 }
                 debug!(op = $op, errno = code, "{}", e);
+                $crate::metrics::note_error(code);
                 $reply.error(Errno::from_i32(code));
             }
             None => {
                 error!(op = $op, "error without errno: {}", e);
+                $crate::metrics::note_error(libc::EIO);
                 $reply.error(Errno::EIO);
             }
         }
@@ -124,6 +127,7 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Lookup);
         match self.fs.lookup(Ino(parent.0), name) {
             Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("lookup", reply, e),
@@ -131,10 +135,12 @@ impl Filesystem for Adapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Forget);
         self.fs.forget(Ino(ino.0), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Getattr);
         match self.fs.getattr(Ino(ino.0)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => fail!("getattr", reply, e),
@@ -159,6 +165,7 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Setattr);
         let a = SetAttr {
             mode,
             uid,
@@ -174,6 +181,7 @@ impl Filesystem for Adapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Readlink);
         match self.fs.readlink(Ino(ino.0)) {
             Ok(t) => reply.data(t.as_encoded_bytes()),
             Err(e) => fail!("readlink", reply, e),
@@ -190,6 +198,7 @@ impl Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Mknod);
         match self
             .fs
             .mknod(Ino(parent.0), name, mode, umask, rdev, caller(req))
@@ -208,6 +217,7 @@ impl Filesystem for Adapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Mkdir);
         match self.fs.mkdir(Ino(parent.0), name, mode, umask, caller(req)) {
             Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("mkdir", reply, e),
@@ -215,6 +225,7 @@ impl Filesystem for Adapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Unlink);
         match self.fs.unlink(Ino(parent.0), name) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("unlink", reply, e),
@@ -222,6 +233,7 @@ impl Filesystem for Adapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Rmdir);
         match self.fs.rmdir(Ino(parent.0), name) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("rmdir", reply, e),
@@ -236,6 +248,7 @@ impl Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Symlink);
         match self
             .fs
             .symlink(Ino(parent.0), link_name, target, caller(req))
@@ -255,6 +268,7 @@ impl Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Rename);
         match self
             .fs
             .rename(Ino(parent.0), name, Ino(newparent.0), newname, flags.bits())
@@ -272,6 +286,7 @@ impl Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Link);
         match self.fs.link(Ino(ino.0), Ino(newparent.0), newname) {
             Ok(e) => reply.entry(&TTL, &attr(&e.attr), Generation(e.generation)),
             Err(e) => fail!("link", reply, e),
@@ -279,6 +294,7 @@ impl Filesystem for Adapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Open);
         let fl = open_flags(flags);
         let r = {
             // Registration needs this request's reply; the core decides whether to ask.
@@ -305,6 +321,7 @@ impl Filesystem for Adapter {
         _lo: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Read);
         match self.fs.read(Fh(fh.0), offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => fail!("read", reply, e),
@@ -323,6 +340,7 @@ impl Filesystem for Adapter {
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Write);
         let clear_setid = wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self
             .fs
@@ -346,6 +364,7 @@ impl Filesystem for Adapter {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Flush);
         match self.fs.flush(Fh(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("flush", reply, e),
@@ -362,6 +381,7 @@ impl Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Release);
         match self.fs.release(Fh(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => {
@@ -379,6 +399,7 @@ impl Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Fsync);
         match self.fs.fsync(Fh(fh.0), datasync) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("fsync", reply, e),
@@ -386,6 +407,7 @@ impl Filesystem for Adapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Opendir);
         match self.fs.opendir(Ino(ino.0)) {
             Ok((fh, c)) => {
                 let mut f = FopenFlags::empty();
@@ -409,6 +431,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Readdir);
         match self.fs.readdir(Fh(fh.0)) {
             Ok(entries) => {
                 for (i, e) in entries.iter_from(offset as usize) {
@@ -430,6 +453,7 @@ impl Filesystem for Adapter {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Readdirplus);
         self.send_dir_plus(ino, fh, offset, reply);
     }
 
@@ -441,6 +465,7 @@ impl Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Releasedir);
         self.fs.releasedir(Fh(fh.0));
         reply.ok();
     }
@@ -453,6 +478,7 @@ impl Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Fsyncdir);
         match self.fs.fsyncdir(Ino(ino.0), datasync) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("fsyncdir", reply, e),
@@ -460,6 +486,7 @@ impl Filesystem for Adapter {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Statfs);
         match self.fs.statfs(Ino(ino.0)) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -485,6 +512,7 @@ impl Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Setxattr);
         match self.fs.setxattr(Ino(ino.0), name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("setxattr", reply, e),
@@ -492,6 +520,7 @@ impl Filesystem for Adapter {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Getxattr);
         match self.fs.getxattr(Ino(ino.0), name, size, caller(req)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -500,6 +529,7 @@ impl Filesystem for Adapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Listxattr);
         match self.fs.listxattr(Ino(ino.0), size) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -508,6 +538,7 @@ impl Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Removexattr);
         match self.fs.removexattr(Ino(ino.0), name) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("removexattr", reply, e),
@@ -528,10 +559,13 @@ impl Filesystem for Adapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Ioctl);
+        crate::metrics::note_error(libc::ENOTTY);
         reply.error(Errno::ENOTTY);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Access);
         match self.fs.access(Ino(ino.0), mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("access", reply, e),
@@ -548,6 +582,7 @@ impl Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Create);
         match self
             .fs
             .create(Ino(parent.0), name, mode, umask, flags, caller(req))
@@ -583,6 +618,7 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Fallocate);
         match self.fs.fallocate(Fh(fh.0), offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => fail!("fallocate", reply, nosys_to_notsup(e)),
@@ -598,6 +634,7 @@ impl Filesystem for Adapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::Lseek);
         match self.fs.lseek(Fh(fh.0), offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => fail!("lseek", reply, nosys_to_notsup(e)),
@@ -617,6 +654,7 @@ impl Filesystem for Adapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _t = self.fs.stats().fuse.timer(FuseOp::CopyFileRange);
         match self.fs.copy_file_range(
             Fh(fh_in.0),
             offset_in,

@@ -208,3 +208,37 @@ fn fstab_style_mount_through_mount_fuse3_works() {
     assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
     assert_eq!(allocated(&b.path().join("z")), 0);
 }
+
+#[test]
+fn mount_help_shows_the_default_of_every_option_that_takes_a_value() {
+    let out = run(&["mount", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    // Each option's paragraph: from its `--name <VALUE>` line to the next option.
+    let mut paragraphs: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if t.starts_with('-') {
+            paragraphs.push((t.to_string(), format!("{t} ")));
+        } else if let Some(p) = paragraphs.last_mut() {
+            p.1.push_str(t);
+            p.1.push(' ');
+        }
+    }
+    let valued: Vec<_> = paragraphs
+        .iter()
+        .filter(|(head, _)| head.contains(" <") && !head.starts_with("-o"))
+        .collect();
+    assert!(valued.len() >= 10, "{paragraphs:?}");
+    let block = valued
+        .iter()
+        .find(|(head, _)| head.starts_with("--sparse-block"))
+        .expect("--sparse-block");
+    assert!(block.1.contains("(default 32K)"), "{}", block.1);
+    for (head, text) in valued {
+        assert!(
+            text.contains("default"),
+            "no default shown for {head}: {text}"
+        );
+    }
+}
