@@ -6,6 +6,7 @@ use crate::extents::RangeSet;
 use crate::persist::{MapStore, Persist};
 use crate::sys;
 use crate::zero::is_zero;
+use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::File;
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -169,7 +170,7 @@ fn zero_blocks(
     p: &Path,
     size: u64,
     block: u64,
-    tty: bool,
+    bar: &ProgressBar,
 ) -> Result<(RangeSet, RangeSet), String> {
     let mut data = RangeSet::new();
     let mut zero_runs = RangeSet::new();
@@ -192,22 +193,41 @@ fn zero_blocks(
             }
         }
         off += n as u64;
-        progress(p, off, size, tty);
+        bar.inc(n as u64);
     }
-    if tty {
-        eprint!("\r");
-    }
+    // A file that shrank while read: the bar counts its whole size.
+    bar.inc(size.saturating_sub(off));
+    let _ = p;
     Ok((data, zero_runs))
 }
 
-fn progress(p: &Path, off: u64, size: u64, tty: bool) {
-    if tty {
-        eprint!(
-            "\r{}: {:>5.1}%",
-            p.display(),
-            off as f64 * 100.0 / size.max(1) as f64
-        );
+/// The progress bar of a scan over `files` (bytes of all of them, rate, ETA; the file and
+/// its number in the message), drawn on stderr only when it is a terminal: scripts see
+/// only the per-file lines and the summary on stdout.
+fn scan_bar(files: &[PathBuf]) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
     }
+    let total = files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} {wide_msg} [{bar:24}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Starts file `i` of `n` on `bar`.
+fn bar_file(bar: &ProgressBar, i: usize, n: usize, p: &Path) {
+    bar.set_prefix(format!("{}/{n}", i + 1));
+    bar.set_message(p.display().to_string());
 }
 
 /// Opens a file to scan (read-write when it will be dug); returns it with its size.
@@ -254,9 +274,10 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
     for p in paths {
         collect(p, &mut files)?;
     }
-    let tty = std::io::stderr().is_terminal();
+    let bar = scan_bar(&files);
     let (mut total, mut total_zero, mut punched) = (0u64, 0u64, 0u64);
-    for p in &files {
+    for (i, p) in files.iter().enumerate() {
+        bar_file(&bar, i, files.len(), p);
         let canon = std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?;
         if !canon.starts_with(&root_canon) {
             return Err(format!(
@@ -266,7 +287,7 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
             ));
         }
         let (f, size) = open_for_scan(p, o)?;
-        let (data, zero_runs) = zero_blocks(&f, p, size, o.block, tty)?;
+        let (data, zero_runs) = zero_blocks(&f, p, size, o.block, &bar)?;
         let zero = zero_runs.total();
         total += size;
         total_zero += zero;
@@ -289,15 +310,18 @@ pub fn scan(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
                     .map_err(|e| format!("{}: storing the map: {e}", p.display()))?;
             }
         }
-        println!(
-            "{}: {} data in {} extents, {} in zero blocks{}",
-            p.display(),
-            human(size - zero),
-            data.len(),
-            human(zero),
-            if o.dry_run { " (dry run)" } else { "" }
-        );
+        bar.suspend(|| {
+            println!(
+                "{}: {} data in {} extents, {} in zero blocks{}",
+                p.display(),
+                human(size - zero),
+                data.len(),
+                human(zero),
+                if o.dry_run { " (dry run)" } else { "" }
+            );
+        });
     }
+    bar.finish_and_clear();
     println!(
         "scanned {} files, {}: {} in zero blocks{}",
         files.len(),
@@ -325,13 +349,14 @@ fn scan_mounted(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
     for p in paths {
         collect(p, &mut files)?;
     }
-    let tty = std::io::stderr().is_terminal();
+    let bar = scan_bar(&files);
     let name = std::ffi::CString::new(crate::fs::SCAN_XATTR).expect("no NUL");
     let (mut total, mut total_zero) = (0u64, 0u64);
-    for p in &files {
+    for (i, p) in files.iter().enumerate() {
+        bar_file(&bar, i, files.len(), p);
         let (f, size) = open_for_scan(p, o)?;
         let (data, extents) = if o.dry_run {
-            let (data, _) = zero_blocks(&f, p, size, o.block, tty)?;
+            let (data, _) = zero_blocks(&f, p, size, o.block, &bar)?;
             (data.total(), data.len())
         } else {
             let mut off = 0u64;
@@ -352,26 +377,26 @@ fn scan_mounted(paths: &[PathBuf], o: &ScanOpts) -> Result<(), String> {
                     }
                 })?;
                 off += len;
-                progress(p, off, size, tty);
+                bar.inc(len);
             }
             let runs = data_runs(&f, size);
             (runs.iter().map(|(s, e)| e - s).sum(), runs.len())
         };
-        if tty {
-            eprint!("\r");
-        }
         let zero = size - data.min(size);
         total += size;
         total_zero += zero;
-        println!(
-            "{}: {} data in {} extents, {} in holes or zero blocks{}",
-            p.display(),
-            human(data),
-            extents,
-            human(zero),
-            if o.dry_run { " (dry run)" } else { "" }
-        );
+        bar.suspend(|| {
+            println!(
+                "{}: {} data in {} extents, {} in holes or zero blocks{}",
+                p.display(),
+                human(data),
+                extents,
+                human(zero),
+                if o.dry_run { " (dry run)" } else { "" }
+            );
+        });
     }
+    bar.finish_and_clear();
     println!(
         "scanned {} files through the mount, {}: {} in holes or zero blocks{}",
         files.len(),
@@ -418,7 +443,22 @@ pub fn gc(root: &Path, dry_run: bool, min_age: std::time::Duration) -> Result<()
     let started = std::time::SystemTime::now();
     let mut live = std::collections::HashSet::new();
     let mut stack = vec![root.to_path_buf()];
+    // The walk's progress (files and directories seen, rate) on a terminal only.
+    let bar = if std::io::stderr().is_terminal() {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} walking the tree: {pos} files, {per_sec} {wide_msg}",
+            )
+            .expect("a valid template"),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
     while let Some(d) = stack.pop() {
+        bar.set_message(d.display().to_string());
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
         };
@@ -436,9 +476,11 @@ pub fn gc(root: &Path, dry_run: bool, min_age: std::time::Duration) -> Result<()
                 stack.push(e.path());
             } else if md.is_file() {
                 live.insert(md.ino());
+                bar.inc(1);
             }
         }
     }
+    bar.finish_and_clear();
     let (mut kept, mut removed) = (0u64, 0u64);
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
