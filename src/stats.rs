@@ -421,6 +421,49 @@ fn human_secs(b: Option<f64>) -> String {
     }
 }
 
+/// What `stats --watch` adds after the first sample: the rates per second between two
+/// samples (flattened as by [`flatten_json`]) of the counters that move, and of all
+/// backend calls together.
+pub fn rates(prev: &[(String, u64)], now: &[(String, u64)], dt: std::time::Duration) -> String {
+    let secs = dt.as_secs_f64().max(1e-3);
+    let before: std::collections::HashMap<&str, u64> =
+        prev.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let delta = |k: &str, v: u64| v.saturating_sub(before.get(k).copied().unwrap_or(0));
+    let mut s = String::new();
+    let _ = writeln!(s, "per second over the last {secs:.1} s:");
+    for (key, label, bytes) in [
+        ("app_write_bytes", "application writes", true),
+        ("app_read_bytes", "application reads", true),
+        ("zero_bytes_elided", "zero bytes elided", true),
+        ("bytes_punched", "old data punched", true),
+        ("hole_read_bytes", "reads served by holes", true),
+        ("seeks_from_index", "seeks from the index", false),
+    ] {
+        if let Some((_, v)) = now.iter().find(|(k, _)| k == key) {
+            let d = delta(key, *v) as f64 / secs;
+            let shown = if bytes {
+                format!("{}/s", human(d as u64))
+            } else {
+                format!("{d:.0}/s")
+            };
+            let _ = writeln!(s, "  {label:<22}{shown:>12}");
+        }
+    }
+    let calls: f64 = now
+        .iter()
+        .filter(|(k, _)| k.starts_with("backend.") && k.ends_with(".calls"))
+        .map(|(k, v)| delta(k, *v) as f64)
+        .sum::<f64>()
+        / secs;
+    let _ = writeln!(
+        s,
+        "  {:<22}{:>12}",
+        "backend calls",
+        format!("{calls:.0}/s")
+    );
+    s
+}
+
 /// Renders the JSON of [`Stats::to_json`] (as read from a daemon) as a table for people.
 pub fn table_from_json(json: &str) -> String {
     let m: std::collections::HashMap<String, u64> = flatten_json(json).into_iter().collect();
@@ -526,6 +569,28 @@ pub fn table_from_json(json: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn watch_rates_are_deltas_per_second_and_backend_calls_are_summed() {
+        let prev = vec![
+            ("app_write_bytes".to_string(), 1 << 20),
+            ("backend.write.calls".to_string(), 10),
+            ("meta.stat.calls".to_string(), 5),
+        ];
+        let now = vec![
+            ("app_write_bytes".to_string(), 5 << 20),
+            ("backend.write.calls".to_string(), 30),
+            ("backend.fsync.calls".to_string(), 2),
+            ("meta.stat.calls".to_string(), 500),
+        ];
+        let r = super::rates(&prev, &now, std::time::Duration::from_secs(2));
+        assert!(r.contains("per second over the last 2.0 s"), "{r}");
+        assert!(
+            r.contains("application writes") && r.contains("2.0 MiB/s"),
+            "{r}"
+        );
+        assert!(r.contains("backend calls") && r.contains("11/s"), "{r}");
+    }
+
     use super::*;
 
     #[test]

@@ -175,13 +175,19 @@ pub fn stats_prometheus(mp: &Path) -> Result<(), String> {
 /// # Errors
 /// A one-line message.
 pub fn stats(mp: &Path, json: bool, watch: Option<f64>) -> Result<(), String> {
+    let mut last: Option<(std::time::Instant, Vec<(String, u64)>)> = None;
     loop {
         let text = read_stats(mp)?;
+        let now = (std::time::Instant::now(), crate::stats::flatten_json(&text));
         if json {
             println!("{text}");
         } else {
             print!("{}", crate::stats::table_from_json(&text));
+            if let Some(prev) = &last {
+                print!("{}", crate::stats::rates(&prev.1, &now.1, now.0 - prev.0));
+            }
         }
+        last = Some(now);
         match watch {
             Some(s) if s > 0.0 => std::thread::sleep(std::time::Duration::from_secs_f64(s)),
             _ => return Ok(()),
