@@ -390,7 +390,7 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             escape(fsname)
         ),
     };
-    let counters: [(&str, &str, &str); 13] = [
+    let counters: [(&str, &str, &str); 17] = [
         (
             "sparsefs_app_written_bytes_total",
             "app_write_bytes",
@@ -456,11 +456,36 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             "dir_cache_kept",
             "opendirs that let the kernel keep its cached listing.",
         ),
+        (
+            "sparsefs_maps_stored_total",
+            "maps_stored",
+            "Extent maps stored with files.",
+        ),
+        (
+            "sparsefs_maps_loaded_total",
+            "maps_loaded",
+            "Stored extent maps loaded at open.",
+        ),
+        (
+            "sparsefs_maps_stale_total",
+            "maps_stale",
+            "Stored extent maps found stale at open (file treated as data).",
+        ),
+        (
+            "sparsefs_maps_refused_total",
+            "maps_refused",
+            "Stored extent maps refused as damaged or foreign.",
+        ),
     ];
     for (name, key, help) in counters {
         o.one(name, "counter", help, g(key));
     }
-    let gauges: [(&str, u64, &str); 7] = [
+    let gauges: [(&str, u64, &str); 8] = [
+        (
+            "sparsefs_open_handles",
+            g("open_handles"),
+            "Open file and directory handles now.",
+        ),
         (
             "sparsefs_dirty_bytes",
             g("dirty_bytes"),

@@ -196,6 +196,16 @@ pub struct Stats {
     /// Inodes the kernel knows through this mount now, each holding one `O_PATH` fd (a
     /// gauge, set when the stats are read).
     pub inodes: AtomicU64,
+    /// Open file and directory handles now (a gauge).
+    pub open_handles: AtomicU64,
+    /// Extent maps stored with files (at close, by scan).
+    pub maps_stored: AtomicU64,
+    /// Stored maps loaded at open (they described the file as it is).
+    pub maps_loaded: AtomicU64,
+    /// Stored maps found stale at open (the file changed since; treated as data).
+    pub maps_stale: AtomicU64,
+    /// Stored maps refused as damaged or foreign (a warning each; treated as data).
+    pub maps_refused: AtomicU64,
     /// Opens served by kernel passthrough (the kernel reads the backend file itself).
     pub passthrough_opens: AtomicU64,
     /// Of which writable (a writer joining passthrough readers of the same file).
@@ -280,7 +290,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"open_handles\":{},\"maps_stored\":{},\"maps_loaded\":{},\"maps_stale\":{},\"maps_refused\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -300,6 +310,11 @@ impl Stats {
             g(&self.dir_cache_kept),
             g(&self.dirty_limit),
             g(&self.fd_high),
+            g(&self.open_handles),
+            g(&self.maps_stored),
+            g(&self.maps_loaded),
+            g(&self.maps_stale),
+            g(&self.maps_refused),
         );
         for (i, op) in OPS.iter().enumerate() {
             let c = &self.ops[*op as usize];
@@ -510,6 +525,15 @@ pub fn table_from_json(json: &str) -> String {
         g("data_fds") + g("inodes"),
         g("data_fds"),
         g("inodes")
+    );
+    let _ = writeln!(s, "open handles          {:>12}", g("open_handles"));
+    let _ = writeln!(
+        s,
+        "maps stored/loaded    {:>12}  ({} loaded, {} stale, {} refused)",
+        g("maps_stored"),
+        g("maps_loaded"),
+        g("maps_stale"),
+        g("maps_refused")
     );
     let _ = writeln!(
         s,

@@ -106,7 +106,7 @@ impl SparseFs {
 
     /// releasedir.
     pub fn releasedir(&self, fh: Fh) {
-        drop(self.sh.handles.remove(fh));
+        drop(self.drop_fh(fh));
     }
 
     /// fsyncdir.

@@ -104,6 +104,7 @@ impl SparseFs {
         match p.load(fd.as_fd(), st, birth) {
             Loaded::None => Record::None,
             Loaded::Stale => {
+                self.sh.stats.maps_stale.fetch_add(1, Relaxed);
                 debug!(
                     ino = inode.ino.0,
                     "persisted extent map is stale (file changed since): file treated as data"
@@ -111,10 +112,12 @@ impl SparseFs {
                 Record::Stored
             }
             Loaded::Refused(err) => {
+                self.sh.stats.maps_refused.fetch_add(1, Relaxed);
                 warn!(ino = inode.ino.0, error = %err, "persisted extent map refused: file treated as data");
                 Record::Stored
             }
             Loaded::Map(data) => {
+                self.sh.stats.maps_loaded.fetch_add(1, Relaxed);
                 debug!(
                     ino = inode.ino.0,
                     extents = data.len(),
@@ -148,7 +151,10 @@ impl SparseFs {
         let fd = inode.fd().ok()?;
         let birth = p.birth(fd.as_fd(), inode.handle());
         match p.store(fd.as_fd(), e.index_data(), birth) {
-            Ok(()) => Some(true),
+            Ok(()) => {
+                self.sh.stats.maps_stored.fetch_add(1, Relaxed);
+                Some(true)
+            }
             Err(err) => {
                 warn!(ino = inode.ino.0, error = %err, "extent map not persisted");
                 None

@@ -65,7 +65,17 @@ impl SparseFs {
     }
 
     pub(super) fn new_fh(&self, h: Handle) -> Fh {
+        self.sh.stats.open_handles.fetch_add(1, Relaxed);
         self.sh.handles.insert(h)
+    }
+
+    /// Forgets handle `fh` (counted in the stats).
+    pub(super) fn drop_fh(&self, fh: Fh) -> Option<Handle> {
+        let h = self.sh.handles.remove(fh);
+        if h.is_some() {
+            self.sh.stats.open_handles.fetch_sub(1, Relaxed);
+        }
+        h
     }
 
     /// Opens a handle of a regular file, as one transition of its node (see
@@ -245,7 +255,7 @@ impl SparseFs {
     /// # Errors
     /// The backend's errno (not seen by close(2); logged).
     pub fn release(&self, fh: Fh) -> io::Result<()> {
-        let h = self.sh.handles.remove(fh);
+        let h = self.drop_fh(fh);
         let Some(Handle::File {
             inode, node, pt, ..
         }) = h
