@@ -539,7 +539,7 @@ fn metrics_answer_while_the_mount_is_under_write_load() {
                     f.write_all(if n % 2 == w { &data } else { &zeros })
                         .unwrap();
                     n += 1;
-                    if n % 16 == 0 {
+                    if n.is_multiple_of(16) {
                         f.sync_data().unwrap();
                         f.set_len(0).unwrap();
                         std::io::Seek::rewind(&mut f).unwrap();
