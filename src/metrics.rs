@@ -760,13 +760,16 @@ fn answer(mut s: impl Read + Write, render: &impl Fn() -> String) -> io::Result<
             break;
         }
     }
-    let (status, body) = route(&head, render);
+    let (status, mut body) = route(&head, render);
     // HEAD: the headers GET would send (Content-Length included), no body.
     let head_only = head.starts_with(b"HEAD ");
-    let ctype = if status == "200 OK" {
-        "text/plain; version=0.0.4; charset=utf-8"
-    } else {
+    let ctype = if status != "200 OK" {
         "text/plain; charset=utf-8"
+    } else if wants_openmetrics(&head) {
+        body = to_openmetrics(&body);
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
     };
     let resp = format!(
         "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -777,6 +780,41 @@ fn answer(mut s: impl Read + Write, render: &impl Fn() -> String) -> io::Result<
         s.write_all(body.as_bytes())?;
     }
     s.flush()
+}
+
+/// Whether the request's `Accept` header asks for OpenMetrics (as Prometheus does when
+/// it may use it).
+fn wants_openmetrics(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("accept") && v.contains("application/openmetrics-text")
+        })
+    })
+}
+
+/// The text format 0.0.4 as OpenMetrics 1.0: a counter's family is named without its
+/// `_total` suffix (its samples keep it), and the exposition ends with `# EOF`.
+fn to_openmetrics(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    for line in text.lines() {
+        let fixed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            let family = name
+                .strip_suffix("_total")
+                .filter(|_| counters.contains(name))?;
+            Some(format!("{p}{family} {tail}"))
+        });
+        out.push_str(fixed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out
 }
 
 fn route(head: &[u8], render: &impl Fn() -> String) -> (&'static str, String) {
@@ -824,6 +862,22 @@ mod tests {
         assert_eq!(quantile_bound(&c, 0.99), Some(0.01));
         c[BUCKETS - 1] = 100;
         assert_eq!(quantile_bound(&c, 0.99), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
+        let t = "# HELP a_total A.\n# TYPE a_total counter\na_total{m=\"x\"} 3\n\
+                 # HELP g G.\n# TYPE g gauge\ng{m=\"x\"} 1\n";
+        let o = to_openmetrics(t);
+        assert_eq!(
+            o,
+            "# HELP a A.\n# TYPE a counter\na_total{m=\"x\"} 3\n\
+             # HELP g G.\n# TYPE g gauge\ng{m=\"x\"} 1\n# EOF\n"
+        );
+        assert!(wants_openmetrics(
+            b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n"
+        ));
+        assert!(!wants_openmetrics(b"GET /metrics HTTP/1.0\r\n\r\n"));
     }
 
     #[test]

@@ -215,6 +215,15 @@ fn check_histograms(s: &[Sample]) {
 
 /// Also parses with the reference parser (prometheus_client) when it is installed.
 fn python_parses(text: &str) {
+    python_parses_with(text, "prometheus_client.parser");
+}
+
+/// The same with the reference OpenMetrics parser (`prometheus_client.openmetrics.parser`).
+fn python_parses_openmetrics(text: &str) {
+    python_parses_with(text, "prometheus_client.openmetrics.parser");
+}
+
+fn python_parses_with(text: &str, module: &str) {
     // The distribution's python3 (python3-prometheus-client) may not be first in PATH.
     let python = ["python3", "/usr/bin/python3"].into_iter().find(|p| {
         Command::new(p)
@@ -230,8 +239,10 @@ fn python_parses(text: &str) {
     let mut c = Command::new(python)
         .args([
             "-c",
-            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
-             n = sum(len(f.samples) for f in p(sys.stdin.read()))\nprint(n)",
+            &format!(
+                "import sys\nfrom {module} import text_string_to_metric_families as p\n\
+                 n = sum(len(f.samples) for f in p(sys.stdin.read()))\nprint(n)"
+            ),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -246,11 +257,17 @@ fn python_parses(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    assert_eq!(
-        n,
-        parse_exposition(text).unwrap().len(),
-        "same sample count"
-    );
+    // The strict parser here reads the 0.0.4 text (OpenMetrics names counter families
+    // without `_total`).
+    if module == "prometheus_client.parser" {
+        assert_eq!(
+            n,
+            parse_exposition(text).unwrap().len(),
+            "same sample count"
+        );
+    } else {
+        assert!(n > 0, "samples in the OpenMetrics text");
+    }
 }
 
 /// Splits an HTTP/1.0 response into (status line, headers, body).
@@ -258,6 +275,13 @@ fn http_parts(resp: &str) -> (String, String, String) {
     let (head, body) = resp.split_once("\r\n\r\n").expect("a header/body split");
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     (status.into(), headers.to_ascii_lowercase(), body.into())
+}
+
+fn http_get_accept(mut s: impl Read + Write, accept: &str) -> (String, String, String) {
+    write!(s, "GET /metrics HTTP/1.0\r\nAccept: {accept}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    http_parts(&resp)
 }
 
 fn http_get(mut s: impl Read + Write, path: &str) -> (String, String, String) {
@@ -375,6 +399,20 @@ fn metrics_over_http_count_a_known_workload_exactly_and_parse_strictly() {
         - value(&before, "sparsefs_maps_stored_total", &[]);
     assert!((1.0..=8.0).contains(&stored), "maps stored: {stored}");
     check_histograms(&after);
+    // OpenMetrics where the scraper asks for it (as Prometheus does).
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (status, headers, om) = http_get_accept(s, "application/openmetrics-text;version=1.0.0");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    assert!(
+        headers.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{headers}"
+    );
+    assert!(om.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    assert!(
+        om.contains("# TYPE sparsefs_app_written_bytes counter\n"),
+        "{om}"
+    );
+    python_parses_openmetrics(&om);
     // Every application write is one timed FUSE write request (timed when its reply is
     // sent: compared on the sample taken after every release).
     let ds = |name: &str, l: &[(&str, &str)]| value(&settled, name, l) - value(&before, name, l);
