@@ -23,7 +23,7 @@ use crate::fdpool::FdPool;
 use crate::file::{Depth, Geometry, SparseFile};
 pub use crate::ids::{Fh, Ino};
 pub use crate::inodes::HandleMode;
-use crate::inodes::{Anchoring, Inode, InodeTable};
+use crate::inodes::{Anchoring, Found, Inode, InodeTable};
 use crate::lock::{Condvar, Mutex, Rank, RwLock};
 pub use crate::node::PassToken;
 use crate::node::{FileNode, NodeState, OpenPlan, Record, stamp_of};
