@@ -109,7 +109,17 @@ impl SparseFs {
                 }
                 OpenPlan::Passthrough => {
                     let make = make.expect("qualifies only with a registrar");
-                    match self.sh.meta.reopen(inode.fd()?.as_fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
+                    // The kernel opens its own backing file from the path of the fd
+                    // registered, with the handle's flags: the inode's `O_PATH` fd does
+                    // (Linux 6.13+ takes it); a read-only reopen where it is refused.
+                    let pfd = inode.fd()?;
+                    let registered = make(pfd.as_fd()).or_else(|_| {
+                        self.sh
+                            .meta
+                            .reopen(pfd.as_fd(), libc::O_RDONLY)
+                            .and_then(|fd| make(fd.as_fd()))
+                    });
+                    match registered {
                         Ok(t) => Some(t),
                         Err(e) => {
                             debug!(ino = inode.ino.0, error = %e, "passthrough refused: ordinary open");
