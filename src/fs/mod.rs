@@ -349,6 +349,12 @@ impl SparseFs {
                 failed += 1;
             }
         }
+        // An empty sidecar directory is not left behind (see `Persist::prune`).
+        if self.sh.cfg.map_store != MapStore::None
+            && let Ok(p) = self.persist()
+        {
+            p.prune();
+        }
         let s = &self.sh.stats;
         info!(
             app_write_bytes = s.app_write_bytes.load(Relaxed),
