@@ -113,7 +113,10 @@ impl SparseFs {
                     // registered, with the handle's flags: the inode's `O_PATH` fd does
                     // (Linux 6.13+ takes it); a read-only reopen where it is refused.
                     let pfd = inode.fd()?;
-                    let registered = make(pfd.as_fd()).or_else(|_| {
+                    let registered = make(pfd.as_fd()).or_else(|e| {
+                        if !matches!(e.raw_os_error(), Some(libc::EBADF | libc::EINVAL)) {
+                            return Err(e);
+                        }
                         self.sh
                             .meta
                             .reopen(pfd.as_fd(), libc::O_RDONLY)
