@@ -252,7 +252,7 @@ impl<'a> Persist<'a> {
     /// directory of them, and later removals find no directory in one call instead of
     /// opening it and failing to remove a record. `ENOTEMPTY` while records (or a store
     /// in progress) remain: nothing happens. A store racing with the removal opens the
-    /// directory again ([`Self::write_record`]).
+    /// directory again (see `write_record`).
     pub fn prune(&self) {
         let name = CString::new(SIDECAR_DIR).expect("no NUL");
         let _ = self.meta.unlinkat(self.root, &name, libc::AT_REMOVEDIR);
