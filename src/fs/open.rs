@@ -111,9 +111,18 @@ impl SparseFs {
                     let make = make.expect("qualifies only with a registrar");
                     // The kernel opens its own backing file from the path of the fd
                     // registered, with the handle's flags: the inode's `O_PATH` fd does
-                    // (Linux 6.13+ takes it); a read-only reopen where it is refused.
+                    // (Linux 6.13+ takes it), where it holds the file (not on a FUSE
+                    // backing: there it dies with its name, and the kernel's open would
+                    // fail the application's open, where a reopen that fails here leaves
+                    // an ordinary open); a read-only reopen elsewhere, or where the
+                    // kernel refuses it.
                     let pfd = inode.fd()?;
-                    let registered = make(pfd.as_fd()).or_else(|e| {
+                    let by_path = if self.sh.fuse_backing {
+                        Err(errno(libc::EBADF))
+                    } else {
+                        make(pfd.as_fd())
+                    };
+                    let registered = by_path.or_else(|e| {
                         if !matches!(e.raw_os_error(), Some(libc::EBADF | libc::EINVAL)) {
                             return Err(e);
                         }
