@@ -98,15 +98,20 @@ impl SparseFs {
                 ino = inode.ino.0,
                 "debug hook: wedging the file's engine lock for good"
             );
+            // Answered once the wedge holds the lock (a write racing the answer would
+            // otherwise slip in first under load; found by the umount --force test).
+            let (held, wait) = std::sync::mpsc::channel::<()>();
             std::thread::Builder::new()
                 .name("sparsefs-wedge".into())
                 .spawn(move || {
                     node.with_engine(|_, _| {
+                        let _ = held.send(());
                         loop {
                             std::thread::park()
                         }
                     })
                 })?;
+            let _ = wait.recv();
             return Ok(());
         }
         let c = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|_| errno(libc::EINVAL))?;
