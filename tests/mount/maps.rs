@@ -379,13 +379,15 @@ fn a_reused_inode_number_never_brings_back_another_files_holes() {
     check(&m, "same mount");
     // The kernel may show the removed name (as the file now holding its number) until
     // its entry expires (1 s), as for any change made behind a FUSE mount's back.
-    std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(
-        fs::metadata(m.p("old.img"))
-            .err()
-            .and_then(|e| e.raw_os_error()),
-        Some(libc::ENOENT),
-        "the removed name is gone"
+    wait_for(
+        "the removed name to go (ENOENT)",
+        Duration::from_secs(5),
+        || {
+            fs::metadata(m.p("old.img"))
+                .err()
+                .and_then(|e| e.raw_os_error())
+                == Some(libc::ENOENT)
+        },
     );
     drop(m);
     let m = Mount::new(b.path(), &[]);
