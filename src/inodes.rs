@@ -59,6 +59,20 @@ pub struct Anchoring {
     mount: Option<OwnedFd>,
     /// The root's mount id, when inodes are anchored by handle (`None`: by name only).
     handles: Option<u64>,
+    /// The backing's handles carry the inode number where a stat can check it
+    /// ([`FileHandle::ino32`]): a lookup takes a handle and a stat by name, with no fd.
+    ino32: bool,
+}
+
+/// What a lookup found a file by: an fd of it, or (where inodes are anchored by handle)
+/// nothing open: its handle, taken by name and checked against the stat
+/// ([`Anchoring::lookup_without_fd`]); `None` where the caller saw the inode known and
+/// unchanged.
+pub enum Found {
+    /// An `O_PATH` fd of the file, fresh from this lookup.
+    Fd(OwnedFd),
+    /// No fd: the file's handle, if taken.
+    Handle(Option<FileHandle>),
 }
 
 /// How inodes are anchored (`-o inode_handles=`).
@@ -89,6 +103,7 @@ impl Anchoring {
         mode: HandleMode,
     ) -> io::Result<(Self, Option<String>)> {
         let mut mount = None;
+        let mut ino32 = false;
         let found = (mode != HandleMode::Never).then(|| {
             // A FUSE backing (bindfs, GlusterFS's client) makes handles of its node ids:
             // they open back only while its kernel side caches the inode (without export
@@ -101,6 +116,7 @@ impl Anchoring {
             }
             let m = meta.reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
             let (h, mnt) = meta.name_to_handle(root.as_fd())?;
+            ino32 = h.ino32().is_some_and(|i| u64::from(i) == root_key.1);
             let back = meta.open_by_handle(m.as_fd(), &h, libc::O_PATH)?;
             let st = meta.fstat(back.as_fd())?;
             if (st.st_dev, st.st_ino) != root_key {
@@ -130,6 +146,7 @@ impl Anchoring {
                 pool,
                 root: Arc::new(root),
                 mount: if handles.is_some() { mount } else { None },
+                ino32: ino32 && handles.is_some(),
                 handles,
             },
             why,
@@ -139,6 +156,32 @@ impl Anchoring {
     /// Whether inodes are anchored by handle.
     pub fn by_handle(&self) -> bool {
         self.handles.is_some()
+    }
+
+    /// Whether a lookup may find a file without opening it: inodes are anchored by
+    /// handle, and a handle taken by name can be checked against a stat taken by the same
+    /// name (both name the same inode number), so the two calls need no fd to agree.
+    pub fn lookup_without_fd(&self) -> bool {
+        self.ino32
+    }
+
+    /// The handle of `name` in `dir`, taken by name, if it is of the file `st` (a stat of
+    /// the same name) shows and on the backing root's mount; `None` otherwise (the name
+    /// was replaced between the two calls, another mount, no handle): the caller then
+    /// opens the name.
+    pub fn handle_by_name(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> Option<FileHandle> {
+        let root_mnt = self.handles?;
+        match self.meta.name_to_handle_at(dir, name) {
+            Ok((h, mnt)) if mnt == root_mnt && h.ino32().map(u64::from) == Some(st.st_ino) => {
+                Some(h)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -330,6 +373,22 @@ impl Inode {
                 s.fd.take()
             };
             drop(old);
+        }
+    }
+
+    /// A lookup without an fd found this file again (its handle, checked by the lookup,
+    /// still opens it): it answers again instead of `ENOENT`.
+    fn revive(&self) {
+        self.slot.lock().detached = false;
+    }
+
+    /// Takes the lookup's fd, or (a lookup without one) leaves the cached fd in place.
+    fn found(&self, found: Option<OwnedFd>) {
+        match found {
+            Some(fd) => {
+                self.install(fd, true);
+            }
+            None => self.revive(),
         }
     }
 
@@ -579,6 +638,35 @@ impl InodeTable {
         name: Option<(&Arc<Inode>, &CStr)>,
         same: impl FnOnce(&FileNode) -> bool,
     ) -> Arc<Inode> {
+        self.insert_found(Found::Fd(fd), st, name, same)
+            .expect("a lookup with an fd always finds its inode")
+    }
+
+    /// Whether `st` shows a known handle-anchored inode of the same kind, unchanged since
+    /// the table last saw it (a lookup then needs no handle: [`Found::Handle`] `None`).
+    pub fn known_unchanged(&self, st: &libc::stat) -> bool {
+        let m = self.maps.read();
+        m.by_key
+            .get(&(st.st_dev, st.st_ino))
+            .and_then(|ino| m.by_ino.get(ino))
+            .is_some_and(|k| {
+                k.handle.is_some()
+                    && k.ino != Ino::ROOT
+                    && k.kind == st.st_mode & libc::S_IFMT
+                    && k.seen_as(st)
+            })
+    }
+
+    /// [`Self::insert_lookup`] for a lookup that found the file by `found`. Returns `None`
+    /// where a lookup without an fd brought no handle but one is needed (a new inode, or
+    /// the known one changed meanwhile): the caller looks up with an fd instead.
+    pub fn insert_found(
+        &self,
+        found: Found,
+        st: &libc::stat,
+        name: Option<(&Arc<Inode>, &CStr)>,
+        same: impl FnOnce(&FileNode) -> bool,
+    ) -> Option<Arc<Inode>> {
         let key = (st.st_dev, st.st_ino);
         let kind = st.st_mode & libc::S_IFMT;
         let known = {
@@ -603,12 +691,23 @@ impl InodeTable {
             || known
                 .as_ref()
                 .is_some_and(|k| k.handle.is_some() && !k.seen_as(st));
-        let handle = match self.anchoring.handles {
-            Some(root_mnt) if ask => match self.anchoring.meta.name_to_handle(fd.as_fd()) {
-                Ok((h, mnt)) if mnt == root_mnt => Some(h),
-                _ => None,
-            },
-            _ => None,
+        let (fd, handle) = match found {
+            Found::Fd(fd) => {
+                let handle = match self.anchoring.handles {
+                    Some(root_mnt) if ask => match self.anchoring.meta.name_to_handle(fd.as_fd()) {
+                        Ok((h, mnt)) if mnt == root_mnt => Some(h),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                (Some(fd), handle)
+            }
+            Found::Handle(h) => {
+                if ask && h.is_none() {
+                    return None;
+                }
+                (None, h.filter(|_| ask))
+            }
         };
         // Another file under a known number (see below: it gets a node id of its own).
         // Told by the handle where inodes have one; else, where the ctime moved, by the
@@ -650,8 +749,8 @@ impl InodeTable {
                     new = ino.0,
                     "inode number now names another file: a node id of its own"
                 );
-                inode.install(fd, true);
-                return inode;
+                inode.found(fd);
+                return Some(inode);
             }
             if old.kind == kind || old.ino == Ino::ROOT {
                 if !old.seen_as(st) {
@@ -684,9 +783,9 @@ impl InodeTable {
                 }
                 drop(dropped);
                 if old.ino != Ino::ROOT {
-                    old.install(fd, true);
+                    old.found(fd);
                 }
-                return old;
+                return Some(old);
             }
             let inode = Inode::new(
                 old.ino,
@@ -700,8 +799,8 @@ impl InodeTable {
             m.by_ino.insert(old.ino, inode.clone());
             drop(m);
             drop(old);
-            inode.install(fd, true);
-            return inode;
+            inode.found(fd);
+            return Some(inode);
         }
         // The backing number, unless the kernel still holds it for another file (one
         // that gave its number up: see the synthetic node ids above).
@@ -715,8 +814,8 @@ impl InodeTable {
         m.by_ino.insert(ino, inode.clone());
         m.by_key.insert(key, ino);
         drop(m);
-        inode.install(fd, true);
-        inode
+        inode.found(fd);
+        Some(inode)
     }
 
     /// Drops `n` lookups; the inode leaves the table at zero (open handles keep their

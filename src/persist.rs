@@ -149,10 +149,17 @@ impl<'a> Persist<'a> {
     }
 
     fn write_record(&self, st: &libc::stat, bytes: &[u8]) -> io::Result<()> {
-        let dir = self.dir(true)?;
+        let mut dir = self.dir(true)?;
         let tmp = CString::new(format!("{}.tmp{}", st.st_ino, std::process::id())).expect("no NUL");
         let flags = libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_NOFOLLOW;
-        let f = self.meta.openat(dir.as_fd(), &tmp, flags, 0o600)?;
+        let f = match self.meta.openat(dir.as_fd(), &tmp, flags, 0o600) {
+            // The directory was pruned (its last record removed) since it was opened.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                dir = self.dir(true)?;
+                self.meta.openat(dir.as_fd(), &tmp, flags, 0o600)?
+            }
+            r => r?,
+        };
         std::io::Write::write_all(&mut File::from(f), bytes)?;
         self.meta
             .renameat2(dir.as_fd(), &tmp, dir.as_fd(), &record_name(st), 0)
@@ -272,16 +279,34 @@ impl<'a> Persist<'a> {
     pub fn forget_ino(&self, ino: u64) {
         if let Ok(dir) = self.dir(false) {
             let name = CString::new(ino.to_string()).expect("no NUL");
-            let _ = self.meta.unlinkat(dir.as_fd(), &name, 0);
+            if self.meta.unlinkat(dir.as_fd(), &name, 0).is_ok() {
+                self.prune();
+            }
         }
     }
 
     /// Removes the stored map of `file` (it has no holes any more).
     pub fn remove(&self, file: BorrowedFd<'_>) {
         let _ = self.meta.removexattr(file, &xattr_name());
-        if let (Ok(dir), Ok(st)) = (self.dir(false), self.meta.fstat(file)) {
-            let _ = self.meta.unlinkat(dir.as_fd(), &record_name(&st), 0);
+        if let (Ok(dir), Ok(st)) = (self.dir(false), self.meta.fstat(file))
+            && self
+                .meta
+                .unlinkat(dir.as_fd(), &record_name(&st), 0)
+                .is_ok()
+        {
+            self.prune();
         }
+    }
+
+    /// Removes the sidecar directory if it holds nothing (called after a record was
+    /// removed, and at unmount): a backing whose stored maps are all gone keeps no
+    /// directory of them, and later removals find no directory in one call instead of
+    /// opening it and failing to remove a record. `ENOTEMPTY` while records (or a store
+    /// in progress) remain: nothing happens. A store racing with the removal opens the
+    /// directory again (see `write_record`).
+    pub fn prune(&self) {
+        let name = CString::new(SIDECAR_DIR).expect("no NUL");
+        let _ = self.meta.unlinkat(self.root, &name, libc::AT_REMOVEDIR);
     }
 }
 

@@ -31,6 +31,13 @@ pub trait MetaBackend: Send + Sync {
     /// name_to_handle_at(2) of an fd: its file handle and mount id (see
     /// [`sys::name_to_handle`]). Errors: `EOPNOTSUPP`, `EOVERFLOW`.
     fn name_to_handle(&self, fd: BorrowedFd<'_>) -> io::Result<(sys::FileHandle, u64)>;
+    /// name_to_handle_at(2) of one name in `dir` (no fd opened; a final symlink not
+    /// followed). Errors: `ENOENT`, `EOPNOTSUPP`, `EOVERFLOW`.
+    fn name_to_handle_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> io::Result<(sys::FileHandle, u64)>;
     /// open_by_handle_at(2). Errors: `ESTALE`, `EPERM`.
     fn open_by_handle(
         &self,
@@ -119,6 +126,13 @@ impl MetaBackend for SysMeta {
     }
     fn name_to_handle(&self, fd: BorrowedFd<'_>) -> io::Result<(sys::FileHandle, u64)> {
         sys::name_to_handle(fd)
+    }
+    fn name_to_handle_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> io::Result<(sys::FileHandle, u64)> {
+        sys::name_to_handle_of(dir, name)
     }
     fn open_by_handle(
         &self,
@@ -249,6 +263,13 @@ impl<M: MetaBackend> MetaBackend for Counted<M> {
     }
     fn name_to_handle(&self, fd: BorrowedFd<'_>) -> io::Result<(sys::FileHandle, u64)> {
         self.count(MetaOp::Handle, self.inner.name_to_handle(fd))
+    }
+    fn name_to_handle_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> io::Result<(sys::FileHandle, u64)> {
+        self.count(MetaOp::Handle, self.inner.name_to_handle_at(dir, name))
     }
     fn open_by_handle(
         &self,

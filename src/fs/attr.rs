@@ -105,10 +105,12 @@ impl SparseFs {
                 inode.kind == libc::S_IFLNK,
             )?;
         }
-        if let Some(n) = &node {
-            self.record_stamp(&inode, n);
-        }
-        let st = self.stat_of(&inode)?;
+        // The fresh stat that records the stamp of our own change is also the reply.
+        let fresh = node.as_ref().and_then(|n| self.record_stamp(&inode, n));
+        let st = match fresh {
+            Some(st) => self.sparse_stat(&inode, st),
+            None => self.stat_of(&inode)?,
+        };
         if let Some(n) = &node {
             n.with_state(|s| s.saw_mode(st.st_mode));
         }

@@ -188,16 +188,17 @@ impl SparseFs {
         }
     }
 
-    /// Records the backend's current stamp as "known to match". The stat runs without
-    /// any lock; of racing recorders the one that asked last wins (see
-    /// [`NodeState::stamp_ticket`]).
-    pub(super) fn record_stamp(&self, inode: &Inode, node: &FileNode) {
+    /// Records the backend's current stamp as "known to match" and returns the fresh
+    /// stat it was taken from (a caller that answers with the file's attributes needs
+    /// no second stat). The stat runs without any lock; of racing recorders the one that
+    /// asked last wins (see [`NodeState::stamp_ticket`]).
+    pub(super) fn record_stamp(&self, inode: &Inode, node: &FileNode) -> Option<libc::stat> {
         let ticket = node.with_state(|s| s.stamp_ticket());
-        if let Ok(st) = inode
+        let st = inode
             .fd()
             .and_then(|fd| self.sh.meta.fstat_fresh(fd.as_fd()))
-        {
-            node.with_state(|s| s.record_stamp(ticket, stamp_of(&st)));
-        }
+            .ok()?;
+        node.with_state(|s| s.record_stamp(ticket, stamp_of(&st)));
+        Some(st)
     }
 }

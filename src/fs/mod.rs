@@ -23,7 +23,7 @@ use crate::fdpool::FdPool;
 use crate::file::{Depth, Geometry, SparseFile};
 pub use crate::ids::{Fh, Ino};
 pub use crate::inodes::HandleMode;
-use crate::inodes::{Anchoring, Inode, InodeTable};
+use crate::inodes::{Anchoring, Found, Inode, InodeTable};
 use crate::lock::{Condvar, Mutex, Rank, RwLock};
 pub use crate::node::PassToken;
 use crate::node::{FileNode, NodeState, OpenPlan, Record, stamp_of};
@@ -348,6 +348,12 @@ impl SparseFs {
                 error!(error = %e, "flush at unmount failed: data of a file could not be written");
                 failed += 1;
             }
+        }
+        // An empty sidecar directory is not left behind (see `Persist::prune`).
+        if self.sh.cfg.map_store != MapStore::None
+            && let Ok(p) = self.persist()
+        {
+            p.prune();
         }
         let s = &self.sh.stats;
         info!(

@@ -32,12 +32,59 @@ impl SparseFs {
         }
         let dir = self.inode(parent)?;
         let c = sys::component(name)?;
+        if let Some(found) = self.lookup_without_fd(&dir, &c)? {
+            return Ok(found);
+        }
         let fd = self
             .sh
             .meta
             .openat(dir.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (inode, st) = self.entry(fd, &dir, &c)?;
         Ok(Entry::of(&inode, st))
+    }
+
+    /// A lookup that opens nothing, where inodes are anchored by handle and handles carry
+    /// the inode number ([`crate::inodes::Anchoring::lookup_without_fd`]): one `fstatat`
+    /// of the name (its errors are the lookup's), and, unless the table knows the inode
+    /// unchanged, one `name_to_handle_at` of the same name, checked against the stat. The
+    /// inode's `O_PATH` fd is opened by handle only when an operation needs it. `None`:
+    /// look up with an fd (another mount below the backing, a name replaced between the
+    /// two calls, no handle).
+    fn lookup_without_fd(
+        &self,
+        dir: &Arc<Inode>,
+        name: &std::ffi::CStr,
+    ) -> io::Result<Option<Entry>> {
+        let a = self.sh.inodes.anchoring();
+        if !a.lookup_without_fd() {
+            return Ok(None);
+        }
+        let dfd = dir.fd()?;
+        let st = self.sh.meta.fstatat(dfd.as_fd(), name)?;
+        if st.st_dev != self.sh.inodes.root_key().0 {
+            return Ok(None);
+        }
+        let handle = if self.sh.inodes.known_unchanged(&st) {
+            None
+        } else {
+            match a.handle_by_name(dfd.as_fd(), name, &st) {
+                Some(h) => Some(h),
+                None => return Ok(None),
+            }
+        };
+        drop(dfd);
+        let key = (st.st_dev, st.st_ino);
+        let Some(inode) =
+            self.sh
+                .inodes
+                .insert_found(Found::Handle(handle), &st, Some((dir, name)), |node| {
+                    same_file(key, node)
+                })
+        else {
+            return Ok(None);
+        };
+        let st = self.sparse_stat(&inode, st);
+        Ok(Some(Entry::of(&inode, st)))
     }
 
     /// Drops lookups.

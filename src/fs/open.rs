@@ -119,7 +119,29 @@ impl SparseFs {
                 }
                 OpenPlan::Passthrough => {
                     let make = make.expect("qualifies only with a registrar");
-                    match self.sh.meta.reopen(inode.fd()?.as_fd(), libc::O_RDONLY).and_then(|fd| make(fd.as_fd())) {
+                    // The kernel opens its own backing file from the path of the fd
+                    // registered, with the handle's flags: the inode's `O_PATH` fd does
+                    // (Linux 6.13+ takes it), where it holds the file (not on a FUSE
+                    // backing: there it dies with its name, and the kernel's open would
+                    // fail the application's open, where a reopen that fails here leaves
+                    // an ordinary open); a read-only reopen elsewhere, or where the
+                    // kernel refuses it.
+                    let pfd = inode.fd()?;
+                    let by_path = if self.sh.fuse_backing {
+                        Err(errno(libc::EBADF))
+                    } else {
+                        make(pfd.as_fd())
+                    };
+                    let registered = by_path.or_else(|e| {
+                        if !matches!(e.raw_os_error(), Some(libc::EBADF | libc::EINVAL)) {
+                            return Err(e);
+                        }
+                        self.sh
+                            .meta
+                            .reopen(pfd.as_fd(), libc::O_RDONLY)
+                            .and_then(|fd| make(fd.as_fd()))
+                    });
+                    match registered {
                         Ok(t) => Some(t),
                         Err(e) => {
                             debug!(ino = inode.ino.0, error = %e, "passthrough refused: ordinary open");

@@ -628,6 +628,21 @@ impl FileHandle {
         // 0 means "no identity" in a stored map.
         h.max(1)
     }
+
+    /// The inode number a handle of Linux's generic 32-bit types carries
+    /// (`FILEID_INO32_GEN` and `FILEID_INO32_GEN_PARENT`, include/linux/exportfs.h:
+    /// `u32 ino; u32 gen; ...` in host order; ext2/3/4 and others through
+    /// `generic_encode_ino32_fh`), else `None`. Tells whether a handle taken by name and a
+    /// stat taken by the same name are of one file.
+    pub fn ino32(&self) -> Option<u32> {
+        const FILEID_INO32_GEN: i32 = 1;
+        const FILEID_INO32_GEN_PARENT: i32 = 2;
+        if !matches!(self.kind, FILEID_INO32_GEN | FILEID_INO32_GEN_PARENT) {
+            return None;
+        }
+        let b = self.bytes.get(..4)?;
+        Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    }
 }
 
 /// Whether file handles made on the filesystem holding `fd` name the same file on every
@@ -664,7 +679,22 @@ struct HandleBuf {
 /// support, such as bindfs and GlusterFS's client), `EOVERFLOW` for a handle longer than
 /// `MAX_HANDLE_SZ`.
 pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, u64)> {
+    name_to_handle_of(fd, c"")
+}
+
+/// `name_to_handle_at(dir, name, 0)`: the handle of the file `name` (one component) names
+/// in `dir`, not following a final symlink, with no fd opened; `name` empty: of `dir`
+/// itself (`AT_EMPTY_PATH`). The mount id as in [`name_to_handle`].
+///
+/// # Errors
+/// `ENOENT`, and those of [`name_to_handle`].
+pub fn name_to_handle_of(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<(FileHandle, u64)> {
     let _io = crate::lock::io("name_to_handle_at");
+    let empty = if name.is_empty() {
+        libc::AT_EMPTY_PATH
+    } else {
+        0
+    };
     let mut buf = HandleBuf {
         handle_bytes: libc::MAX_HANDLE_SZ as libc::c_uint,
         handle_type: 0,
@@ -678,10 +708,10 @@ pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, u64)> {
         unsafe {
             libc::name_to_handle_at(
                 fd.as_raw_fd(),
-                c"".as_ptr(),
+                name.as_ptr(),
                 (buf as *mut HandleBuf).cast::<libc::file_handle>(),
                 (mnt as *mut u64).cast::<libc::c_int>(),
-                flags | libc::AT_EMPTY_PATH,
+                flags | empty,
             )
         }
     };

@@ -81,3 +81,122 @@ fn rsync_s_of_a_2g_image_costs_one_pwrite_per_extent_counted_by_stats_and_strace
         "allocated {alloc}"
     );
 }
+
+/// The daemon's metadata calls by kind (`sparsefs stats --json`, `meta.*.calls`).
+fn meta_calls(stats: &str) -> std::collections::BTreeMap<&'static str, u64> {
+    [
+        "open", "reopen", "stat", "create", "unlink", "rename", "setattr", "xattr", "readdir",
+        "readlink", "statfs", "fsync", "handle",
+    ]
+    .into_iter()
+    .map(|k| (k, json_u64(stats, &format!("meta.{k}.calls"))))
+    .collect()
+}
+
+/// Metadata calls per file by kind between two stats, in tenths (rounded up: calls made
+/// once for the directory or the workload do not hide a call per file).
+fn per_file_tenths(
+    before: &str,
+    after: &str,
+    files: u64,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    let (a, b) = (meta_calls(before), meta_calls(after));
+    b.iter()
+        .map(|(k, n)| (*k, (n - a[k]) * 10 / files))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[test]
+fn metadata_calls_per_file_of_create_lookup_rename_and_unlink_stay_within_their_budget() {
+    if !fuse_available() {
+        return;
+    }
+    const N: u64 = 200;
+    let b = tempfile::tempdir().unwrap();
+    // ext4 (the backing here): inodes are anchored by handle and a lookup opens nothing.
+    let ext4 = {
+        let mut st = unsafe_zeroed::<libc::statfs>();
+        let c = CString::new(b.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: c is a valid C string, st a statfs to fill.
+        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+        st.f_type == 0xEF53 && unsafe_free_is_root()
+    };
+    let budget = |pairs: &[(&'static str, u64)]| -> std::collections::BTreeMap<&'static str, u64> {
+        pairs.iter().copied().collect()
+    };
+    std::fs::create_dir(b.path().join("d")).unwrap();
+    let mut m = Mount::new(b.path(), &[]);
+    let data = vec![7u8; 1000];
+    let files: Vec<String> = (0..N).map(|i| format!("d/f{i}")).collect();
+    // create + write + close: the kernel's lookup (a miss), the create (open, its O_PATH
+    // fd reopened through /proc, one stat, its handle), the stamp after the close's
+    // write, and the kernel's getattrs of the file and its directory after the change.
+    let s0 = m.stats();
+    for n in &files {
+        std::fs::write(m.p(n), &data).unwrap();
+    }
+    let s1 = m.stats();
+    let create = per_file_tenths(&s0, &s1, N);
+    drop(m.stop());
+    // A new mount: the kernel knows no file; stat of each is one lookup.
+    let m = Mount::new(b.path(), &[]);
+    let s0 = m.stats();
+    for n in &files {
+        std::fs::symlink_metadata(m.p(n)).unwrap();
+    }
+    let s1 = m.stats();
+    let lookup = per_file_tenths(&s0, &s1, N);
+    // rename to a new name: the kernel's lookup of the new name (a miss), one stat of
+    // each name, the rename, and the directory's getattr after the change.
+    for n in &files {
+        std::fs::rename(m.p(n), m.p(&format!("{n}.r"))).unwrap();
+    }
+    let s2 = m.stats();
+    let rename = per_file_tenths(&s1, &s2, N);
+    // unlink: one stat of the name, the unlink, the sidecar record's removal tried (no
+    // sidecar directory: one failed open), the directory's getattr.
+    for n in &files {
+        std::fs::remove_file(m.p(&format!("{n}.r"))).unwrap();
+    }
+    let s3 = m.stats();
+    let unlink = per_file_tenths(&s2, &s3, N);
+    let got = [
+        ("create", create),
+        ("lookup", lookup),
+        ("rename", rename),
+        ("unlink", unlink),
+    ];
+    eprintln!("per file, in tenths of a call: {got:?}");
+    drop(m);
+    assert!(
+        names(b.path()).iter().all(|n| n == "d"),
+        "{:?}",
+        names(b.path())
+    );
+    if !ext4 {
+        return;
+    }
+    // At most, per file (the kernel's getattr of the directory after a change is not
+    // always sent: its attributes may still be cached).
+    let want = [
+        (
+            "create",
+            budget(&[("handle", 10), ("open", 10), ("reopen", 10), ("stat", 40)]),
+        ),
+        ("lookup", budget(&[("handle", 10), ("stat", 10)])),
+        ("rename", budget(&[("rename", 10), ("stat", 40)])),
+        (
+            "unlink",
+            budget(&[("open", 10), ("stat", 20), ("unlink", 10)]),
+        ),
+    ];
+    for ((step, got), (_, want)) in got.iter().zip(&want) {
+        for (kind, n) in got {
+            assert!(
+                *n <= want.get(kind).copied().unwrap_or(0),
+                "{step}: {kind} {n} tenths of a call per file, budget {want:?} (all: {got:?})"
+            );
+        }
+    }
+}
