@@ -12,7 +12,7 @@
 
 use crate::lock::{Mutex, Rank};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 
 /// Something holding one pooled fd that it can close (and open again on its next use).
@@ -38,8 +38,8 @@ pub struct FdPool {
     /// Rank `FdPool`, a leaf: the clock's ring of holders, taken only to push and pop.
     /// Victims are closed after it is released.
     ring: Mutex<VecDeque<Weak<dyn Evict>>>,
-    /// A sweep is running (one at a time; others go on without waiting).
-    sweeping: AtomicBool,
+    /// Opens that failed with `EMFILE`/`ENFILE` ([`FdPool::relieve`]).
+    relieved: AtomicU64,
 }
 
 impl std::fmt::Debug for FdPool {
@@ -96,7 +96,7 @@ impl FdPool {
             low: low.min(high),
             evicted: AtomicU64::new(0),
             ring: Mutex::new(Rank::FdPool, VecDeque::new()),
-            sweeping: AtomicBool::new(false),
+            relieved: AtomicU64::new(0),
         })
     }
 
@@ -120,11 +120,24 @@ impl FdPool {
     }
 
     /// Closes pooled fds, least recently used first, until at most the low mark are open
-    /// (or every holder was looked at twice).
+    /// (or every holder was looked at twice). A sweep running already is joined, not
+    /// waited for (a sweeper kept off the CPU must not let others open past the mark).
     pub fn sweep(&self) {
-        if self.sweeping.swap(true, Relaxed) {
-            return;
-        }
+        self.sweep_with(true);
+    }
+
+    /// The backstop where an open failed with `EMFILE`/`ENFILE` all the same (fds the
+    /// pool does not count, an in-flight call still using an fd it let go): closes idle
+    /// pooled fds down to the low mark in ring order, use flags ignored. `true` if it
+    /// closed any (the open is worth one more try).
+    pub fn relieve(&self) -> bool {
+        let before = self.evicted.load(Relaxed);
+        self.relieved.fetch_add(1, Relaxed);
+        self.sweep_with(false);
+        self.evicted.load(Relaxed) > before
+    }
+
+    fn sweep_with(&self, second_chance: bool) {
         let mut budget = 2 * self.ring.lock().len() + 1;
         while self.open.load(Relaxed) > self.low && budget > 0 {
             budget -= 1;
@@ -132,7 +145,7 @@ impl FdPool {
                 break;
             };
             let Some(h) = w.upgrade() else { continue };
-            if h.take_used() {
+            if h.take_used() && second_chance {
                 self.ring.lock().push_back(w);
                 continue;
             }
@@ -141,7 +154,11 @@ impl FdPool {
                 self.evicted.fetch_add(1, Relaxed);
             }
         }
-        self.sweeping.store(false, Relaxed);
+    }
+
+    /// Times an open failed with `EMFILE`/`ENFILE` and the pool was asked to relieve it.
+    pub fn relieved(&self) -> u64 {
+        self.relieved.load(Relaxed)
     }
 
     /// Pooled fds open now.
@@ -168,6 +185,7 @@ impl FdPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
     struct Holder {
         pool: Arc<FdPool>,
@@ -235,5 +253,22 @@ mod tests {
         assert!(pool.open_now() <= 4, "{}", pool.open_now());
         assert!(pinned.iter().all(|h| h.slot.lock().is_some()));
         drop(more);
+    }
+
+    #[test]
+    fn relief_closes_idle_fds_down_to_the_low_mark_even_those_just_used() {
+        let pool = FdPool::with_marks(10, 4);
+        let hs: Vec<_> = (0..8).map(|_| holder(&pool, false)).collect();
+        let pinned = holder(&pool, true);
+        assert_eq!(pool.open_now(), 9, "under the high mark: no sweep");
+        for h in &hs {
+            h.used.store(true, Relaxed);
+        }
+        assert!(pool.relieve(), "closed some");
+        assert_eq!(pool.open_now(), 4);
+        assert_eq!(pool.relieved(), 1);
+        assert!(pinned.slot.lock().is_some(), "pinned: kept");
+        // Nothing left above the low mark: no relief, so the caller does not retry.
+        assert!(!pool.relieve());
     }
 }

@@ -6,6 +6,7 @@
 //! stats` shows them.
 #![forbid(unsafe_code)]
 
+use crate::fdpool::FdPool;
 use crate::stats::{MetaOp, Stats};
 use crate::sys::{self, DirSnapshot};
 use std::ffi::{CStr, OsStr, OsString};
@@ -230,21 +231,49 @@ impl MetaBackend for SysMeta {
     }
 }
 
-/// Counts every call of `inner` by kind (and its errors) into [`Stats`].
+/// Counts every call of `inner` by kind (and its errors) into [`Stats`]; with a pool, an
+/// open that fails with `EMFILE`/`ENFILE` has the pool close idle fds and is tried once
+/// more (nothing was opened or created by the failed call: the kernel takes the fd
+/// number before it looks up the name).
 pub struct Counted<M> {
     inner: M,
     stats: Arc<Stats>,
+    pool: Option<Arc<FdPool>>,
 }
 
 impl<M> Counted<M> {
     /// Wraps `inner`, counting into `stats`.
     pub fn new(inner: M, stats: Arc<Stats>) -> Self {
-        Self { inner, stats }
+        Self {
+            inner,
+            stats,
+            pool: None,
+        }
+    }
+
+    /// Opens that run out of fds ask `pool` to close idle ones and try again once.
+    #[must_use]
+    pub fn with_relief(mut self, pool: Arc<FdPool>) -> Self {
+        self.pool = Some(pool);
+        self
     }
 
     fn count<T>(&self, op: MetaOp, r: io::Result<T>) -> io::Result<T> {
         self.stats.meta_call(op, r.is_ok());
         r
+    }
+
+    /// `open` counted as `op`, tried once more after the pool's relief on `EMFILE`.
+    fn opening(&self, op: MetaOp, open: impl Fn() -> io::Result<OwnedFd>) -> io::Result<OwnedFd> {
+        let r = open();
+        if let (Err(e), Some(pool)) = (&r, &self.pool)
+            && matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+            && pool.relieve()
+        {
+            self.stats.meta_call(op, false);
+            return self.count(op, open());
+        }
+        self.count(op, r)
     }
 }
 
@@ -256,10 +285,10 @@ impl<M: MetaBackend> MetaBackend for Counted<M> {
         flags: i32,
         mode: u32,
     ) -> io::Result<OwnedFd> {
-        self.count(MetaOp::Open, self.inner.openat(dir, name, flags, mode))
+        self.opening(MetaOp::Open, || self.inner.openat(dir, name, flags, mode))
     }
     fn reopen(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
-        self.count(MetaOp::Reopen, self.inner.reopen(fd, flags))
+        self.opening(MetaOp::Reopen, || self.inner.reopen(fd, flags))
     }
     fn name_to_handle(&self, fd: BorrowedFd<'_>) -> io::Result<(sys::FileHandle, u64)> {
         self.count(MetaOp::Handle, self.inner.name_to_handle(fd))
@@ -277,7 +306,9 @@ impl<M: MetaBackend> MetaBackend for Counted<M> {
         h: &sys::FileHandle,
         flags: i32,
     ) -> io::Result<OwnedFd> {
-        self.count(MetaOp::Handle, self.inner.open_by_handle(mount, h, flags))
+        self.opening(MetaOp::Handle, || {
+            self.inner.open_by_handle(mount, h, flags)
+        })
     }
     fn fstat(&self, fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
         self.count(MetaOp::Stat, self.inner.fstat(fd))

@@ -256,11 +256,12 @@ impl SparseFs {
                 "the backend cannot reopen a file unlinked while open (GlusterFS): kernel passthrough is off, reads go through the daemon"
             );
         }
-        let meta: Arc<dyn MetaBackend> = Arc::new(Counted::new(SysMeta, stats.clone()));
         let pool = match cfg.fd_high {
             Some(high) => FdPool::with_marks(high, high * 3 / 4),
             None => FdPool::for_limit(sys::nofile_limit()),
         };
+        let meta: Arc<dyn MetaBackend> =
+            Arc::new(Counted::new(SysMeta, stats.clone()).with_relief(pool.clone()));
         let key = (st.st_dev, st.st_ino);
         let births = sys::handles_outlive_the_mount(root.as_fd());
         let (anchoring, why) =
