@@ -430,9 +430,11 @@ fn start_file<W: Write>(
             .sums(old_size, &hashes)
             .and_then(|()| reply.flush())
             .map_err(|e| format!("answering the sender: {e}"))?;
-        if !o.inplace {
-            len = old_size;
-        }
+        // The copy holds the old data blocks, not the old size.
+        len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
         old_sums = Some((old_size, ZeroHashes::new(old_size, block), hashes));
     }
     // Over old data (in place, or a copy of the old file), the size is set first: the
