@@ -84,6 +84,15 @@ impl Progress {
         }
     }
 
+    /// No bar (the receiver: its sender, often on the same terminal, draws one).
+    pub fn hidden() -> Self {
+        Self {
+            bar: ProgressBar::hidden(),
+            data: 0.into(),
+            holes: 0.into(),
+        }
+    }
+
     fn show(&self) {
         if !self.bar.is_hidden() {
             self.bar.set_message(format!(
@@ -336,7 +345,7 @@ fn send_to(
 pub fn recv_cmd(dest: &std::path::Path, o: &recv::RecvOpts, json: bool) -> Result<(), String> {
     let d = recv::Dest::resolve(dest)?;
     let started = Instant::now();
-    let progress = Progress::new(0);
+    let progress = Progress::hidden();
     let r = recv::recv(
         std::io::stdin().lock(),
         std::io::stdout().lock(),

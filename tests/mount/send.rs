@@ -426,3 +426,47 @@ fn update_sends_only_the_changed_blocks_over_a_two_way_connection() {
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
 }
+
+/// From a filesystem whose SEEK_DATA reports everything as data (bindfs), the probe
+/// distrusts it and the sender scans for zero blocks: the copy is as sparse as from a
+/// plain directory, and the digest of the file is the same as from its sparse original.
+#[test]
+fn send_from_a_filesystem_without_seek_data_scans_for_zero_blocks() {
+    if !fuse_available() {
+        return;
+    }
+    let Some(backing) = Backing::new("bindfs") else {
+        assert!(
+            !fuse_required(),
+            "bindfs is required with SPARSEFS_REQUIRE_FUSE=1"
+        );
+        eprintln!("skipped: no bindfs");
+        return;
+    };
+    let src = tempfile::tempdir().unwrap();
+    let (extents, dense) = sources(backing.underlying());
+    sources(src.path());
+    let digest = |json: &str| {
+        let i = json.find("\"digest\":\"").unwrap() + 10;
+        json[i..i + 64].to_string()
+    };
+    let via = |dir: &Path| {
+        let files = ["img", "dense", "small"]
+            .map(|n| dir.join(n).display().to_string())
+            .join(" ");
+        let d = tempfile::tempdir().unwrap();
+        let (out, err) = pipe(&format!("--json {files}"), &d.path().display().to_string());
+        assert!(out.status.success(), "{err}");
+        (err.lines().last().unwrap().to_string(), d)
+    };
+    let (json, got) = via(backing.path());
+    assert!(json.contains("\"runs_from\":\"zero-scan\""), "{json}");
+    check_delivered(backing.underlying(), got.path(), &extents, &dense);
+    let (plain, _) = via(src.path());
+    assert!(plain.contains("\"runs_from\":\"seek\""), "{plain}");
+    assert_eq!(
+        digest(&json),
+        digest(&plain),
+        "sparse and dense copies hash alike"
+    );
+}
