@@ -17,6 +17,9 @@ pub mod sender;
 pub mod source;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 use crate::stats::human;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};

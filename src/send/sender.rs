@@ -264,6 +264,9 @@ pub fn send_file<W: Write>(
     let gap = |em: &mut Emitter<'_, W>, s: u64, e: u64| -> io::Result<()> {
         match remote {
             None => em.hole(s, e),
+            // Nothing between (a gap at the end of a file whose size is no multiple of
+            // the block starts in the last block, already described).
+            Some(_) if s >= e => Ok(()),
             Some(r) => {
                 let (first, last) = (s / block, wire::blocks(e, block));
                 let mut i = first;

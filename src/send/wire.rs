@@ -47,6 +47,8 @@ pub enum StreamError {
     Corrupt(String),
     /// Not a sparsefs stream at all.
     Foreign,
+    /// An xfer-hole stream (`send --format xfer-hole`), not the native one.
+    XferHole,
     /// A sparsefs stream of another version.
     Version(u16),
     /// Reading or writing the stream failed.
@@ -59,6 +61,10 @@ impl fmt::Display for StreamError {
             Self::Truncated(at) => write!(f, "truncated stream (it ends {at})"),
             Self::Corrupt(why) => write!(f, "corrupt stream: {why}"),
             Self::Foreign => write!(f, "not a sparsefs send stream (bad magic)"),
+            Self::XferHole => write!(
+                f,
+                "an xfer-hole stream, not a native one: receive it with the shell loop of docs/send.md"
+            ),
             Self::Version(v) => write!(
                 f,
                 "sparsefs send stream version {v} is not supported (this sparsefs reads version {VERSION})"
@@ -323,6 +329,9 @@ impl<R: Read> Decoder<R> {
             }
         }
         if &magic != MAGIC {
+            if magic.starts_with(b"DATA\n") || magic.starts_with(b"HOLE\n") {
+                return Err(StreamError::XferHole);
+            }
             return Err(StreamError::Foreign);
         }
         self.crc.update(&magic);
