@@ -470,3 +470,128 @@ fn send_from_a_filesystem_without_seek_data_scans_for_zero_blocks() {
         "sparse and dense copies hash alike"
     );
 }
+
+/// A throwaway sshd on loopback (its own host key, one authorized key, a free port),
+/// killed on drop. `None` where it cannot run (no sshd, not root).
+struct LoopbackSshd {
+    dir: TempDir,
+    child: Child,
+    port: u16,
+}
+
+impl LoopbackSshd {
+    fn start() -> Option<LoopbackSshd> {
+        if !Path::new("/usr/sbin/sshd").exists() || !have("ssh-keygen") || !unsafe_free_is_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for k in ["host_key", "user_key"] {
+            sh(&format!(
+                "ssh-keygen -q -t ed25519 -N '' -f {}",
+                d.join(k).display()
+            ));
+        }
+        fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        fs::create_dir_all("/run/sshd").unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stderr(File::create(d.join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let s = LoopbackSshd { dir, child, port };
+        wait_for("sshd to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Some(s)
+    }
+
+    /// The `--ssh` command that logs in with the throwaway key.
+    fn ssh_cmd(&self) -> String {
+        format!(
+            "ssh -i {} -p {} -o BatchMode=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            self.dir.path().join("user_key").display(),
+            self.port
+        )
+    }
+}
+
+impl Drop for LoopbackSshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--to root@127.0.0.1:PATH` through a real ssh connection (a throwaway sshd on
+/// loopback): the first send delivers the file, `--update` after 1% of the blocks
+/// changed sends only those. CI (`SPARSEFS_REQUIRE_FUSE=1`, which installs
+/// openssh-server) fails instead of skipping when sshd cannot run.
+#[test]
+fn send_to_over_real_ssh_on_loopback_updates_only_changed_blocks() {
+    let Some(sshd) = LoopbackSshd::start() else {
+        assert!(
+            !fuse_required(),
+            "sshd (openssh-server) and root are required with SPARSEFS_REQUIRE_FUSE=1"
+        );
+        eprintln!("skipped: no sshd or not root");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src.img"), dir.path().join("dst.img"));
+    let extents: Vec<(u64, u64)> = (0..16).map(|i| (4 * i * MIB, MIB)).collect();
+    make_image(&src, 64 * MIB, &extents);
+    let send = |extra: &str| {
+        let out = Command::new(BIN)
+            .args(["send", "--json", "--remote-sparsefs", BIN, "--ssh"])
+            .arg(sshd.ssh_cmd())
+            .arg("--to")
+            .arg(format!("root@127.0.0.1:{}", dst.display()))
+            .args(extra.split_whitespace())
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\nsshd: {}",
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap_or_default()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json = send("");
+    assert_eq!(json_u64(&json, "blocks_sent"), 16 * MIB / BLOCK, "{json}");
+    assert!(files_equal(&src, &dst));
+    assert_eq!(
+        seek_map(&dst),
+        extents.iter().map(|&(o, l)| (o, o + l)).collect::<Vec<_>>()
+    );
+    // 1% of the 512 data blocks: 5, scattered.
+    let f = OpenOptions::new().write(true).open(&src).unwrap();
+    for k in 0..5u64 {
+        f.write_all_at(b"changed", extents[(3 * k) as usize].0 + k * 7 * BLOCK + 9)
+            .unwrap();
+    }
+    drop(f);
+    let json = send("--update");
+    assert_eq!(json_u64(&json, "blocks_sent"), 5, "{json}");
+    assert!(files_equal(&src, &dst));
+}
