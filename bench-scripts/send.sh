@@ -11,8 +11,10 @@
 # 16 KiB .. a few MiB, offsets unaligned) is built once; each method copies it to a fresh
 # destination on the same filesystem; the output is compared with the source (cmp) and
 # its allocation (du -B1) printed beside the wall time. --cold drops the page cache
-# before each run (default: warm, the source read once beforehand). `ssh-loopback` runs
-# only when `ssh -o BatchMode=yes 127.0.0.1 true` works.
+# before each run (default: warm, the source read once beforehand). The `ssh lo` rows
+# run through a throwaway sshd started on a free loopback port with its own keys
+# (root and openssh-server needed; skipped otherwise): sparsefs send --to, rsync -S -e ssh
+# and tar over ssh.
 set -euo pipefail
 
 size=4G
@@ -39,6 +41,7 @@ bytes=$(numfmt --from=iec "$size")
 rm -rf "$work"; mkdir -p "$work"/src "$work"/back "$work"/mnt "$work"/out
 cleanup() {
   mountpoint -q "$work/mnt" && "$bin" umount "$work/mnt" || true
+  [ -f "$work/sshd/pid" ] && kill "$(cat "$work/sshd/pid")" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -70,8 +73,29 @@ cp --sparse=always "$img" "$work/back/img"
 cat "$img" "$cat_src" > /dev/null
 
 ssh_ok=0
-if ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o ConnectTimeout=3 127.0.0.1 true 2>/dev/null; then
-  ssh_ok=1
+if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ]; then
+  mkdir -p "$work/sshd" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$work/sshd/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$work/sshd/user_key"
+  cp "$work/sshd/user_key.pub" "$work/sshd/authorized_keys"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > "$work/sshd/config" <<EOF2
+Port $port
+ListenAddress 127.0.0.1
+HostKey $work/sshd/host_key
+AuthorizedKeysFile $work/sshd/authorized_keys
+PidFile $work/sshd/pid
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+StrictModes no
+UsePAM no
+EOF2
+  /usr/sbin/sshd -f "$work/sshd/config" -E "$work/sshd/log"
+  ssh_cmd="ssh -i $work/sshd/user_key -p $port -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+  for _ in $(seq 50); do
+    $ssh_cmd root@127.0.0.1 true 2>/dev/null && { ssh_ok=1; break; }
+    sleep 0.1
+  done
 fi
 fake_ssh=$work/fake-ssh
 printf '#!/bin/sh\nshift\nexec sh -c "$1"\n' > "$fake_ssh"; chmod +x "$fake_ssh"
@@ -106,8 +130,12 @@ for label in dir mount; do
   run $label "sparsefs send --to (local)" "$s" "$work/out/img" \
     "$bin" send --ssh "$fake_ssh" --remote-sparsefs "$bin" --to "x:$work/out/" "$s"
   if [ $ssh_ok = 1 ]; then
-    run $label "sparsefs send --to ssh lo" "$s" "$work/out/img" \
-      "$bin" send --remote-sparsefs "$bin" --to "127.0.0.1:$work/out/" "$s"
+    run $label "sparsefs send --to (ssh lo)" "$s" "$work/out/img" \
+      "$bin" send --ssh "$ssh_cmd" --remote-sparsefs "$bin" --to "root@127.0.0.1:$work/out/" "$s"
+    run $label "rsync -S -e ssh (ssh lo)" "$s" "$work/out/img" \
+      rsync -S -e "$ssh_cmd" "$s" "root@127.0.0.1:$work/out/img"
+    run $label "tar -S | ssh tar -x (ssh lo)" "$s" "$work/out/img" \
+      sh -c "tar -S -C '$(dirname "$s")' -cf - img | $ssh_cmd root@127.0.0.1 tar -C '$work/out' -xf -"
   fi
   run $label "rsync -S" "$s" "$work/out/img" rsync -S "$s" "$work/out/img"
   run $label "tar -S -c | tar -x" "$s" "$work/out/img" \
