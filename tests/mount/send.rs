@@ -595,3 +595,97 @@ fn send_to_over_real_ssh_on_loopback_updates_only_changed_blocks() {
     assert_eq!(json_u64(&json, "blocks_sent"), 5, "{json}");
     assert!(files_equal(&src, &dst));
 }
+
+/// Syscall budgets, counted by strace on both ends of `send | recv`: from a mount the
+/// sender makes no lseek (one runs request per file) and one pread per data extent
+/// (none for holes); the receiver makes one pwrite per data record, one ftruncate for
+/// the trailing hole, and no fallocate or lseek. From a plain directory the sender's
+/// lseeks are two per extent (plus the probe's).
+#[test]
+fn send_and_recv_syscall_budgets() {
+    if !fuse_available() || !have("strace") {
+        assert!(
+            !fuse_required() || have("strace"),
+            "strace is required in CI"
+        );
+        return;
+    }
+    let backing = Backing::new("dir").unwrap();
+    let extents: Vec<(u64, u64)> = (0..16).map(|i| (4 * i * MIB + BLOCK, MIB)).collect();
+    make_image(&backing.path().join("img"), 80 * MIB, &extents);
+    let m = Mount::new(backing.path(), &[]);
+    let run = |src: &Path, tag: &str| {
+        let dst = tempfile::tempdir().unwrap();
+        let (st, rt) = (
+            dst.path().join("send.strace"),
+            dst.path().join("recv.strace"),
+        );
+        let out = sh_status(&format!(
+            "set -o pipefail; strace -f -c -o {} {BIN} send --json {} 2>{} | strace -f -c -o {} {BIN} recv {}",
+            st.display(),
+            src.display(),
+            dst.path().join("send.json").display(),
+            rt.display(),
+            dst.path().join("got").display()
+        ));
+        assert!(
+            out.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(files_equal(src, &dst.path().join("got")), "{tag}");
+        let json = fs::read_to_string(dst.path().join("send.json")).unwrap();
+        (strace_counts(&st), strace_counts(&rt), json, dst)
+    };
+    let n = extents.len() as u64;
+    // What starting the binary costs (the loader preads its ELF headers).
+    let tmp = tempfile::tempdir().unwrap();
+    let base_trace = tmp.path().join("base.strace");
+    sh(&format!(
+        "strace -f -c -o {} {BIN} --version >/dev/null",
+        base_trace.display()
+    ));
+    let base = strace_counts(&base_trace);
+    let calls = |c: &std::collections::HashMap<String, u64>, k: &str| {
+        c.get(k).copied().unwrap_or(0)
+            - base
+                .get(k)
+                .copied()
+                .unwrap_or(0)
+                .min(c.get(k).copied().unwrap_or(0))
+    };
+
+    let (s, r, json, _d) = run(&m.p("img"), "mount");
+    assert!(json.contains("mount-index"), "{json}");
+    assert_eq!(
+        calls(&s, "lseek"),
+        0,
+        "sender lseeks through the mount: {s:?}"
+    );
+    assert_eq!(calls(&s, "getxattr"), 1, "{s:?}");
+    assert_eq!(
+        calls(&s, "pread64"),
+        n,
+        "one read per extent, none of a hole: {s:?}"
+    );
+    assert_eq!(
+        calls(&r, "pwrite64"),
+        json_u64(&json, "data_records"),
+        "{r:?}"
+    );
+    assert_eq!(calls(&r, "pwrite64"), n, "{r:?}");
+    assert_eq!(calls(&r, "ftruncate"), 1, "{r:?}");
+    assert_eq!(calls(&r, "fallocate"), 0, "{r:?}");
+    assert_eq!(calls(&r, "lseek"), 0, "{r:?}");
+
+    let (s, r, json, _d) = run(&backing.path().join("img"), "dir");
+    assert!(json.contains("\"runs_from\":\"seek\""), "{json}");
+    let seeks = calls(&s, "lseek");
+    assert!(
+        seeks >= 2 * n && seeks <= 2 * n + 12,
+        "sender lseeks {seeks}: {s:?}"
+    );
+    assert!(calls(&s, "pread64") <= n + 4, "{s:?}");
+    assert_eq!(calls(&r, "pwrite64"), n, "{r:?}");
+    assert_eq!(calls(&r, "ftruncate"), 1, "{r:?}");
+}
