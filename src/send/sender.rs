@@ -10,7 +10,7 @@ use crate::zero::is_zero;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Bytes read per request and largest data record.
 pub const CHUNK: u64 = 4 << 20;
@@ -372,9 +372,4 @@ pub fn read_remote<R: Read>(d: &mut wire::Decoder<R>, block: u64) -> Result<Remo
         ));
     }
     Ok(Remote::new(size, hashes, block))
-}
-
-/// Path of a source for messages.
-pub fn shown(p: &Path) -> String {
-    p.display().to_string()
 }

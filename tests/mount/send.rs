@@ -348,10 +348,11 @@ fn corrupt_truncated_and_foreign_streams_are_refused_and_the_destination_is_unto
     assert!(!dst.path().join("one-name").exists());
 }
 
-/// A stand-in for ssh: ignores the host and runs the command here.
+/// A stand-in for ssh: ignores the host and runs the command here (its words joined
+/// by spaces, as ssh sends them).
 fn fake_ssh(dir: &Path) -> PathBuf {
     let p = dir.join("fake-ssh");
-    fs::write(&p, "#!/bin/sh\nshift\nexec sh -c \"$1\"\n").unwrap();
+    fs::write(&p, "#!/bin/sh\nshift\nexec sh -c \"$*\"\n").unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
     p
 }
@@ -594,6 +595,24 @@ fn send_to_over_real_ssh_on_loopback_updates_only_changed_blocks() {
     let json = send("--update");
     assert_eq!(json_u64(&json, "blocks_sent"), 5, "{json}");
     assert!(files_equal(&src, &dst));
+    // The xfer-hole receiver over ssh, in the form docs/send.md shows.
+    let script = dir.path().join("recv-hole.sh");
+    fs::write(&script, XFER_HOLE_RECV).unwrap();
+    let out_file = dir.path().join("xfer.img");
+    let out = sh_status(&format!(
+        "set -o pipefail; cd {} && {BIN} send --format xfer-hole {} | {} root@127.0.0.1 sh -c \"'$(cat recv-hole.sh)'\" - {}",
+        dir.path().display(),
+        src.display(),
+        sshd.ssh_cmd(),
+        out_file.display()
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(files_equal(&src, &out_file));
+    assert!(allocated(&out_file) <= 17 * MIB, "{}", allocated(&out_file));
 }
 
 /// Syscall budgets, counted by strace on both ends of `send | recv`: from a mount the
