@@ -201,6 +201,36 @@ fn send_from_and_recv_into_a_sparsefs_mount() {
         alloc <= ideal + BLOCK * extents.len() as u64 + 64 * 1024,
         "backend allocation {alloc} for ideal {ideal}"
     );
+
+    // --update --inplace into the mount: a changed block is written and a block that
+    // became zeros is punched through the mount; its map follows.
+    let ssh = fake_ssh(dst.path());
+    let src = dst.path().join("img");
+    let f = OpenOptions::new().write(true).open(&src).unwrap();
+    let zeroed = extents[3].0 / BLOCK * BLOCK + BLOCK;
+    f.write_all_at(&vec![0u8; BLOCK as usize], zeroed).unwrap();
+    f.write_all_at(b"changed", extents[9].0 + 10).unwrap();
+    drop(f);
+    let out = sh_status(&format!(
+        "{BIN} send --ssh {} --remote-sparsefs {BIN} --to x:{} --update --inplace --json {}",
+        ssh.display(),
+        m.p("back/img").display(),
+        src.display()
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(json_u64(&json, "blocks_sent"), 1, "{json}");
+    assert!(files_equal(&src, &m.p("back/img")));
+    let map = seek_map(&m.p("back/img"));
+    assert!(
+        !covered(&map, zeroed, zeroed + BLOCK),
+        "not punched: {map:?}"
+    );
+    assert_eq!(map, nonzero_blocks(&fs::read(&src).unwrap()));
 }
 
 /// The xfer-hole receiver of docs/send.md: a POSIX shell loop with only read, dd and
