@@ -127,10 +127,10 @@ pub enum Cmd {
         remote_sparsefs: String,
         /// With --to: compare block digests with the receiver's copy and send only the
         /// blocks that differ.
-        #[arg(long, requires = "to")]
+        #[arg(long)]
         update: bool,
         /// With --to: the receiver writes in place (see recv --inplace).
-        #[arg(long, requires = "to")]
+        #[arg(long)]
         inplace: bool,
         /// Print a JSON summary (on stdout with --to, else on stderr).
         #[arg(long)]

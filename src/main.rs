@@ -159,7 +159,7 @@ fn main() -> ExitCode {
             } else {
                 sparsefs::send::Format::Native
             };
-            report(sparsefs::send::send(
+            report_send(sparsefs::send::send(
                 &files,
                 &sparsefs::send::SendOpts {
                     format,
@@ -177,7 +177,7 @@ fn main() -> ExitCode {
             dest,
             inplace,
             json,
-        } => report(sparsefs::send::recv_cmd(
+        } => report_send(sparsefs::send::recv_cmd(
             &dest,
             &sparsefs::send::recv::RecvOpts { inplace },
             json,
@@ -203,6 +203,22 @@ fn main() -> ExitCode {
         Cmd::Demo { sparse_block } => {
             sparsefs::daemon::init_logging(0);
             report(sparsefs::demo::run(&sparse_block))
+        }
+    }
+}
+
+/// send and recv: bad input exits 2 (nothing written), a failure on the way 1.
+fn report_send(r: Result<(), sparsefs::send::Failure>) -> ExitCode {
+    use sparsefs::send::Failure;
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BadInput(e)) => {
+            eprintln!("sparsefs: error: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("sparsefs: error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

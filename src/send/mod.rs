@@ -139,6 +139,22 @@ fn json_str(s: &str) -> String {
     o
 }
 
+/// Why send or recv failed: bad input (nothing was written; exit 2) or a failure on
+/// the way (exit 1). Either is one line.
+#[derive(Debug)]
+pub enum Failure {
+    /// Refused before anything was read or written.
+    BadInput(String),
+    /// Failed while running.
+    Failed(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
+    }
+}
+
 /// Splits `[USER@]HOST:PATH`.
 ///
 /// # Errors
@@ -160,14 +176,24 @@ pub fn shell_quote(s: &str) -> String {
 /// # Errors
 /// One line: bad input (before anything is written), a failed read, a refused or failed
 /// receiver.
-pub fn send(paths: &[PathBuf], o: &SendOpts) -> Result<(), String> {
+pub fn send(paths: &[PathBuf], o: &SendOpts) -> Result<(), Failure> {
+    let bad = |e: &str| Err(Failure::BadInput(e.to_string()));
     if o.update && o.to.is_none() {
-        return Err("--update needs --to (the receiver answers with its block hashes)".into());
+        return bad("--update needs --to (the receiver answers with its block hashes)");
+    }
+    if o.inplace && o.to.is_none() {
+        return bad("send --inplace needs --to (or give --inplace to recv)");
     }
     if o.format == Format::XferHole && (paths.len() != 1 || o.update || o.to.is_some()) {
-        return Err("--format xfer-hole takes one file, without --to or --update".into());
+        return bad("--format xfer-hole takes one file, without --to or --update");
     }
-    let sources = sender::open_sources(paths)?;
+    if let Some(t) = &o.to {
+        parse_target(t).map_err(Failure::BadInput)?;
+        if o.ssh.split_ascii_whitespace().next().is_none() {
+            return bad("empty --ssh command");
+        }
+    }
+    let sources = sender::open_sources(paths).map_err(Failure::BadInput)?;
     let started = Instant::now();
     let total: u64 = sources.iter().map(|s| s.meta.len()).sum();
     let progress = Progress::new(total);
@@ -178,7 +204,7 @@ pub fn send(paths: &[PathBuf], o: &SendOpts) -> Result<(), String> {
         Some(t) => {
             let (host, path) = parse_target(t)?;
             let mut words = o.ssh.split_ascii_whitespace();
-            let prog = words.next().ok_or("empty --ssh command")?;
+            let prog = words.next().expect("checked above");
             let mut remote = format!("{} recv {}", o.remote_bin, shell_quote(&path));
             if o.inplace {
                 remote.push_str(" --inplace");
@@ -212,13 +238,13 @@ pub fn send(paths: &[PathBuf], o: &SendOpts) -> Result<(), String> {
             .wait()
             .map_err(|e| format!("waiting for the receiver: {e}"))?;
         if !status.success() {
-            return Err(format!(
+            return Err(Failure::Failed(format!(
                 "the receiver failed ({status}){}",
                 r.as_ref()
                     .err()
                     .map(|e| format!("; {e}"))
                     .unwrap_or_default()
-            ));
+            )));
         }
     }
     let (sums, wire_bytes) = r?;
@@ -345,8 +371,8 @@ fn send_to(
 ///
 /// # Errors
 /// One line; the destination keeps its old content (or does not appear).
-pub fn recv_cmd(dest: &std::path::Path, o: &recv::RecvOpts, json: bool) -> Result<(), String> {
-    let d = recv::Dest::resolve(dest)?;
+pub fn recv_cmd(dest: &std::path::Path, o: &recv::RecvOpts, json: bool) -> Result<(), Failure> {
+    let d = recv::Dest::resolve(dest).map_err(Failure::BadInput)?;
     let started = Instant::now();
     let progress = Progress::hidden();
     let r = recv::recv(

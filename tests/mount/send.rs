@@ -275,10 +275,18 @@ fn xfer_hole_stream_is_received_by_the_posix_shell_one_liner() {
     assert_eq!(seek_map(&dst.path().join("dense")), nonzero_blocks(&dense));
 }
 
-/// One error line, a non-zero exit, and the destination as it was.
+/// One error line and exit status 1 (a refused stream) or 2 (bad input).
 fn assert_refused(out: &Output, what: &str, expect: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{what}: accepted");
+    let bad_input = matches!(
+        what,
+        "missing file" | "directory" | "missing DEST dir" | "--update without --to"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(if bad_input { 2 } else { 1 }),
+        "{what}: {err}"
+    );
     assert_eq!(err.lines().count(), 1, "{what}: {err}");
     assert!(err.contains(expect), "{what}: {err}");
 }
@@ -454,7 +462,7 @@ fn update_sends_only_the_changed_blocks_over_a_two_way_connection() {
     assert_eq!(json_u64(&json, "blocks_sent"), 0, "{json}");
     // --update without --to is bad input.
     let out = sh_status(&format!("{BIN} send --update {}", src.display()));
-    assert!(!out.status.success());
+    assert_refused(&out, "--update without --to", "--to");
     assert!(out.stdout.is_empty());
 }
 
