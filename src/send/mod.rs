@@ -193,6 +193,9 @@ pub fn send(paths: &[PathBuf], o: &SendOpts) -> Result<(), Failure> {
             return bad("empty --ssh command");
         }
     }
+    if o.to.is_none() && std::io::stdout().is_terminal() {
+        return bad("stdout is a terminal: pipe the stream to sparsefs recv, or use --to");
+    }
     let sources = sender::open_sources(paths).map_err(Failure::BadInput)?;
     let started = Instant::now();
     let total: u64 = sources.iter().map(|s| s.meta.len()).sum();
@@ -373,6 +376,11 @@ fn send_to(
 /// One line; the destination keeps its old content (or does not appear).
 pub fn recv_cmd(dest: &std::path::Path, o: &recv::RecvOpts, json: bool) -> Result<(), Failure> {
     let d = recv::Dest::resolve(dest).map_err(Failure::BadInput)?;
+    if std::io::stdin().is_terminal() {
+        return Err(Failure::BadInput(
+            "stdin is a terminal: pipe a stream of sparsefs send into recv".into(),
+        ));
+    }
     let started = Instant::now();
     let progress = Progress::hidden();
     let r = recv::recv(
