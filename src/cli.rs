@@ -101,6 +101,55 @@ pub enum Cmd {
         #[arg(long, value_name = "DURATION")]
         min_age: Option<String>,
     },
+    /// Write FILEs as a sparse stream on stdout (data records and holes, checked), or to
+    /// `sparsefs recv` on another host with --to. Holes are never read: the runs come from
+    /// the mount's index on a sparsefs mount, else from SEEK_DATA where a probe trusts it,
+    /// else from a zero scan; zero blocks inside data travel as holes too.
+    Send {
+        /// Regular files (one with --format xfer-hole).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// native (versioned, checksummed, several files) or xfer-hole (baserock's
+        /// `DATA`/`HOLE` records, for a receiver with only sh, dd and truncate).
+        #[arg(long, default_value = "native", value_parser = ["native", "xfer-hole"])]
+        format: String,
+        /// Zero-detection and digest block.
+        #[arg(long, default_value = "32K")]
+        block: String,
+        /// Run `ssh HOST sparsefs recv PATH` and send to it.
+        #[arg(long, value_name = "[USER@]HOST:PATH")]
+        to: Option<String>,
+        /// The ssh command for --to (split on spaces; HOST and the command follow).
+        #[arg(long, value_name = "CMD", default_value = "ssh")]
+        ssh: String,
+        /// The sparsefs binary on the remote host.
+        #[arg(long, value_name = "PATH", default_value = "sparsefs")]
+        remote_sparsefs: String,
+        /// With --to: compare block digests with the receiver's copy and send only the
+        /// blocks that differ.
+        #[arg(long)]
+        update: bool,
+        /// With --to: the receiver writes in place (see recv --inplace).
+        #[arg(long)]
+        inplace: bool,
+        /// Print a JSON summary (on stdout with --to, else on stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a sparse stream of `sparsefs send` from stdin into DEST (a directory, or a
+    /// file name for a one-file stream). Files are written to temporaries beside their
+    /// names, checked against the sender's digest, synced, then renamed.
+    Recv {
+        /// Destination directory or file.
+        dest: PathBuf,
+        /// Write into the existing file itself, punching holes over its old data
+        /// (no temporary: a failed stream leaves it part-written).
+        #[arg(long)]
+        inplace: bool,
+        /// Print a JSON summary on stderr.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the man page (roff) on stdout: `sparsefs man > /usr/local/share/man/man8/sparsefs.8`.
     #[command(hide = true)]
     Man,

@@ -390,6 +390,40 @@ impl SparseFile {
         Ok(seek(&self.data_map()))
     }
 
+    /// The data runs as SEEK_DATA/SEEK_HOLE would answer them, all at once: at
+    /// sparse-block granularity, buffered blocks included, learned from the backend first
+    /// where [`Self::seek`] would learn it. For `sparsefs send` through a mount (one
+    /// request for many extents instead of two lseeks per extent).
+    ///
+    /// # Errors
+    /// The backend's errno while learning the map.
+    pub fn block_runs(&mut self) -> io::Result<RangeSet> {
+        if !self.index.exact && self.caps.seek {
+            self.learn()?;
+        }
+        let b = self.geo.block;
+        let size = self.size;
+        let map = if self.dirty.is_empty() {
+            self.index.data.clone()
+        } else {
+            self.data_map()
+        };
+        let runs = crate::extents::walk(size, |off, w| {
+            Ok(match w {
+                Whence::Data => seek_data_blocks(&map, off, size, b),
+                Whence::Hole => seek_hole_blocks(&map, off, size, b),
+            })
+        })?;
+        // The block answers are consistent by construction; all data if they were not.
+        Ok(runs.unwrap_or_else(|| {
+            let mut all = RangeSet::new();
+            if size > 0 {
+                all.insert(0, size);
+            }
+            all
+        }))
+    }
+
     fn flush_blocks(&mut self, first: u64, last: u64) -> io::Result<()> {
         let taken = self.dirty.take(first, last);
         self.flush_taken(taken)

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod mountinfo;
 pub mod node;
 pub mod persist;
+pub mod send;
 pub mod stamp;
 pub mod stats;
 pub mod sys;

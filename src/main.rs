@@ -130,6 +130,58 @@ fn main() -> ExitCode {
                 },
             ))
         }
+        Cmd::Send {
+            files,
+            format,
+            block,
+            to,
+            ssh,
+            remote_sparsefs,
+            update,
+            inplace,
+            json,
+        } => {
+            let block = match cli::parse_size("block", &block) {
+                Ok(b) if b.is_power_of_two() && (512..=64 << 20).contains(&b) => b,
+                Ok(b) => {
+                    eprintln!(
+                        "sparsefs: error: invalid block {b}: must be a power of two from 512 to 64M"
+                    );
+                    return ExitCode::from(2);
+                }
+                Err(e) => {
+                    eprintln!("sparsefs: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let format = if format == "xfer-hole" {
+                sparsefs::send::Format::XferHole
+            } else {
+                sparsefs::send::Format::Native
+            };
+            report_send(sparsefs::send::send(
+                &files,
+                &sparsefs::send::SendOpts {
+                    format,
+                    block,
+                    to,
+                    ssh,
+                    remote_bin: remote_sparsefs,
+                    update,
+                    inplace,
+                    json,
+                },
+            ))
+        }
+        Cmd::Recv {
+            dest,
+            inplace,
+            json,
+        } => report_send(sparsefs::send::recv_cmd(
+            &dest,
+            &sparsefs::send::recv::RecvOpts { inplace },
+            json,
+        )),
         Cmd::Man => {
             use clap::CommandFactory;
             let man = clap_mangen::Man::new(Cli::command()).section("8");
@@ -151,6 +203,22 @@ fn main() -> ExitCode {
         Cmd::Demo { sparse_block } => {
             sparsefs::daemon::init_logging(0);
             report(sparsefs::demo::run(&sparse_block))
+        }
+    }
+}
+
+/// send and recv: bad input exits 2 (nothing written), a failure on the way 1.
+fn report_send(r: Result<(), sparsefs::send::Failure>) -> ExitCode {
+    use sparsefs::send::Failure;
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BadInput(e)) => {
+            eprintln!("sparsefs: error: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("sparsefs: error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

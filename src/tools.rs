@@ -135,7 +135,8 @@ pub struct ScanOpts {
     pub dry_run: bool,
 }
 
-fn on_sparsefs(p: &Path) -> bool {
+/// True if `p` is on a sparsefs mount (by mountinfo; nothing on the mount is touched).
+pub fn on_sparsefs(p: &Path) -> bool {
     let Ok(abs) = std::fs::canonicalize(p) else {
         return false;
     };

@@ -29,6 +29,8 @@ mod metrics;
 mod posix;
 #[path = "mount/resources.rs"]
 mod resources;
+#[path = "mount/send.rs"]
+mod send;
 #[path = "mount/sparse.rs"]
 mod sparse;
 #[path = "mount/torture.rs"]

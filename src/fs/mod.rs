@@ -116,6 +116,14 @@ pub const STATS_XATTR: &str = "user.sparsefs.stats";
 /// kernel lets only callers with write access set a `user.` xattr.
 pub const SCAN_XATTR: &str = "user.sparsefs.scan";
 
+/// Reading this xattr on an open regular file answers its data runs from the mount's
+/// index, at sparse-block granularity, as SEEK_DATA/SEEK_HOLE would (`sparsefs send`
+/// through a mount). The name carries where to start: `user.sparsefs.runs@OFFSET`. The
+/// value is text: a first line `SIZE NEXT`, then one `START END` line per run that ends
+/// after OFFSET; NEXT is where to ask again, SIZE when the list is complete (a reply
+/// stays under 64 KiB). Never stored, never listed.
+pub const RUNS_XATTR: &str = "user.sparsefs.runs@";
+
 fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
 }
@@ -411,6 +419,13 @@ struct Probed {
     /// passthrough open reopens the registered backing file), so an open that races an
     /// unlink, or an open through /proc of an unlinked file, would fail with EIO there.
     reopen_unlinked: bool,
+}
+
+/// What the filesystem of directory `dir` really does with punch and SEEK_DATA, found
+/// as a mount finds it (a scratch file written, punched, sought and removed). Nothing
+/// is trusted where no scratch file can be made.
+pub fn probe_caps(dir: std::os::fd::BorrowedFd<'_>) -> Caps {
+    probe_dir(dir).caps
 }
 
 fn probe_dir(root: std::os::fd::BorrowedFd<'_>) -> Probed {

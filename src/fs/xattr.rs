@@ -31,6 +31,13 @@ impl SparseFs {
             }
             return Ok(v);
         }
+        if let Some(from) = name.to_str().and_then(|n| n.strip_prefix(RUNS_XATTR)) {
+            let v = self.runs_reply(ino, from)?;
+            if size != 0 && (size as usize) < v.len() {
+                return Err(errno(libc::ERANGE));
+            }
+            return Ok(v);
+        }
         let inode = self.inode(ino)?;
         if (inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR) || name == MAP_XATTR {
             return Err(errno(libc::ENODATA));
@@ -157,6 +164,31 @@ impl SparseFs {
             f(inode.ino);
         }
         Ok(())
+    }
+
+    /// A [`RUNS_XATTR`] answer: the runs of an open regular file that end after `from`.
+    fn runs_reply(&self, ino: Ino, from: &str) -> io::Result<Vec<u8>> {
+        /// Past this many bytes a reply stops and says where to go on (under 64 KiB, the
+        /// kernel's limit for an xattr value).
+        const REPLY_MAX: usize = 60 * 1024;
+        let from: u64 = from.parse().map_err(|_| errno(libc::EINVAL))?;
+        let inode = self.inode(ino)?;
+        if inode.kind != libc::S_IFREG {
+            return Err(errno(libc::ENODATA));
+        }
+        // Only through an open file: its engine exists while it is open.
+        let node = inode.node().ok_or_else(|| errno(libc::EBADF))?;
+        let (size, runs) = node.change(|e, _| Ok((e.size(), e.block_runs()?)))?;
+        let mut body = String::new();
+        let mut next = size;
+        for (s, e) in runs.iter().filter(|&(_, e)| e > from) {
+            if body.len() > REPLY_MAX {
+                next = s;
+                break;
+            }
+            body.push_str(&format!("{s} {e}\n"));
+        }
+        Ok(format!("{size} {next}\n{body}").into_bytes())
     }
 
     /// removexattr.

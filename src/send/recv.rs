@@ -1,0 +1,516 @@
+//! The receiving side: checks every record, writes data with large positional writes
+//! (a hole costs no call; a trailing hole one ftruncate), verifies each file's digest,
+//! and only then gives the temporary files their names. `--inplace` writes the
+//! destination itself and punches holes over its old data; `--update` streams (header
+//! flag) get the old copy's block hashes back first.
+
+use super::sender::CHUNK;
+use super::wire::{
+    self, Decoder, Digest, Encoder, FileMeta, Hash, Record, StreamError, ZeroHashes,
+};
+use crate::zero::is_zero;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Options of `sparsefs recv`.
+#[derive(Clone, Debug, Default)]
+pub struct RecvOpts {
+    /// Write into the destination itself (punching holes over old data) instead of a
+    /// temporary renamed at the end.
+    pub inplace: bool,
+}
+
+/// What was received.
+#[derive(Clone, Debug, Default)]
+pub struct RecvSummary {
+    /// Files written.
+    pub files: Vec<(String, u64)>,
+    /// Data bytes written.
+    pub data_bytes: u64,
+    /// Data records.
+    pub data_records: u64,
+    /// Bytes punched (or zeroed) over old data.
+    pub punched: u64,
+    /// Stream bytes read.
+    pub wire_bytes: u64,
+}
+
+/// Where the files of a stream go.
+#[derive(Clone, Debug)]
+pub enum Dest {
+    /// Into this directory, under their own names.
+    Dir(PathBuf),
+    /// The one file of the stream, to this path.
+    File(PathBuf),
+}
+
+impl Dest {
+    /// Checks `p` before any byte of the stream is read.
+    ///
+    /// # Errors
+    /// A destination whose directory does not exist.
+    pub fn resolve(p: &Path) -> Result<Dest, String> {
+        if p.is_dir() {
+            return Ok(Dest::Dir(p.to_path_buf()));
+        }
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(format!(
+                "{}: directory {} does not exist",
+                p.display(),
+                parent.display()
+            ));
+        }
+        if p.file_name().is_none() {
+            return Err(format!("{}: not a file name", p.display()));
+        }
+        Ok(Dest::File(p.to_path_buf()))
+    }
+}
+
+/// One file being received.
+struct Incoming {
+    meta: FileMeta,
+    /// The final name.
+    target: PathBuf,
+    /// The file written (the temporary, or the target with `--inplace`).
+    path: PathBuf,
+    file: File,
+    digest: Digest,
+    /// End of the last record (records ascend).
+    pos: u64,
+    /// Bytes of data the records carried.
+    data_bytes: u64,
+    /// The length the written file has now.
+    len: u64,
+    /// The hashes of blocks no record touches.
+    keep: Keep,
+    /// Punch over old data (in place or on a copy of the old file).
+    punch: bool,
+}
+
+/// What a block that no record touches hashes to: its old hash (`--update`), else
+/// zeros.
+struct Keep {
+    block: u64,
+    size: u64,
+    zeros: ZeroHashes,
+    /// The old copy's size, zero hashes and block hashes (`--update`).
+    old: Option<(u64, ZeroHashes, Vec<Hash>)>,
+}
+
+impl Keep {
+    fn kept(&self, j: u64) -> Hash {
+        let b = self.block;
+        let new_len = wire::block_len(j, self.size, b);
+        match &self.old {
+            Some((old_size, oz, h)) if (j as usize) < h.len() => {
+                let old_len = wire::block_len(j, *old_size, b);
+                if h[j as usize] == oz.of_len(old_len) {
+                    self.zeros.of_len(new_len)
+                } else if old_len == new_len {
+                    h[j as usize]
+                } else {
+                    // Not kept as it was: the sender sends such a block. If it did not,
+                    // the digest fails, as it must.
+                    [0; 32]
+                }
+            }
+            _ => self.zeros.of_len(new_len),
+        }
+    }
+}
+
+/// Receives a native stream from `input` into `dest`; `reply` carries the block hashes
+/// back for `--update` streams.
+///
+/// # Errors
+/// One line: the stream's fault, or the destination's. Nothing half-written keeps a
+/// destination name (except with `--inplace`).
+pub fn recv<R: Read, W: Write>(
+    input: R,
+    reply: W,
+    dest: &Dest,
+    o: &RecvOpts,
+    progress: &super::Progress,
+) -> Result<RecvSummary, String> {
+    let mut st = State {
+        temps: Vec::new(),
+        done: Vec::new(),
+    };
+    let r = run(input, reply, dest, o, progress, &mut st);
+    if r.is_err() {
+        for p in st.temps.iter().chain(st.done.iter().map(|(t, _, _)| t)) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    r
+}
+
+struct State {
+    /// Temporaries not yet complete.
+    temps: Vec<PathBuf>,
+    /// Complete, verified files: (temporary, final name, in place).
+    done: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+fn run<R: Read, W: Write>(
+    input: R,
+    reply: W,
+    dest: &Dest,
+    o: &RecvOpts,
+    progress: &super::Progress,
+    st: &mut State,
+) -> Result<RecvSummary, String> {
+    let mut d = Decoder::new(io::BufReader::with_capacity(1 << 20, input));
+    let mut reply = Encoder::new(reply);
+    let se = |e: StreamError| e.to_string();
+    let h = d.header().map_err(se)?;
+    let block = u64::from(h.block);
+    let update = h.flags & wire::FLAG_UPDATE != 0;
+    let mut sum = RecvSummary::default();
+    let mut cur: Option<Incoming> = None;
+    let mut nfiles = 0u32;
+    loop {
+        let rec = d.record().map_err(se)?;
+        match rec {
+            Record::File(meta) => {
+                if cur.is_some() {
+                    return Err(se(StreamError::Corrupt(
+                        "a file record inside another file".into(),
+                    )));
+                }
+                nfiles += 1;
+                let target = match dest {
+                    Dest::Dir(dir) => dir.join(&meta.name),
+                    Dest::File(p) if nfiles == 1 => p.clone(),
+                    Dest::File(p) => {
+                        return Err(format!(
+                            "{}: the stream holds several files; give a directory",
+                            p.display()
+                        ));
+                    }
+                };
+                let inc = start_file(meta, target, block, update, o, st, &mut reply)?;
+                cur = Some(inc);
+            }
+            Record::Data { off, data } => {
+                let f = cur.as_mut().ok_or_else(|| {
+                    se(StreamError::Corrupt("a data record outside a file".into()))
+                })?;
+                let len = data.len() as u64;
+                check_range(f, off, len, block).map_err(se)?;
+                f.file
+                    .write_all_at(&data, off)
+                    .map_err(|e| format!("{}: {e}", f.path.display()))?;
+                let first = off / block;
+                for (j, b) in data.chunks(block as usize).enumerate() {
+                    let i = first + j as u64;
+                    let keep = &f.keep;
+                    f.digest
+                        .push_with(i, &wire::block_hash(b), |k| keep.kept(k));
+                }
+                f.pos = off + len;
+                f.len = f.len.max(off + len);
+                f.data_bytes += len;
+                sum.data_bytes += len;
+                sum.data_records += 1;
+                progress.data(len);
+            }
+            Record::Hole { off, len } => {
+                let f = cur.as_mut().ok_or_else(|| {
+                    se(StreamError::Corrupt("a hole record outside a file".into()))
+                })?;
+                check_range(f, off, len, block).map_err(se)?;
+                if f.punch {
+                    let old_end = f.len.min(off + len);
+                    if old_end > off {
+                        punch(&f.file, off, old_end - off)
+                            .map_err(|e| format!("{}: {e}", f.path.display()))?;
+                        sum.punched += old_end - off;
+                    }
+                    // Hole blocks hash as zeros, whatever the old copy had.
+                    let (first, last) = (off / block, wire::blocks(off + len, block));
+                    for i in first..last {
+                        let z = f.keep.zeros.of_len(wire::block_len(i, f.meta.size, block));
+                        let keep = &f.keep;
+                        f.digest.push_with(i, &z, |k| keep.kept(k));
+                    }
+                }
+                f.pos = off + len;
+                progress.hole(len);
+            }
+            Record::End {
+                size,
+                data_bytes,
+                digest,
+            } => {
+                let mut f = cur.take().ok_or_else(|| {
+                    se(StreamError::Corrupt("an end record outside a file".into()))
+                })?;
+                if size != f.meta.size || data_bytes != f.data_bytes {
+                    return Err(se(StreamError::Corrupt(format!(
+                        "the end record of {} does not match its records",
+                        f.meta.name
+                    ))));
+                }
+                let keep = &f.keep;
+                let got = std::mem::replace(&mut f.digest, Digest::new(0, block))
+                    .finish_with(|k| keep.kept(k));
+                if got != digest {
+                    return Err(format!(
+                        "{}: digest mismatch: the received file differs from the sent one (stream corrupted)",
+                        f.meta.name
+                    ));
+                }
+                finish_file(&mut f).map_err(|e| format!("{}: {e}", f.path.display()))?;
+                st.temps.retain(|t| *t != f.path);
+                st.done
+                    .push((f.path.clone(), f.target.clone(), f.path == f.target));
+                sum.files.push((f.target.display().to_string(), size));
+            }
+            Record::StreamEnd { files } => {
+                if cur.is_some() || files != nfiles {
+                    return Err(se(StreamError::Corrupt(format!(
+                        "the stream's end record counts {files} files, {nfiles} were sent"
+                    ))));
+                }
+                break;
+            }
+        }
+    }
+    // Every file verified: now they take their names.
+    let mut dirs = Vec::new();
+    for (tmp, target, inplace) in &st.done {
+        if !inplace {
+            std::fs::rename(tmp, target).map_err(|e| format!("{}: {e}", target.display()))?;
+        }
+        if let Some(dir) = target.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if !dirs.iter().any(|d: &PathBuf| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+    }
+    st.done.clear();
+    for dir in dirs {
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+    }
+    sum.wire_bytes = d.bytes;
+    Ok(sum)
+}
+
+fn check_range(f: &Incoming, off: u64, len: u64, block: u64) -> Result<(), StreamError> {
+    let end = off.checked_add(len);
+    let bad = |why: &str| {
+        Err(StreamError::Corrupt(format!(
+            "record at {off}+{len} of {}: {why}",
+            f.meta.name
+        )))
+    };
+    match end {
+        None => bad("out of range"),
+        Some(_) if len == 0 => bad("empty"),
+        Some(e) if e > f.meta.size => bad("past the end of the file"),
+        Some(_) if off < f.pos => bad("out of order"),
+        Some(_) if !off.is_multiple_of(block) => bad("not on a block boundary"),
+        Some(e) if !len.is_multiple_of(block) && e != f.meta.size => bad("not whole blocks"),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Punches `[off, off+len)`; writes zeros where the filesystem cannot punch.
+fn punch(f: &File, off: u64, len: u64) -> io::Result<()> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    loop {
+        match crate::sys::fallocate_once(f.as_fd(), mode, off, len) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+                ) =>
+            {
+                let zeros = vec![0u8; CHUNK.min(len) as usize];
+                let mut o = off;
+                while o < off + len {
+                    let n = CHUNK.min(off + len - o) as usize;
+                    f.write_all_at(&zeros[..n], o)?;
+                    o += n as u64;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Creates the file to write (a temporary beside the target, or the target itself with
+/// `--inplace`) and, for `--update`, answers the old copy's block hashes.
+fn start_file<W: Write>(
+    meta: FileMeta,
+    target: PathBuf,
+    block: u64,
+    update: bool,
+    o: &RecvOpts,
+    st: &mut State,
+    reply: &mut Encoder<W>,
+) -> Result<Incoming, String> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let old = if update {
+        match File::open(&target) {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Some(f),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let (path, file) = if o.inplace {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&target)
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        (target.clone(), f)
+    } else {
+        let mut n = 0u32;
+        loop {
+            let tmp = dir.join(format!(
+                ".{}.sparsefs-recv.{}.{n}",
+                meta.name,
+                std::process::id()
+            ));
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+            {
+                Ok(f) => {
+                    st.temps.push(tmp.clone());
+                    break (tmp, f);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => return Err(format!("{}: {e}", tmp.display())),
+            }
+        }
+    };
+    let mut len = if o.inplace {
+        file.metadata().map(|m| m.len()).unwrap_or(0)
+    } else {
+        0
+    };
+    let mut old_sums = None;
+    if update {
+        let (old_size, hashes) = match &old {
+            Some(of) => old_hashes(of, block, (!o.inplace).then_some(&file))
+                .map_err(|e| format!("{}: {e}", target.display()))?,
+            None => (0, Vec::new()),
+        };
+        reply
+            .sums(old_size, &hashes)
+            .and_then(|()| reply.flush())
+            .map_err(|e| format!("answering the sender: {e}"))?;
+        // The copy holds the old data blocks, not the old size.
+        len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        old_sums = Some((old_size, ZeroHashes::new(old_size, block), hashes));
+    }
+    // Over old data (in place, or a copy of the old file), the size is set first: the
+    // blocks past it are gone, and punches stay inside it.
+    if (o.inplace || update) && len != meta.size {
+        file.set_len(meta.size)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        len = meta.size;
+    }
+    Ok(Incoming {
+        digest: Digest::new(meta.size, block),
+        keep: Keep {
+            block,
+            size: meta.size,
+            zeros: ZeroHashes::new(meta.size, block),
+            old: old_sums,
+        },
+        punch: o.inplace || update,
+        meta,
+        target,
+        path,
+        file,
+        pos: 0,
+        data_bytes: 0,
+        len,
+    })
+}
+
+/// The block hashes of the old copy `f` (holes by SEEK_DATA are not read); copies its
+/// data blocks into `copy` when given (`--update` without `--inplace`).
+fn old_hashes(f: &File, block: u64, copy: Option<&File>) -> io::Result<(u64, Vec<Hash>)> {
+    let size = f.metadata()?.len();
+    let z = ZeroHashes::new(size, block);
+    let n = wire::blocks(size, block);
+    let mut v: Vec<Hash> = (0..n)
+        .map(|j| z.of_len(wire::block_len(j, size, block)))
+        .collect();
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut done = 0u64;
+    for (s, e) in crate::tools::data_runs(f, size) {
+        let s = (s / block * block).max(done);
+        let e = e.next_multiple_of(block).min(size);
+        let mut off = s;
+        while off < e {
+            let n = CHUNK.min(e - off) as usize;
+            f.read_exact_at(&mut buf[..n], off)?;
+            for (j, b) in buf[..n].chunks(block as usize).enumerate() {
+                if !is_zero(b) {
+                    let i = off / block + j as u64;
+                    v[i as usize] = wire::block_hash(b);
+                    if let Some(c) = copy {
+                        c.write_all_at(b, i * block)?;
+                    }
+                }
+            }
+            off += n as u64;
+        }
+        done = done.max(e);
+    }
+    Ok((size, v))
+}
+
+/// Sets the size (one ftruncate, for a trailing hole), mode and mtime, and syncs.
+fn finish_file(f: &mut Incoming) -> io::Result<()> {
+    if f.len != f.meta.size {
+        f.file.set_len(f.meta.size)?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    f.file
+        .set_permissions(std::fs::Permissions::from_mode(f.meta.mode))?;
+    let t = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::new(
+            f.meta.mtime_s.max(0) as u64,
+            f.meta.mtime_ns,
+        ))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    f.file.set_modified(t)?;
+    f.file.sync_all()
+}
