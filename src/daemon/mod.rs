@@ -85,6 +85,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
             block: cfg.sparse_block.get(),
             write_size: cfg.write_size,
             max_dirty_file: crate::fs::per_file_limit(cfg.max_dirty, cfg.write_size),
+            flush_depth: cfg.flush_depth,
         },
         max_dirty: cfg.max_dirty,
         dirty_age: cfg.dirty_age,
@@ -147,6 +148,7 @@ pub fn mount(
 
 /// Mounts and serves until unmounted. Returns the exit status.
 pub fn run(cfg: MountConfig) -> i32 {
+    crate::flight::configure(cfg.flush_threads);
     if cfg.reclaim {
         match sys::umount(&cfg.mountpoint, true) {
             Ok(()) => eprintln!(
