@@ -128,7 +128,7 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
-    /// flush_depth=N, flush_threads=N,
+    /// flush_depth=N, flush_threads=N, direct_writes=auto|always|never,
     /// read_ahead=SIZE, map_store=xattr|sidecar|none, cache_writes, no_passthrough, no_dir_cache,
     /// inode_handles=auto|always|never, max_fds=N, metrics=ADDR,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
@@ -152,6 +152,11 @@ pub struct MountArgs {
     /// 8).
     #[arg(long, value_name = "N")]
     pub flush_threads: Option<usize>,
+    /// Window writes through O_DIRECT descriptors: auto (default: where the backing is a
+    /// FUSE client such as GlusterFS's, whose kernel side sends one O_DIRECT write as
+    /// several requests at once), always (wherever the mount's probe saw it work), never.
+    #[arg(long, value_name = "MODE")]
+    pub direct_writes: Option<String>,
     /// Kernel read-ahead of the mount (default 1M: reads reach the daemon as 1 MiB
     /// requests; 0 keeps the kernel's 128K). Set through sysfs, so root only.
     #[arg(long, value_name = "SIZE")]
@@ -243,6 +248,8 @@ pub struct MountConfig {
     pub flush_depth: usize,
     /// Writer threads (window writes of the mount in flight).
     pub flush_threads: usize,
+    /// Window writes through O_DIRECT (`None`: auto).
+    pub direct_writes: Option<bool>,
     /// Dirty age.
     pub dirty_age: Duration,
     /// Kernel read-ahead in bytes (0: leave the kernel's).
@@ -386,6 +393,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut threads = a.threads;
     let mut flush_depth = a.flush_depth;
     let mut flush_threads = a.flush_threads;
+    let mut direct_writes = a.direct_writes.clone();
     let mut cache_writes = a.cache_writes;
     let mut passthrough = !a.no_passthrough;
     let mut dir_cache = !a.no_dir_cache;
@@ -429,6 +437,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
                 })?)
             }
             "inode_handles" => inode_handles = Some(need(v)?),
+            "direct_writes" => direct_writes = Some(need(v)?),
             "flush_depth" | "flush_threads" => {
                 let n = need(v)?.parse().map_err(|_| {
                     UsageError(format!(
@@ -556,6 +565,16 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             "invalid flush depth {flush_depth}: must be from 1 to 64"
         ));
     }
+    let direct_writes = match direct_writes.as_deref().unwrap_or("auto") {
+        "auto" => None,
+        "always" => Some(true),
+        "never" => Some(false),
+        other => {
+            return usage(format!(
+                "invalid direct writes '{other}': expected auto, always or never"
+            ));
+        }
+    };
     let flush_threads = flush_threads.unwrap_or(8);
     if !(1..=256).contains(&flush_threads) {
         return usage(format!(
@@ -605,6 +624,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         max_dirty,
         flush_depth,
         flush_threads,
+        direct_writes,
         dirty_age,
         read_ahead,
         threads,

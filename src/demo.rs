@@ -98,6 +98,7 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
         dir_cache: true,
         inode_handles: crate::fs::HandleMode::Auto,
         fd_high: None,
+        direct_writes: None,
         debug_hooks: false,
     };
     let fs = Arc::new(SparseFs::new(cfg, stats.clone()).map_err(|e| err("open backing", e))?);

@@ -524,7 +524,12 @@ impl SparseFile {
             return Ok(());
         }
         let f = Flight::new(self.geo.block, taken, runs);
-        Writers::global().launch(f.clone(), self.backend.clone(), self.stats.clone());
+        Writers::global().launch(
+            f.clone(),
+            self.backend.clone(),
+            self.stats.clone(),
+            self.caps.direct,
+        );
         self.flights.push_back(f);
         Ok(())
     }

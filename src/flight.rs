@@ -154,6 +154,31 @@ impl Flight {
         self.freed
     }
 
+    /// One run through `O_DIRECT`, from the writer thread's aligned buffer.
+    fn write_direct(&self, backend: &dyn BackendFile, run: &Run, len: usize) -> io::Result<bool> {
+        thread_local! {
+            static BOUNCE: std::cell::RefCell<Option<crate::sys::AlignedBuf>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let bs = self.blocks.block();
+        BOUNCE.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.as_ref().is_none_or(|buf| buf.len() < len) {
+                *b = Some(crate::sys::AlignedBuf::zeroed(len));
+            }
+            let buf = b.as_mut().expect("allocated");
+            let mut at = 0usize;
+            for &(blk, s, l) in &run.pieces {
+                debug_assert_eq!(blk * bs + s as u64, run.off + at as u64);
+                let src = &self.blocks.get(blk).expect("flight block").buf[s..s + l];
+                buf[at..at + l].copy_from_slice(src);
+                at += l;
+            }
+            debug_assert_eq!(at, len);
+            backend.write_direct_at(&buf[..len], run.off)
+        })
+    }
+
     /// True once the backend answered (either way).
     pub fn is_done(&self) -> bool {
         self.done.lock().is_some()
@@ -191,10 +216,24 @@ impl Flight {
         }
     }
 
-    /// The writer's part: every run in order, stopping at the first error.
-    fn run(&self, backend: &dyn BackendFile, stats: &Stats) {
+    /// The writer's part: every run in order, stopping at the first error. With
+    /// `direct`, a run aligned to 4 KiB is copied into the thread's aligned buffer and
+    /// written through `O_DIRECT` ([`BackendFile::write_direct_at`]).
+    fn run(&self, backend: &dyn BackendFile, stats: &Stats, direct: bool) {
         let mut r: Result<(), i32> = Ok(());
         for run in &self.runs {
+            let len = (run.end - run.off) as usize;
+            if direct && run.off.is_multiple_of(4096) && len.is_multiple_of(4096) && len > 0 {
+                match self.write_direct(backend, run, len) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(off = run.off, error = %e, "window write in flight failed");
+                        r = Err(e.raw_os_error().unwrap_or(libc::EIO));
+                        break;
+                    }
+                }
+            }
             let slices: Vec<IoSlice<'_>> = run
                 .pieces
                 .iter()
@@ -273,10 +312,17 @@ impl Writers {
     }
 
     /// Starts `flight` on `backend`; waits first while the pool is full.
-    pub fn launch(&self, flight: Arc<Flight>, backend: Arc<dyn BackendFile>, stats: Arc<Stats>) {
+    /// With `direct`, aligned runs go through `O_DIRECT` (see [`Flight`]).
+    pub fn launch(
+        &self,
+        flight: Arc<Flight>,
+        backend: Arc<dyn BackendFile>,
+        stats: Arc<Stats>,
+        direct: bool,
+    ) {
         stats.flights_in_flight.fetch_add(1, Relaxed);
         stats.flights.fetch_add(1, Relaxed);
-        let job: Job = Box::new(move || flight.run(&*backend, &stats));
+        let job: Job = Box::new(move || flight.run(&*backend, &stats, direct));
         let full = self.queue.lock().1 >= self.threads;
         let _io = full.then(|| crate::lock::io("wait for a writer thread"));
         let mut q = self.queue.lock();

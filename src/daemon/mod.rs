@@ -97,6 +97,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
         dir_cache: cfg.dir_cache,
         inode_handles: cfg.inode_handles,
         fd_high: cfg.max_fds,
+        direct_writes: cfg.direct_writes,
         debug_hooks: std::env::var("SPARSEFS_DEBUG_HOOKS").is_ok_and(|v| v == "1"),
     }
 }

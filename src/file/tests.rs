@@ -24,7 +24,11 @@ fn rig_with(geo: Geometry, punch: bool, seek: bool, initial: &[u8]) -> Rig {
     }
     let stats = Arc::new(Stats::default());
     let backend = Box::new(Counting::new(mem.clone(), stats.clone()));
-    let caps = Caps { punch, seek };
+    let caps = Caps {
+        punch,
+        seek,
+        direct: false,
+    };
     let file = SparseFile::open(backend, geo, caps, stats.clone()).unwrap();
     Rig { file, mem, stats }
 }
@@ -481,7 +485,7 @@ proptest! {
         let chaos = Arc::new(Chaos::new(eintr_every, short_every));
         let be = FdFile::with_chaos(f, chaos.clone());
         let backend = Box::new(Counting::new(be, stats.clone()));
-        let mut file = SparseFile::open(backend, g, Caps { punch: true, seek: false }, stats).unwrap();
+        let mut file = SparseFile::open(backend, g, Caps { punch: true, seek: false, direct: false }, stats).unwrap();
         let path = tmp.path().to_path_buf();
         run_actions(&mut file, &initial, actions, &|| std::fs::read(&path).unwrap())?;
         if chaos.calls() >= eintr_every.max(short_every) * 2 {
@@ -512,7 +516,7 @@ proptest! {
             fn seek(&self, o: u64, w: Whence) -> io::Result<Option<u64>> { self.1.seek(o, w) }
         }
         let stats = Arc::new(Stats::default());
-        let mut f = SparseFile::open(Box::new(Rec(rec.clone(), MemFile::new())), geo(block, 4 * block), Caps { punch: true, seek: true }, stats).unwrap();
+        let mut f = SparseFile::open(Box::new(Rec(rec.clone(), MemFile::new())), geo(block, 4 * block), Caps { punch: true, seek: true, direct: false }, stats).unwrap();
         for (blk, n, zero) in writes {
             let buf = vec![if zero { 0 } else { 0x11 }; (n * block) as usize];
             f.write(blk * block, &buf).unwrap();

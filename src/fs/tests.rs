@@ -32,6 +32,7 @@ fn fs_with(dir: &Path, map_store: MapStore, mode: HandleMode, fd_high: Option<u6
         dir_cache: true,
         inode_handles: mode,
         fd_high,
+        direct_writes: None,
         debug_hooks: false,
     };
     SparseFs::new(cfg, Arc::new(Stats::default())).expect("backing opens")
