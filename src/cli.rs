@@ -177,6 +177,7 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
+    /// flush_depth=N, flush_threads=N, direct_writes=auto|always|never,
     /// read_ahead=SIZE, map_store=xattr|sidecar|none, cache_writes, no_passthrough, no_dir_cache,
     /// inode_handles=auto|always|never, max_fds=N, metrics=ADDR,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
@@ -191,6 +192,20 @@ pub struct MountArgs {
     /// Largest backend write, a multiple of the sparse block (default 4M).
     #[arg(long, value_name = "SIZE")]
     pub write_size: Option<String>,
+    /// Window writes of one file in flight at once while the application goes on writing
+    /// (default 4; 1: each window is written before the next write is taken). On a
+    /// backend a round trip away a stream then waits one round trip per N windows.
+    #[arg(long, value_name = "N")]
+    pub flush_depth: Option<usize>,
+    /// Window writes of the whole mount in flight at once: the writer threads (default
+    /// 8).
+    #[arg(long, value_name = "N")]
+    pub flush_threads: Option<usize>,
+    /// Window writes through O_DIRECT descriptors: auto (default: where the backing is a
+    /// FUSE client such as GlusterFS's, whose kernel side sends one O_DIRECT write as
+    /// several requests at once), always (wherever the mount's probe saw it work), never.
+    #[arg(long, value_name = "MODE")]
+    pub direct_writes: Option<String>,
     /// Kernel read-ahead of the mount (default 1M: reads reach the daemon as 1 MiB
     /// requests; 0 keeps the kernel's 128K). Set through sysfs, so root only.
     #[arg(long, value_name = "SIZE")]
@@ -278,6 +293,12 @@ pub struct MountConfig {
     pub write_size: u64,
     /// Global dirty limit.
     pub max_dirty: u64,
+    /// Window writes of one file in flight.
+    pub flush_depth: usize,
+    /// Writer threads (window writes of the mount in flight).
+    pub flush_threads: usize,
+    /// Window writes through O_DIRECT (`None`: auto).
+    pub direct_writes: Option<bool>,
     /// Dirty age.
     pub dirty_age: Duration,
     /// Kernel read-ahead in bytes (0: leave the kernel's).
@@ -419,6 +440,9 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut dirty_age = a.dirty_age.clone();
     let mut read_ahead = a.read_ahead.clone();
     let mut threads = a.threads;
+    let mut flush_depth = a.flush_depth;
+    let mut flush_threads = a.flush_threads;
+    let mut direct_writes = a.direct_writes.clone();
     let mut cache_writes = a.cache_writes;
     let mut passthrough = !a.no_passthrough;
     let mut dir_cache = !a.no_dir_cache;
@@ -462,6 +486,20 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
                 })?)
             }
             "inode_handles" => inode_handles = Some(need(v)?),
+            "direct_writes" => direct_writes = Some(need(v)?),
+            "flush_depth" | "flush_threads" => {
+                let n = need(v)?.parse().map_err(|_| {
+                    UsageError(format!(
+                        "invalid {k} '{}': expected a number",
+                        v.unwrap_or("")
+                    ))
+                })?;
+                if k == "flush_depth" {
+                    flush_depth = Some(n);
+                } else {
+                    flush_threads = Some(n);
+                }
+            }
             "max_fds" => {
                 max_fds = Some(need(v)?.parse().map_err(|_| {
                     UsageError(format!(
@@ -570,6 +608,28 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     if !(1..=256).contains(&threads) {
         return usage(format!("invalid threads {threads}: must be from 1 to 256"));
     }
+    let flush_depth = flush_depth.unwrap_or(4);
+    if !(1..=64).contains(&flush_depth) {
+        return usage(format!(
+            "invalid flush depth {flush_depth}: must be from 1 to 64"
+        ));
+    }
+    let direct_writes = match direct_writes.as_deref().unwrap_or("auto") {
+        "auto" => None,
+        "always" => Some(true),
+        "never" => Some(false),
+        other => {
+            return usage(format!(
+                "invalid direct writes '{other}': expected auto, always or never"
+            ));
+        }
+    };
+    let flush_threads = flush_threads.unwrap_or(8);
+    if !(1..=256).contains(&flush_threads) {
+        return usage(format!(
+            "invalid flush threads {flush_threads}: must be from 1 to 256"
+        ));
+    }
     let backing = check_dir("backing directory", &a.backing)?;
     // A dead FUSE mount cannot be resolved (ENOTCONN): it is taken as it is and detached
     // by the mount itself, after every other check passed.
@@ -611,6 +671,9 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         sparse_block,
         write_size,
         max_dirty,
+        flush_depth,
+        flush_threads,
+        direct_writes,
         dirty_age,
         read_ahead,
         threads,

@@ -20,7 +20,7 @@ use crate::zero::is_zero;
 use std::collections::BTreeMap;
 
 /// One buffered block. Bytes outside `valid` are zero in `buf`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DirtyBlock {
     /// The block's bytes (`block` long).
     pub buf: Box<[u8]>,
@@ -81,6 +81,16 @@ impl Coalescer {
             pos += n;
         }
         added
+    }
+
+    /// The block numbered `blk`, if buffered.
+    pub fn get(&self, blk: u64) -> Option<&DirtyBlock> {
+        self.blocks.get(&blk)
+    }
+
+    /// A copy of every block, ascending.
+    pub fn cloned(&self) -> Vec<(u64, DirtyBlock)> {
+        self.blocks.iter().map(|(&k, b)| (k, b.clone())).collect()
     }
 
     /// Copies the buffered bytes that fall in `[off, off+buf.len())` over `buf`.

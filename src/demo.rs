@@ -86,6 +86,7 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
             block,
             write_size: (4 * MIB).max(block),
             max_dirty_file: 64 * MIB,
+            flush_depth: 4,
         },
         max_dirty: 256 * MIB,
         dirty_age: Duration::from_secs(5),
@@ -97,6 +98,7 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
         dir_cache: true,
         inode_handles: crate::fs::HandleMode::Auto,
         fd_high: None,
+        direct_writes: None,
         debug_hooks: false,
     };
     let fs = Arc::new(SparseFs::new(cfg, stats.clone()).map_err(|e| err("open backing", e))?);

@@ -30,6 +30,7 @@ pub mod demo;
 pub mod extents;
 pub mod fdpool;
 pub mod file;
+pub mod flight;
 pub mod fs;
 pub mod fuse_adapter;
 pub mod ids;

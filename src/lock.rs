@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!  rank:  DirSnapshot < NodeGate < Engine < BackendFd < InodeTable < FileSlot
-//!         < NodeState < Handles < DirtySet < DirStamps < Wake < Flusher < InodeFd < Fake
+//!         < NodeState < Handles < DirtySet < DirStamps < Wake < Flusher < InodeFd < FdPool
+//!         < Flight < Writers < Fake
 //!         (io)          (io)      (io)       ───────────── leaves ─────────────
 //!  a thread holding Engine may take NodeState; one holding NodeState may not take Engine.
 //! ```
@@ -68,6 +69,11 @@ pub enum Rank {
     /// The fd pool's ring of holders ([`crate::fdpool::FdPool`]): held only to push and
     /// pop; victims are closed after it is released.
     FdPool,
+    /// A window write in flight: its outcome ([`crate::flight::Flight`]), set by a writer
+    /// thread, waited for under the file's engine.
+    Flight,
+    /// The writer threads' queue ([`crate::flight::Writers`]): held to push and pop.
+    Writers,
     /// Internals of in-memory test backends (called from under the engine).
     Fake,
 }
@@ -88,6 +94,8 @@ const ALL: [Rank; RANKS] = [
     Rank::Flusher,
     Rank::InodeFd,
     Rank::FdPool,
+    Rank::Flight,
+    Rank::Writers,
     Rank::Fake,
 ];
 

@@ -390,7 +390,7 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             escape(fsname)
         ),
     };
-    let counters: [(&str, &str, &str); 17] = [
+    let counters: [(&str, &str, &str); 18] = [
         (
             "sparsefs_app_written_bytes_total",
             "app_write_bytes",
@@ -476,11 +476,21 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             "maps_refused",
             "Stored extent maps refused as damaged or foreign.",
         ),
+        (
+            "sparsefs_window_writes_launched_total",
+            "flights",
+            "Window writes launched to run while the application goes on writing.",
+        ),
     ];
     for (name, key, help) in counters {
         o.one(name, "counter", help, g(key));
     }
-    let gauges: [(&str, u64, &str); 8] = [
+    let gauges: [(&str, u64, &str); 9] = [
+        (
+            "sparsefs_window_writes_in_flight",
+            g("flights_in_flight"),
+            "Window writes on their way to the backend now.",
+        ),
         (
             "sparsefs_open_handles",
             g("open_handles"),

@@ -198,6 +198,10 @@ pub struct Stats {
     pub inodes: AtomicU64,
     /// Open file and directory handles now (a gauge).
     pub open_handles: AtomicU64,
+    /// Window writes launched to run while the application goes on ([`crate::flight`]).
+    pub flights: AtomicU64,
+    /// Window writes in flight now (a gauge).
+    pub flights_in_flight: AtomicU64,
     /// Extent maps stored with files (at close, by scan).
     pub maps_stored: AtomicU64,
     /// Stored maps loaded at open (they described the file as it is).
@@ -290,7 +294,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"open_handles\":{},\"maps_stored\":{},\"maps_loaded\":{},\"maps_stale\":{},\"maps_refused\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"open_handles\":{},\"maps_stored\":{},\"maps_loaded\":{},\"maps_stale\":{},\"maps_refused\":{},\"flights\":{},\"flights_in_flight\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -315,6 +319,8 @@ impl Stats {
             g(&self.maps_loaded),
             g(&self.maps_stale),
             g(&self.maps_refused),
+            g(&self.flights),
+            g(&self.flights_in_flight),
         );
         for (i, op) in OPS.iter().enumerate() {
             let c = &self.ops[*op as usize];

@@ -37,6 +37,8 @@ def build_parser():
     ap.add_argument("--out", default=os.path.join(REPO, "docs", "bench"), help="results, CSV and plots")
     ap.add_argument("--md", help="Markdown report (default: docs/benchmarks.md, or OUT/benchmarks.md with --out)")
     ap.add_argument("--timeout", type=float, default=3600, help="per-workload timeout, s")
+    ap.add_argument("--mount-opt", action="append", default=[], metavar="ARG",
+                    help="extra argument of every sparsefs mount (repeatable), e.g. --mount-opt=--flush-depth=1")
     ap.add_argument("--report-only", metavar="RESULTS_JSON",
                     help="run nothing: regenerate CSV, plots and Markdown from an earlier results.json")
     ap.add_argument("--merge", action="append", metavar="RESULTS_JSON",
@@ -53,6 +55,8 @@ def check_run_args(ap, a):
         ap.error(f"--sparsefs {a.sparsefs}: not an executable file")
     backends = list(dict.fromkeys(a.backend or (QUICK_BACKENDS if a.quick else DEFAULT_BACKENDS)))
     scenarios = [s for s in ALL_SCENARIOS if s in (a.scenario or ALL_SCENARIOS)]
+    from . import mounts
+    mounts.EXTRA_ARGS[:] = a.mount_opt
     if a.delay_us and "gluster-remote" not in backends:
         ap.error("--delay-us is for --backend gluster-remote")
     if any(d < 0 or d > 1_000_000 for d in a.delay_us or []):

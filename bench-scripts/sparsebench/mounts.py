@@ -8,10 +8,14 @@ from .common import BenchError
 from .proc import find_pid, fuse_unmount, lazy_umount, sh, wait_exit
 
 
+# Arguments added to every sparsefs mount (`--mount-opt`).
+EXTRA_ARGS = []
+
+
 def mount_sparsefs(binpath, backing, mnt, extra):
     """Mounts sparsefs over `backing` at `mnt`; returns the daemon's pid."""
     os.makedirs(mnt, exist_ok=True)
-    argv = [binpath, "mount", backing, mnt] + list(extra)
+    argv = [binpath, "mount", backing, mnt] + list(extra) + EXTRA_ARGS
     sh(argv, timeout=60)
     pid = find_pid(lambda a: a[0] == binpath and "mount" in a and mnt in a)
     if pid is None:

@@ -46,6 +46,14 @@ impl<B: BackendFile> BackendFile for Counting<B> {
         let n = bufs.iter().map(|b| b.len() as u64).sum();
         self.count(Op::Write, n, || self.inner.write_all_at(bufs, off))
     }
+    fn write_direct_at(&self, buf: &[u8], off: u64) -> io::Result<bool> {
+        let mut done = false;
+        let r = self.count(Op::Write, buf.len() as u64, || {
+            done = self.inner.write_direct_at(buf, off)?;
+            Ok(())
+        });
+        r.map(|()| done)
+    }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         self.count(Op::Punch, len, || self.inner.punch_hole(off, len))
     }

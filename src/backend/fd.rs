@@ -182,6 +182,49 @@ impl BackendFile for FdFile {
         Ok(())
     }
 
+    fn write_direct_at(&self, buf: &[u8], off: u64) -> io::Result<bool> {
+        let _io = crate::lock::io("pwrite O_DIRECT");
+        // Opened for this write only: the pool counts one fd per file.
+        let dfd = match sys::reopen(self.file.as_fd(), libc::O_WRONLY | libc::O_DIRECT) {
+            Ok(fd) => fd,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EACCES | libc::EPERM | libc::EOPNOTSUPP)
+                ) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut done = 0usize;
+        while done < buf.len() {
+            let r = self.retry(|_| {
+                sys::pwritev_once(
+                    dfd.as_fd(),
+                    &[IoSlice::new(&buf[done..])],
+                    off + done as u64,
+                )
+            });
+            let n = match r {
+                Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+                Ok(n) => n,
+                // Refused (an alignment the backend wants larger): the ordinary way.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && done == 0 => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            done += n;
+            if done < buf.len() && !done.is_multiple_of(4096) {
+                // A short write left an unaligned rest: the ordinary way.
+                self.write_all_at(&[IoSlice::new(&buf[done..])], off + done as u64)?;
+                break;
+            }
+        }
+        // The close reports write-back errors (NFS).
+        sys::close(dfd)?;
+        Ok(true)
+    }
+
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         let _io = crate::lock::io("punch");
         self.allocate(

@@ -32,6 +32,16 @@ pub trait BackendFile: Send + Sync {
     /// Writes all of `bufs` contiguously at `off` (one call where the backend allows;
     /// short writes are continued). Errors: `EIO`, `ENOSPC`, `EDQUOT`, `EFBIG`.
     fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()>;
+    /// Writes `buf` (page aligned, a multiple of 4 KiB long, at a 4 KiB aligned `off`)
+    /// through a descriptor opened with `O_DIRECT` for this call, bypassing the backend
+    /// client's page cache; `Ok(false)` where this backend does not do that (the caller
+    /// writes with [`Self::write_all_at`]). On a FUSE client the kernel sends one such
+    /// write as several requests at once, where buffered writes of a file go one
+    /// request after another. Errors: as `write_all_at`, and `EINVAL` where the backend
+    /// refuses `O_DIRECT`.
+    fn write_direct_at(&self, _buf: &[u8], _off: u64) -> io::Result<bool> {
+        Ok(false)
+    }
     /// `fallocate(PUNCH_HOLE|KEEP_SIZE)`: afterwards `[off, off+len)` must read as zeros
     /// (callers verify that the backend really does this before relying on it).
     /// Errors: `EOPNOTSUPP` where the backend cannot punch.
@@ -72,6 +82,9 @@ impl<T: BackendFile + ?Sized> BackendFile for std::sync::Arc<T> {
     fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()> {
         (**self).write_all_at(bufs, off)
     }
+    fn write_direct_at(&self, buf: &[u8], off: u64) -> io::Result<bool> {
+        (**self).write_direct_at(buf, off)
+    }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         (**self).punch_hole(off, len)
     }
@@ -109,6 +122,10 @@ pub struct Caps {
     /// `SEEK_DATA`/`SEEK_HOLE` reported a known layout correctly (a real hole inside
     /// the file, not just the virtual one at EOF).
     pub seek: bool,
+    /// Window writes go through `O_DIRECT` descriptors
+    /// ([`BackendFile::write_direct_at`]): an aligned `O_DIRECT` write read back right
+    /// through the ordinary descriptor, and chosen for this backing (`--direct-writes`).
+    pub direct: bool,
 }
 
 /// Probes `f` (an empty scratch file opened read-write) for working punch and seek.
@@ -215,7 +232,8 @@ mod tests {
             full,
             Caps {
                 punch: true,
-                seek: true
+                seek: true,
+                direct: false
             }
         );
         let none = probe(&MemFile::with_caps(false, false));

@@ -206,6 +206,9 @@ impl BackendFile for Reopening {
     fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()> {
         self.with(|b| b.write_all_at(bufs, off))
     }
+    fn write_direct_at(&self, buf: &[u8], off: u64) -> io::Result<bool> {
+        self.with(|b| b.write_direct_at(buf, off))
+    }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         self.with(|b| b.punch_hole(off, len))
     }

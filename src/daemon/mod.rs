@@ -85,6 +85,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
             block: cfg.sparse_block.get(),
             write_size: cfg.write_size,
             max_dirty_file: crate::fs::per_file_limit(cfg.max_dirty, cfg.write_size),
+            flush_depth: cfg.flush_depth,
         },
         max_dirty: cfg.max_dirty,
         dirty_age: cfg.dirty_age,
@@ -96,6 +97,7 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
         dir_cache: cfg.dir_cache,
         inode_handles: cfg.inode_handles,
         fd_high: cfg.max_fds,
+        direct_writes: cfg.direct_writes,
         debug_hooks: std::env::var("SPARSEFS_DEBUG_HOOKS").is_ok_and(|v| v == "1"),
     }
 }
@@ -147,6 +149,7 @@ pub fn mount(
 
 /// Mounts and serves until unmounted. Returns the exit status.
 pub fn run(cfg: MountConfig) -> i32 {
+    crate::flight::configure(cfg.flush_threads);
     if cfg.reclaim {
         match sys::umount(&cfg.mountpoint, true) {
             Ok(()) => eprintln!(

@@ -20,6 +20,7 @@ fn fs_with(dir: &Path, map_store: MapStore, mode: HandleMode, fd_high: Option<u6
             block: 4096,
             write_size: 64 << 10,
             max_dirty_file: 1 << 20,
+            flush_depth: 4,
         },
         max_dirty: 4 << 20,
         dirty_age: Duration::from_secs(3600),
@@ -31,6 +32,7 @@ fn fs_with(dir: &Path, map_store: MapStore, mode: HandleMode, fd_high: Option<u6
         dir_cache: true,
         inode_handles: mode,
         fd_high,
+        direct_writes: None,
         debug_hooks: false,
     };
     SparseFs::new(cfg, Arc::new(Stats::default())).expect("backing opens")
