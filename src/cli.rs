@@ -201,9 +201,10 @@ pub struct MountArgs {
     /// 8).
     #[arg(long, value_name = "N")]
     pub flush_threads: Option<usize>,
-    /// Window writes through O_DIRECT descriptors: auto (default: where the backing is a
-    /// FUSE client such as GlusterFS's, whose kernel side sends one O_DIRECT write as
-    /// several requests at once), always (wherever the mount's probe saw it work), never.
+    /// Window writes through O_DIRECT descriptors: always (wherever the mount's probe saw
+    /// it work: on a FUSE client such as GlusterFS's one O_DIRECT write goes as several
+    /// requests at once), never, auto (default: off; sharded GlusterFS lost data written
+    /// that way, see docs/tuning.md).
     #[arg(long, value_name = "MODE")]
     pub direct_writes: Option<String>,
     /// Kernel read-ahead of the mount (default 1M: reads reach the daemon as 1 MiB

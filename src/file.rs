@@ -283,8 +283,13 @@ impl SparseFile {
     /// Waits for every flight of the file and settles it: what any flush, truncate or
     /// fallocate does first, so that its backend calls come after every earlier write.
     fn drain(&mut self) {
+        let any = !self.flights.is_empty();
         while let Some(f) = self.flights.pop_front() {
             self.settle(f);
+        }
+        if any && self.caps.direct {
+            // The stream's O_DIRECT descriptor, kept between its window writes.
+            self.backend.release_direct();
         }
     }
 

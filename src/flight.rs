@@ -227,8 +227,11 @@ impl Flight {
                 match self.write_direct(backend, run, len) {
                     Ok(true) => continue,
                     Ok(false) => {}
+                    // Reported, never written again the ordinary way: on sharded
+                    // GlusterFS such a retry "succeeded" and the shard was lost all the
+                    // same (found by the benchmark's byte-for-byte check).
                     Err(e) => {
-                        tracing::debug!(off = run.off, error = %e, "window write in flight failed");
+                        tracing::debug!(off = run.off, error = %e, "O_DIRECT window write failed");
                         r = Err(e.raw_os_error().unwrap_or(libc::EIO));
                         break;
                     }

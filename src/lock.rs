@@ -7,7 +7,7 @@
 //! ```text
 //!  rank:  DirSnapshot < NodeGate < Engine < BackendFd < InodeTable < FileSlot
 //!         < NodeState < Handles < DirtySet < DirStamps < Wake < Flusher < InodeFd < FdPool
-//!         < Flight < Writers < Fake
+//!         < Flight < Writers < DirectFd < Fake
 //!         (io)          (io)      (io)       ───────────── leaves ─────────────
 //!  a thread holding Engine may take NodeState; one holding NodeState may not take Engine.
 //! ```
@@ -74,6 +74,8 @@ pub enum Rank {
     Flight,
     /// The writer threads' queue ([`crate::flight::Writers`]): held to push and pop.
     Writers,
+    /// A data file's `O_DIRECT` descriptor slot (`FdFile`): held to clone or swap it.
+    DirectFd,
     /// Internals of in-memory test backends (called from under the engine).
     Fake,
 }
@@ -96,6 +98,7 @@ const ALL: [Rank; RANKS] = [
     Rank::FdPool,
     Rank::Flight,
     Rank::Writers,
+    Rank::DirectFd,
     Rank::Fake,
 ];
 

@@ -54,6 +54,9 @@ impl<B: BackendFile> BackendFile for Counting<B> {
         });
         r.map(|()| done)
     }
+    fn release_direct(&self) {
+        self.inner.release_direct();
+    }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         self.count(Op::Punch, len, || self.inner.punch_hole(off, len))
     }

@@ -9,11 +9,22 @@ use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
 
 /// A backing file opened read-write (or read-only for files the daemon cannot write).
-#[derive(Debug)]
 pub struct FdFile {
     file: File,
+    /// Rank `DirectFd`, a leaf held only to clone or swap: the `O_DIRECT` descriptor of
+    /// the window writes in flight ([`BackendFile::write_direct_at`]), opened at the
+    /// first and closed by [`BackendFile::release_direct`] once they are done (one
+    /// descriptor for a whole stream: opens and closes of it between the writes made
+    /// sharded GlusterFS fail writes with ENOENT/ENODATA now and then).
+    direct: crate::lock::Mutex<Option<std::sync::Arc<std::os::fd::OwnedFd>>>,
     #[cfg(test)]
     chaos: Option<std::sync::Arc<Chaos>>,
+}
+
+impl std::fmt::Debug for FdFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FdFile").field("file", &self.file).finish()
+    }
 }
 
 /// Injected syscall misbehaviour, for the engine's unit tests: every `eintr_every`-th
@@ -70,6 +81,7 @@ impl FdFile {
     pub fn new(file: File) -> Self {
         Self {
             file,
+            direct: crate::lock::Mutex::new(crate::lock::Rank::DirectFd, None),
             #[cfg(test)]
             chaos: None,
         }
@@ -80,6 +92,7 @@ impl FdFile {
     pub fn with_chaos(file: File, chaos: std::sync::Arc<Chaos>) -> Self {
         Self {
             file,
+            direct: crate::lock::Mutex::new(crate::lock::Rank::DirectFd, None),
             chaos: Some(chaos),
         }
     }
@@ -184,18 +197,29 @@ impl BackendFile for FdFile {
 
     fn write_direct_at(&self, buf: &[u8], off: u64) -> io::Result<bool> {
         let _io = crate::lock::io("pwrite O_DIRECT");
-        // Opened for this write only: the pool counts one fd per file.
-        let dfd = match sys::reopen(self.file.as_fd(), libc::O_WRONLY | libc::O_DIRECT) {
-            Ok(fd) => fd,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINVAL | libc::EACCES | libc::EPERM | libc::EOPNOTSUPP)
-                ) =>
-            {
-                return Ok(false);
+        let held = self.direct.lock().clone();
+        let dfd = match held {
+            Some(fd) => fd,
+            None => {
+                let fd = match sys::reopen(self.file.as_fd(), libc::O_WRONLY | libc::O_DIRECT) {
+                    Ok(fd) => std::sync::Arc::new(fd),
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINVAL | libc::EACCES | libc::EPERM | libc::EOPNOTSUPP)
+                        ) =>
+                    {
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e),
+                };
+                // Another writer may have opened one meanwhile: keep one (the spare
+                // closes when dropped here, unlocked).
+                let mut slot = self.direct.lock();
+                let kept = slot.get_or_insert_with(|| fd.clone()).clone();
+                drop(slot);
+                kept
             }
-            Err(e) => return Err(e),
         };
         let mut done = 0usize;
         while done < buf.len() {
@@ -220,9 +244,12 @@ impl BackendFile for FdFile {
                 break;
             }
         }
-        // The close reports write-back errors (NFS).
-        sys::close(dfd)?;
         Ok(true)
+    }
+
+    fn release_direct(&self) {
+        let fd = self.direct.lock().take();
+        drop(fd);
     }
 
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {

@@ -42,6 +42,9 @@ pub trait BackendFile: Send + Sync {
     fn write_direct_at(&self, _buf: &[u8], _off: u64) -> io::Result<bool> {
         Ok(false)
     }
+    /// Closes the `O_DIRECT` descriptor [`Self::write_direct_at`] keeps between writes
+    /// (the file's window writes are done).
+    fn release_direct(&self) {}
     /// `fallocate(PUNCH_HOLE|KEEP_SIZE)`: afterwards `[off, off+len)` must read as zeros
     /// (callers verify that the backend really does this before relying on it).
     /// Errors: `EOPNOTSUPP` where the backend cannot punch.
@@ -84,6 +87,9 @@ impl<T: BackendFile + ?Sized> BackendFile for std::sync::Arc<T> {
     }
     fn write_direct_at(&self, buf: &[u8], off: u64) -> io::Result<bool> {
         (**self).write_direct_at(buf, off)
+    }
+    fn release_direct(&self) {
+        (**self).release_direct();
     }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         (**self).punch_hole(off, len)

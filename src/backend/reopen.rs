@@ -209,6 +209,13 @@ impl BackendFile for Reopening {
     fn write_direct_at(&self, buf: &[u8], off: u64) -> io::Result<bool> {
         self.with(|b| b.write_direct_at(buf, off))
     }
+    fn release_direct(&self) {
+        // Parked: nothing open, nothing to release.
+        let cur = self.inner.lock().clone();
+        if let Some(o) = cur {
+            o.file().release_direct();
+        }
+    }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         self.with(|b| b.punch_hole(off, len))
     }

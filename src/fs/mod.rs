@@ -69,9 +69,9 @@ pub struct FsConfig {
     pub inode_handles: HandleMode,
     /// The pool's high-water mark (`None`: from the fd limit, see [`FdPool::for_limit`]).
     pub fd_high: Option<u64>,
-    /// Window writes through `O_DIRECT` (`--direct-writes`): `None` (auto) where the
-    /// backing is a FUSE client (GlusterFS's, bindfs), `Some(true)` wherever the probe
-    /// found it working, `Some(false)` never.
+    /// Window writes through `O_DIRECT` (`--direct-writes`): `Some(true)` wherever the
+    /// probe found it working; `None` (auto) and `Some(false)`: never (see
+    /// docs/tuning.md for why auto is off).
     pub direct_writes: Option<bool>,
     /// Test hooks (`SPARSEFS_DEBUG_HOOKS=1`): setting [`WEDGE_XATTR`] on an open file
     /// wedges its engine lock for good, to test what a wedged daemon does.
@@ -257,13 +257,13 @@ impl SparseFs {
             mut caps,
             reopen_unlinked,
         } = probe_dir(root.as_fd());
-        // O_DIRECT window writes where they were measured to win: on a FUSE client, whose
-        // kernel side sends buffered writes of a file one request after another but one
-        // O_DIRECT write as several requests at once (a dense stream on GlusterFS with a
-        // 500 µs brick: see docs/tuning.md). Elsewhere the client's own write-back cache
-        // already overlaps the round trips.
-        let fuse_backing = !sys::handles_outlive_the_mount(root.as_fd());
-        caps.direct = caps.direct && cfg.direct_writes.unwrap_or(fuse_backing);
+        // O_DIRECT window writes only when asked for (`--direct-writes always`): they win
+        // on a FUSE client (one O_DIRECT write goes as several requests at once, buffered
+        // writes of a file one after another: 9x on GlusterFS with a 2000 µs brick), but
+        // sharded GlusterFS lost a shard of a stream written that way, and failed such
+        // writes with ENOENT/ENODATA now and then (docs/tuning.md). No backing is known
+        // where they are safe, so `auto` leaves them off.
+        caps.direct = caps.direct && cfg.direct_writes.unwrap_or(false);
         info!(
             punch = caps.punch,
             seek = caps.seek,
