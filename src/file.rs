@@ -242,7 +242,7 @@ impl SparseFile {
     /// Settles the flights that are done, without waiting: a failed one puts its blocks
     /// back in the buffer (newer writes win) and keeps its error for the file's next
     /// write, flush or fsync.
-    fn reap(&mut self) {
+    pub fn reap(&mut self) {
         while let Some(i) = self.flights.iter().position(|f| f.is_done()) {
             let f = self.flights.remove(i).expect("position found");
             self.settle(f);
@@ -790,7 +790,6 @@ impl SparseFile {
     /// What `stat` and open decisions need of the engine, published after each change
     /// (see [`crate::node::View`]).
     pub fn view(&mut self) -> crate::node::View {
-        self.reap();
         crate::node::View {
             size: self.size,
             dirty: self.is_dirty(),

@@ -85,7 +85,11 @@ impl FileNode {
         let mut e = self.engine.write();
         let st = StateRef(&self.state);
         let r = f(&mut e, &st);
-        st.with(|s| s.publish(e.view()));
+        // Flights done since are settled here, under the engine only (a failed one calls
+        // the backend), and the view is taken before the state lock.
+        e.reap();
+        let v = e.view();
+        st.with(|s| s.publish(v));
         r
     }
 
