@@ -13,8 +13,14 @@
 # its allocation (du -B1) printed beside the wall time. --cold drops the page cache
 # before each run (default: warm, the source read once beforehand). The `ssh lo` rows
 # run through a throwaway sshd started on a free loopback port with its own keys
-# (root and openssh-server needed; skipped otherwise): sparsefs send --to, rsync -S -e ssh
-# and tar over ssh.
+# (root and openssh-server needed; skipped otherwise): sparsefs send --to, rsync -S -e ssh,
+# scp (SFTP, writes the copy dense), tar over ssh, the xfer-hole pair (send --format
+# xfer-hole piped into ssh running the sh one-liner of docs/send.md), cat of the data
+# bytes alone into ssh cat (the floor over ssh), and send --to --update of a copy of the
+# image with 1% of its data blocks changed (4 KiB each) onto a fresh copy of the original.
+# `wire` is the bytes the ssh client counted (sent + received, its `Transferred:` line
+# at LogLevel VERBOSE), so it includes ssh's framing; `-` for rows without ssh. `notes`
+# is from send --json: blocks sent, stream bytes, mount index requests.
 set -euo pipefail
 
 size=4G
@@ -31,7 +37,7 @@ while [ $# -gt 0 ]; do
     --sparsefs) bin=$2; shift 2 ;;
     --dir) work=$2; shift 2 ;;
     --cold) cold=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -68,9 +74,44 @@ data_alloc=$(du -B1 "$img" | cut -f1)
 # The floor's input: the data bytes alone, one dense file.
 cat_src=$work/src/data-only
 head -c "$data_alloc" /dev/urandom > "$cat_src"
+# The --update source: the image with 1% of its 32K data blocks changed (4 KiB of new
+# random bytes inside each chosen block's data; no allocation change).
+upd=$work/src/img-upd
+cp --sparse=always "$img" "$upd"
+upd_blocks=$(python3 - "$upd" "$pct" <<'EOF'
+import os, random, sys
+path = sys.argv[1]
+rng = random.Random(1919)
+fd = os.open(path, os.O_RDWR)
+size = os.fstat(fd).st_size
+runs, off = [], 0
+while off < size:
+    try:
+        d = os.lseek(fd, off, os.SEEK_DATA)
+    except OSError:
+        break
+    h = os.lseek(fd, d, os.SEEK_HOLE)
+    runs.append((d, h))
+    off = h
+B = 32 << 10
+blocks = {}
+for d, h in runs:
+    for b in range(d // B * B, h, B):
+        lo, hi = max(b, d), min(b + B, h)
+        blocks.setdefault(b, (lo, hi))
+keys = sorted(blocks)
+n = max(1, round(len(keys) / 100))
+for b in rng.sample(keys, n):
+    lo, hi = blocks[b]
+    os.pwrite(fd, os.urandom(min(4096, hi - lo)), lo)
+os.close(fd)
+print(n, len(keys))
+EOF
+)
 cp --sparse=always "$img" "$work/back/img"
+cp --sparse=always "$upd" "$work/back/img-upd"
 "$bin" mount "$work/back" "$work/mnt"
-cat "$img" "$cat_src" > /dev/null
+cat "$img" "$upd" "$cat_src" > /dev/null
 
 ssh_ok=0
 if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ]; then
@@ -89,9 +130,17 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 StrictModes no
 UsePAM no
+Subsystem sftp internal-sftp
 EOF2
   /usr/sbin/sshd -f "$work/sshd/config" -E "$work/sshd/log"
-  ssh_cmd="ssh -i $work/sshd/user_key -p $port -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+  # One word, so that send --ssh, rsync -e and scp -S all take it; the client logs its
+  # byte counts to client.log.
+  ssh_cmd=$work/sshd/ssh
+  cat > "$ssh_cmd" <<EOF2
+#!/bin/sh
+exec ssh -i $work/sshd/user_key -p $port -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=VERBOSE -E $work/sshd/client.log "\$@"
+EOF2
+  chmod +x "$ssh_cmd"
   for _ in $(seq 50); do
     $ssh_cmd root@127.0.0.1 true 2>/dev/null && { ssh_ok=1; break; }
     sleep 0.1
@@ -99,30 +148,55 @@ EOF2
 fi
 fake_ssh=$work/fake-ssh
 printf '#!/bin/sh\nshift\nexec sh -c "$1"\n' > "$fake_ssh"; chmod +x "$fake_ssh"
+if [ $ssh_ok = 1 ]; then
+  # The xfer-hole receiver: the sh one-liner of docs/send.md, run as documented there.
+  grep -m1 '^f="\$1"; ' "$(dirname "$0")/../docs/send.md" > "$work/recv-hole.sh"
+  [ -s "$work/recv-hole.sh" ] || { echo "no xfer-hole one-liner in docs/send.md" >&2; exit 2; }
+  cat > "$work/xfer-hole-ssh" <<EOF2
+#!/bin/sh
+'$bin' send --format xfer-hole "\$1" | $ssh_cmd root@127.0.0.1 sh -c "'\$(cat $work/recv-hole.sh)'" - "\$2"
+EOF2
+  chmod +x "$work/xfer-hole-ssh"
+fi
 
 printf 'image %s, %s%% data (%s allocated) in %s extents; sparsefs %s; %s cache\n' \
   "$size" "$pct" "$(numfmt --to=iec "$data_alloc")" "$extents" "$bin" \
   "$([ $cold = 1 ] && echo cold || echo warm)"
-printf '%-8s %-32s %9s %14s\n' source method seconds dest-alloc
+printf 'update source: %s of %s 32K data blocks changed\n' ${upd_blocks% *} ${upd_blocks#* }
+if [ $ssh_ok = 1 ]; then
+  t0=$(date +%s.%N); $ssh_cmd root@127.0.0.1 true; t1=$(date +%s.%N)
+  printf 'ssh connection setup (ssh HOST true): %.2f s\n' "$(echo "$t1 - $t0" | bc)"
+fi
+printf '%-8s %-40s %9s %14s %12s  %s\n' source method seconds dest-alloc wire notes
+declare -A secs
+keep_out=0
 
 run() { # source-label method-label src dst command...
   local label=$1 method=$2 src=$3 dst=$4; shift 4
-  rm -rf "$work/out"; mkdir -p "$work/out"
+  [ $keep_out = 1 ] || { rm -rf "$work/out"; mkdir -p "$work/out"; }
   sync
   [ $cold = 1 ] && echo 3 > /proc/sys/vm/drop_caches
-  local t0 t1
+  { : > "$work/sshd/client.log"; } 2>/dev/null || true
+  local t0 t1 t wire notes=""
   t0=$(date +%s.%N)
-  "$@" > /dev/null 2>"$work/err" || { echo "$method failed: $(cat "$work/err")" >&2; exit 1; }
+  "$@" > "$work/stdout" 2>"$work/err" || { echo "$method failed: $(cat "$work/err")" >&2; exit 1; }
   t1=$(date +%s.%N)
   if [ "$src" != "-" ]; then
     cmp "$src" "$dst" || { echo "$method: output differs" >&2; exit 1; }
   fi
-  printf '%-8s %-32s %9.2f %14s\n' "$label" "$method" "$(echo "$t1 - $t0" | bc)" \
-    "$(du -B1 "$dst" | cut -f1)"
+  t=$(echo "$t1 - $t0" | bc)
+  secs["$label|$method"]=$t
+  wire=$({ grep -ho 'Transferred: sent [0-9]*, received [0-9]*' "$work/sshd/client.log" 2>/dev/null || true; } |
+    awk '{s += $3 + $5; n++} END {if (n) printf "%.0f\n", s; else print "-"}')
+  if [ "$(head -c1 "$work/stdout")" = "{" ]; then
+    notes=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("blocks_sent=%d stream=%d mount_requests=%d" % (j["blocks_sent"], j["wire_bytes"], j["mount_requests"]))' "$work/stdout")
+  fi
+  printf '%-8s %-40s %9.2f %14s %12s  %s\n' "$label" "$method" "$t" \
+    "$(du -B1 "$dst" | cut -f1)" "$wire" "$notes"
 }
 
 for label in dir mount; do
-  if [ $label = dir ]; then s=$img; else s=$work/mnt/img; fi
+  if [ $label = dir ]; then s=$img u=$upd; else s=$work/mnt/img u=$work/mnt/img-upd; fi
   run $label "sparsefs send | recv" "$s" "$work/out/img" \
     sh -c "'$bin' send '$s' | '$bin' recv '$work/out/'"
   run $label "sparsefs send --block 4K | recv" "$s" "$work/out/img" \
@@ -131,11 +205,27 @@ for label in dir mount; do
     "$bin" send --ssh "$fake_ssh" --remote-sparsefs "$bin" --to "x:$work/out/" "$s"
   if [ $ssh_ok = 1 ]; then
     run $label "sparsefs send --to (ssh lo)" "$s" "$work/out/img" \
-      "$bin" send --ssh "$ssh_cmd" --remote-sparsefs "$bin" --to "root@127.0.0.1:$work/out/" "$s"
+      "$bin" send --json --ssh "$ssh_cmd" --remote-sparsefs "$bin" --to "root@127.0.0.1:$work/out/" "$s"
+    # --update: the destination holds the original (the copy just made); the source is
+    # the image with 1% of its data blocks changed.
+    keep_out=1
+    run $label "sparsefs send --to --update 1% (ssh lo)" "$u" "$work/out/img" \
+      "$bin" send --json --update --ssh "$ssh_cmd" --remote-sparsefs "$bin" \
+      --to "root@127.0.0.1:$work/out/img" "$u"
+    keep_out=0
+    run $label "send --format xfer-hole | ssh sh (ssh lo)" "$s" "$work/out/img" \
+      "$work/xfer-hole-ssh" "$s" "$work/out/img"
     run $label "rsync -S -e ssh (ssh lo)" "$s" "$work/out/img" \
       rsync -S -e "$ssh_cmd" "$s" "root@127.0.0.1:$work/out/img"
+    run $label "scp (ssh lo)" "$s" "$work/out/img" \
+      scp -S "$ssh_cmd" "$s" "root@127.0.0.1:$work/out/img"
     run $label "tar -S | ssh tar -x (ssh lo)" "$s" "$work/out/img" \
       sh -c "tar -S -C '$(dirname "$s")' -cf - img | $ssh_cmd root@127.0.0.1 tar -C '$work/out' -xf -"
+    run $label "cat data bytes | ssh cat (floor, ssh lo)" - "$work/out/img" \
+      sh -c "cat '$cat_src' | $ssh_cmd root@127.0.0.1 \"cat > '$work/out/img'\""
+    # recv fsyncs each file before its rename; the same floor with an fsync (sync FILE).
+    run $label "cat data | ssh cat; sync FILE (ssh lo)" - "$work/out/img" \
+      sh -c "cat '$cat_src' | $ssh_cmd root@127.0.0.1 \"cat > '$work/out/img' && sync '$work/out/img'\""
   fi
   run $label "rsync -S" "$s" "$work/out/img" rsync -S "$s" "$work/out/img"
   run $label "tar -S -c | tar -x" "$s" "$work/out/img" \
@@ -143,3 +233,19 @@ for label in dir mount; do
   run $label "cat data bytes (floor)" - "$work/out/img" \
     sh -c "cat '$cat_src' > '$work/out/img'"
 done
+
+if [ $ssh_ok = 1 ]; then
+  echo
+  for label in dir mount; do
+    to=${secs["$label|sparsefs send --to (ssh lo)"]}
+    ratio() { echo "scale=2; $1 / $2" | bc; }
+    printf '%s: send --to is %sx the ssh floor; rsync -S -e ssh %sx, scp %sx, tar -S | ssh %sx, xfer-hole %sx the time of send --to; --update 1%% %sx faster than the fresh send --to\n' \
+      "$label" \
+      "$(ratio "$to" "${secs["$label|cat data bytes | ssh cat (floor, ssh lo)"]}")" \
+      "$(ratio "${secs["$label|rsync -S -e ssh (ssh lo)"]}" "$to")" \
+      "$(ratio "${secs["$label|scp (ssh lo)"]}" "$to")" \
+      "$(ratio "${secs["$label|tar -S | ssh tar -x (ssh lo)"]}" "$to")" \
+      "$(ratio "${secs["$label|send --format xfer-hole | ssh sh (ssh lo)"]}" "$to")" \
+      "$(ratio "$to" "${secs["$label|sparsefs send --to --update 1% (ssh lo)"]}")"
+  done
+fi
