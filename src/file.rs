@@ -532,13 +532,7 @@ impl SparseFile {
             self.settle(oldest);
         }
         let freed = taken.len() as u64 * self.geo.block;
-        let plan = coalescer::plan(
-            &taken,
-            self.geo.block,
-            self.geo.write_size,
-            self.size,
-            &self.index.data,
-        );
+        let plan = self.plan(&taken);
         self.apply_zeros(&plan);
         let mut runs = Vec::with_capacity(plan.writes.len());
         for run in &plan.writes {
@@ -573,6 +567,17 @@ impl SparseFile {
         Ok(())
     }
 
+    /// The backend writes and zero ranges of blocks just taken from the buffer.
+    fn plan(&self, taken: &[(u64, DirtyBlock)]) -> coalescer::Plan {
+        coalescer::plan(
+            taken,
+            self.geo.block,
+            self.geo.write_size,
+            self.size,
+            &self.index.data,
+        )
+    }
+
     /// The zero blocks of `plan` become holes from now on; old data under them is
     /// punched later.
     fn apply_zeros(&mut self, plan: &coalescer::Plan) {
@@ -602,13 +607,7 @@ impl SparseFile {
             return Ok(());
         }
         let freed = taken.len() as u64 * self.geo.block;
-        let plan = coalescer::plan(
-            &taken,
-            self.geo.block,
-            self.geo.write_size,
-            self.size,
-            &self.index.data,
-        );
+        let plan = self.plan(&taken);
         // Zero blocks: holes from now on; punch later only where old data may be.
         self.apply_zeros(&plan);
         for run in &plan.writes {

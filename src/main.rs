@@ -106,18 +106,9 @@ fn main() -> ExitCode {
             dig,
             dry_run,
         } => {
-            let block = match cli::parse_size("block", &block) {
-                Ok(b) if b.is_power_of_two() && (512..=64 << 20).contains(&b) => b,
-                Ok(b) => {
-                    eprintln!(
-                        "sparsefs: error: invalid block {b}: must be a power of two from 512 to 64M"
-                    );
-                    return ExitCode::from(2);
-                }
-                Err(e) => {
-                    eprintln!("sparsefs: error: {e}");
-                    return ExitCode::from(2);
-                }
+            let block = match scan_block(&block) {
+                Ok(b) => b,
+                Err(code) => return code,
             };
             let root = root.or_else(|| paths.first().filter(|p| p.is_dir()).cloned());
             report(sparsefs::tools::scan(
@@ -141,18 +132,9 @@ fn main() -> ExitCode {
             inplace,
             json,
         } => {
-            let block = match cli::parse_size("block", &block) {
-                Ok(b) if b.is_power_of_two() && (512..=64 << 20).contains(&b) => b,
-                Ok(b) => {
-                    eprintln!(
-                        "sparsefs: error: invalid block {b}: must be a power of two from 512 to 64M"
-                    );
-                    return ExitCode::from(2);
-                }
-                Err(e) => {
-                    eprintln!("sparsefs: error: {e}");
-                    return ExitCode::from(2);
-                }
+            let block = match scan_block(&block) {
+                Ok(b) => b,
+                Err(code) => return code,
             };
             let format = if format == "xfer-hole" {
                 sparsefs::send::Format::XferHole
@@ -229,6 +211,22 @@ fn report(r: Result<(), String>) -> ExitCode {
         Err(e) => {
             eprintln!("sparsefs: error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `--block` of scan and send: a power of two from 512 to 64M; else one error line and
+/// exit status 2.
+fn scan_block(arg: &str) -> Result<u64, ExitCode> {
+    match cli::parse_size("block", arg) {
+        Ok(b) if b.is_power_of_two() && (512..=64 << 20).contains(&b) => Ok(b),
+        Ok(b) => {
+            eprintln!("sparsefs: error: invalid block {b}: must be a power of two from 512 to 64M");
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("sparsefs: error: {e}");
+            Err(ExitCode::from(2))
         }
     }
 }
