@@ -178,7 +178,7 @@ pub struct MountArgs {
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
     /// flush_depth=N, flush_threads=N, direct_writes=auto|always|never,
-    /// read_ahead=SIZE, map_store=xattr|sidecar|none, cache_writes, no_passthrough, no_dir_cache,
+    /// read_ahead=SIZE, read_depth=N, map_store=xattr|sidecar|none, cache_writes, no_passthrough, no_dir_cache,
     /// inode_handles=auto|always|never, max_fds=N, metrics=ADDR,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
     /// subtype=NAME, and fstab-only ones that are ignored (defaults, _netdev, nofail,
@@ -211,6 +211,12 @@ pub struct MountArgs {
     /// requests; 0 keeps the kernel's 128K). Set through sysfs, so root only.
     #[arg(long, value_name = "SIZE")]
     pub read_ahead: Option<String>,
+    /// Data chunks of one file the daemon reads ahead of a reader that reads in order
+    /// (holes skipped count as in order), several at once on as many reader threads as
+    /// writer threads (default 16; 0: none). A chunk is one aligned backend read of the
+    /// read-ahead size, at least 1M; known holes are never read.
+    #[arg(long, value_name = "N")]
+    pub read_depth: Option<usize>,
     /// Dirty bytes across all files before writers flush (default 256M).
     #[arg(long, value_name = "SIZE")]
     pub max_dirty: Option<String>,
@@ -304,6 +310,8 @@ pub struct MountConfig {
     pub dirty_age: Duration,
     /// Kernel read-ahead in bytes (0: leave the kernel's).
     pub read_ahead: u64,
+    /// Data chunks of a file read ahead by the daemon (0: none).
+    pub read_depth: usize,
     /// Threads.
     pub threads: usize,
     /// Extent map persistence.
@@ -443,6 +451,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut threads = a.threads;
     let mut flush_depth = a.flush_depth;
     let mut flush_threads = a.flush_threads;
+    let mut read_depth = a.read_depth;
     let mut direct_writes = a.direct_writes.clone();
     let mut cache_writes = a.cache_writes;
     let mut passthrough = !a.no_passthrough;
@@ -488,7 +497,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             }
             "inode_handles" => inode_handles = Some(need(v)?),
             "direct_writes" => direct_writes = Some(need(v)?),
-            "flush_depth" | "flush_threads" => {
+            "flush_depth" | "flush_threads" | "read_depth" => {
                 let n = need(v)?.parse().map_err(|_| {
                     UsageError(format!(
                         "invalid {k} '{}': expected a number",
@@ -497,6 +506,8 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
                 })?;
                 if k == "flush_depth" {
                     flush_depth = Some(n);
+                } else if k == "read_depth" {
+                    read_depth = Some(n);
                 } else {
                     flush_threads = Some(n);
                 }
@@ -625,6 +636,12 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             ));
         }
     };
+    let read_depth = read_depth.unwrap_or(16);
+    if read_depth > 64 {
+        return usage(format!(
+            "invalid read depth {read_depth}: must be from 0 to 64"
+        ));
+    }
     let flush_threads = flush_threads.unwrap_or(8);
     if !(1..=256).contains(&flush_threads) {
         return usage(format!(
@@ -677,6 +694,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         direct_writes,
         dirty_age,
         read_ahead,
+        read_depth,
         threads,
         map_store,
         access,

@@ -87,6 +87,8 @@ fn demo(dir: &Path, backing: &Path, mnt: &Path, block: u64) -> Result<(), String
             write_size: (4 * MIB).max(block),
             max_dirty_file: 64 * MIB,
             flush_depth: 4,
+            read_depth: 16,
+            read_chunk: MIB,
         },
         max_dirty: 256 * MIB,
         dirty_age: Duration::from_secs(5),

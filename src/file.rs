@@ -12,6 +12,7 @@ use crate::backend::{BackendFile, Caps, Whence};
 use crate::coalescer::{self, Coalescer, DirtyBlock};
 use crate::extents::{ExtentIndex, RangeSet, seek_data_blocks, seek_hole_blocks};
 use crate::flight::{Flight, Run, Writers};
+use crate::prefetch::{Prefetch, Watched};
 use crate::stats::{Stats, Trigger};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -32,6 +33,11 @@ pub struct Geometry {
     /// Window writes of one file in flight at once while the application goes on
     /// writing ([`crate::flight`]); 1 writes each window before the next write is taken.
     pub flush_depth: usize,
+    /// Data chunks of one file read ahead of a reader that reads in order, in flight at
+    /// once ([`crate::prefetch`]); 0: no read-ahead in the daemon.
+    pub read_depth: usize,
+    /// Size of a chunk read ahead (one aligned backend read).
+    pub read_chunk: u64,
 }
 
 impl Default for Geometry {
@@ -41,6 +47,8 @@ impl Default for Geometry {
             write_size: 4 << 20,
             max_dirty_file: 64 << 20,
             flush_depth: 4,
+            read_depth: 16,
+            read_chunk: 1 << 20,
         }
     }
 }
@@ -63,7 +71,10 @@ pub enum Depth {
 
 /// One file's sparse state over its backend.
 pub struct SparseFile {
+    /// The backend, [`Watched`] for the read-ahead.
     backend: Arc<dyn BackendFile>,
+    /// Data chunks read ahead of an in-order reader ([`crate::prefetch`]).
+    prefetch: Arc<Prefetch>,
     /// Window writes launched and not yet settled, oldest first ([`crate::flight`]).
     flights: VecDeque<Arc<Flight>>,
     geo: Geometry,
@@ -125,8 +136,10 @@ impl SparseFile {
         } else {
             ExtentIndex::unknown(size)
         };
+        let prefetch = Prefetch::new(geo.read_depth, geo.read_chunk, stats.clone());
         Self {
-            backend: Arc::from(backend),
+            backend: Arc::new(Watched::new(backend, prefetch.clone())),
+            prefetch,
             flights: VecDeque::new(),
             dirty: Coalescer::new(geo.block),
             geo,
@@ -146,6 +159,11 @@ impl SparseFile {
             pending_behind: None,
             block_total: (u64::MAX, 0),
         }
+    }
+
+    /// The file's read-ahead (stopped at its last close).
+    pub fn prefetch(&self) -> &Prefetch {
+        &self.prefetch
     }
 
     /// The backend this file flushes to.
@@ -228,6 +246,8 @@ impl SparseFile {
     /// outside this mount). Only valid when nothing is dirty.
     pub fn reset_from_backend(&mut self) -> io::Result<()> {
         debug_assert!(!self.is_dirty());
+        // The backend file may hold other bytes now: nothing read ahead is served.
+        self.prefetch.invalidate_all();
         let size = self.backend.size()?;
         self.size = size;
         self.backend_size = size;
@@ -436,8 +456,17 @@ impl SparseFile {
                 continue;
             }
             let slice = &mut buf[(s - off) as usize..(e - off) as usize];
-            self.backend.read_at(slice, s)?;
+            if self.prefetch.enabled() {
+                for (a, z) in self.prefetch.fill(slice, s) {
+                    self.backend
+                        .read_at(&mut slice[(a - s) as usize..(z - s) as usize], a)?;
+                }
+            } else {
+                self.backend.read_at(slice, s)?;
+            }
         }
+        self.prefetch
+            .after_read(off, end, &self.index.data, self.backend_size, &self.backend);
         // Oldest first (flights never overlap), then the buffer: newest bytes win.
         for f in &self.flights {
             f.overlay(off, &mut buf);

@@ -261,7 +261,8 @@ impl Flight {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A job of a pool.
+pub type Job = Box<dyn FnOnce() + Send>;
 
 /// The writer threads: a queue that holds at most `threads` flights running or waiting,
 /// so a mount has at most that many backend writes of windows at once.
@@ -270,12 +271,18 @@ pub struct Writers {
     queue: Mutex<(VecDeque<Job>, usize)>,
     /// Signalled when a job is queued (workers wait) or one ends (launchers wait).
     cv: Condvar,
-    threads: usize,
+    pub(crate) threads: usize,
 }
 
 impl Writers {
     /// A pool of `threads` writer threads (started at once, named `sparsefs-write-N`).
     pub fn new(threads: usize) -> Arc<Self> {
+        Self::named(threads, "write")
+    }
+
+    /// A pool of `threads` threads named `sparsefs-{what}-N` (the reader threads of
+    /// [`crate::prefetch`] are one).
+    pub fn named(threads: usize, what: &str) -> Arc<Self> {
         let w = Arc::new(Self {
             queue: Mutex::new(Rank::Writers, (VecDeque::new(), 0)),
             cv: Condvar::new(),
@@ -284,7 +291,7 @@ impl Writers {
         for i in 0..w.threads {
             let me = w.clone();
             std::thread::Builder::new()
-                .name(format!("sparsefs-write-{i}"))
+                .name(format!("sparsefs-{what}-{i}"))
                 .spawn(move || me.work())
                 .expect("spawn a writer thread");
         }
@@ -336,6 +343,22 @@ impl Writers {
         q.0.push_back(job);
         drop(q);
         self.cv.notify_all();
+    }
+}
+
+impl Writers {
+    /// Queues `job` if a thread is free for it now; `false` (the job dropped) if not.
+    /// Never waits.
+    pub fn offer(&self, job: Job) -> bool {
+        let mut q = self.queue.lock();
+        if q.1 >= self.threads {
+            return false;
+        }
+        q.1 += 1;
+        q.0.push_back(job);
+        drop(q);
+        self.cv.notify_all();
+        true
     }
 }
 

@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod mountinfo;
 pub mod node;
 pub mod persist;
+pub mod prefetch;
 pub mod send;
 pub mod stamp;
 pub mod stats;

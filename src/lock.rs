@@ -76,6 +76,10 @@ pub enum Rank {
     Writers,
     /// A data file's `O_DIRECT` descriptor slot (`FdFile`): held to clone or swap it.
     DirectFd,
+    /// A file's read-ahead chunks ([`crate::prefetch::Prefetch`]): held to file, find and
+    /// copy a chunk, never across the backend read of one (waiting for a chunk in flight,
+    /// under the file's engine, is marked as a backend call).
+    Prefetch,
     /// Internals of in-memory test backends (called from under the engine).
     Fake,
 }
@@ -99,6 +103,7 @@ const ALL: [Rank; RANKS] = [
     Rank::Flight,
     Rank::Writers,
     Rank::DirectFd,
+    Rank::Prefetch,
     Rank::Fake,
 ];
 

@@ -390,7 +390,7 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             escape(fsname)
         ),
     };
-    let counters: [(&str, &str, &str); 18] = [
+    let counters: [(&str, &str, &str); 20] = [
         (
             "sparsefs_app_written_bytes_total",
             "app_write_bytes",
@@ -481,11 +481,26 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             "flights",
             "Window writes launched to run while the application goes on writing.",
         ),
+        (
+            "sparsefs_read_ahead_chunks_total",
+            "prefetches",
+            "Data chunks read ahead of in-order readers.",
+        ),
+        (
+            "sparsefs_read_ahead_served_bytes_total",
+            "prefetch_hit_bytes",
+            "Bytes of application reads served from chunks read ahead.",
+        ),
     ];
     for (name, key, help) in counters {
         o.one(name, "counter", help, g(key));
     }
-    let gauges: [(&str, u64, &str); 9] = [
+    let gauges: [(&str, u64, &str); 10] = [
+        (
+            "sparsefs_read_ahead_bytes",
+            g("prefetch_bytes"),
+            "Bytes of chunks read ahead, held or being read now.",
+        ),
         (
             "sparsefs_window_writes_in_flight",
             g("flights_in_flight"),

@@ -202,6 +202,12 @@ pub struct Stats {
     pub flights: AtomicU64,
     /// Window writes in flight now (a gauge).
     pub flights_in_flight: AtomicU64,
+    /// Data chunks read ahead of in-order readers ([`crate::prefetch`]).
+    pub prefetches: AtomicU64,
+    /// Bytes of application reads served from chunks read ahead.
+    pub prefetch_hit_bytes: AtomicU64,
+    /// Bytes of chunks read ahead, held or being read now (a gauge).
+    pub prefetch_bytes: AtomicU64,
     /// Extent maps stored with files (at close, by scan).
     pub maps_stored: AtomicU64,
     /// Stored maps loaded at open (they described the file as it is).
@@ -294,7 +300,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"open_handles\":{},\"maps_stored\":{},\"maps_loaded\":{},\"maps_stale\":{},\"maps_refused\":{},\"flights\":{},\"flights_in_flight\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"open_handles\":{},\"maps_stored\":{},\"maps_loaded\":{},\"maps_stale\":{},\"maps_refused\":{},\"flights\":{},\"flights_in_flight\":{},\"prefetches\":{},\"prefetch_hit_bytes\":{},\"prefetch_bytes\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -321,6 +327,9 @@ impl Stats {
             g(&self.maps_refused),
             g(&self.flights),
             g(&self.flights_in_flight),
+            g(&self.prefetches),
+            g(&self.prefetch_hit_bytes),
+            g(&self.prefetch_bytes),
         );
         for (i, op) in OPS.iter().enumerate() {
             let c = &self.ops[*op as usize];
@@ -516,6 +525,13 @@ pub fn table_from_json(json: &str) -> String {
         s,
         "reads served by holes {:>12}  (no backend I/O)",
         human(g("hole_read_bytes"))
+    );
+    let _ = writeln!(
+        s,
+        "reads served ahead    {:>12}  ({} chunks read ahead, {} held now)",
+        human(g("prefetch_hit_bytes")),
+        g("prefetches"),
+        human(g("prefetch_bytes"))
     );
     let _ = writeln!(s, "seeks from the index  {:>12}", g("seeks_from_index"));
     let _ = writeln!(

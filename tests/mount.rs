@@ -27,6 +27,8 @@ mod maps;
 mod metrics;
 #[path = "mount/posix.rs"]
 mod posix;
+#[path = "mount/readahead.rs"]
+mod readahead;
 #[path = "mount/resources.rs"]
 mod resources;
 #[path = "mount/send.rs"]

@@ -86,6 +86,8 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
             write_size: cfg.write_size,
             max_dirty_file: crate::fs::per_file_limit(cfg.max_dirty, cfg.write_size),
             flush_depth: cfg.flush_depth,
+            read_depth: cfg.read_depth,
+            read_chunk: cfg.read_ahead.max(1 << 20),
         },
         max_dirty: cfg.max_dirty,
         dirty_age: cfg.dirty_age,
@@ -150,6 +152,7 @@ pub fn mount(
 /// Mounts and serves until unmounted. Returns the exit status.
 pub fn run(cfg: MountConfig) -> i32 {
     crate::flight::configure(cfg.flush_threads);
+    crate::prefetch::configure(cfg.flush_threads);
     if cfg.reclaim {
         match sys::umount(&cfg.mountpoint, true) {
             Ok(()) => eprintln!(

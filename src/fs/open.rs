@@ -339,6 +339,9 @@ impl SparseFs {
     /// `InodeTable::insert_lookup`; found by the torture, writes of one file landing in
     /// another while this fd was kept open on FUSE backings instead).
     pub(super) fn park_idle(&self, node: &FileNode) {
+        if node.with_state(|s| s.opens() == 0) {
+            node.stop_prefetch();
+        }
         let idle = node.with_state(|s| s.opens() == 0 && !s.view().dirty);
         if idle && node.data.park() {
             self.sh.stats.data_fds_parked.fetch_add(1, Relaxed);

@@ -21,6 +21,8 @@ fn fs_with(dir: &Path, map_store: MapStore, mode: HandleMode, fd_high: Option<u6
             write_size: 64 << 10,
             max_dirty_file: 1 << 20,
             flush_depth: 4,
+            read_depth: 4,
+            read_chunk: 64 << 10,
         },
         max_dirty: 4 << 20,
         dirty_age: Duration::from_secs(3600),

@@ -125,6 +125,13 @@ impl FileNode {
         f(&self.engine.read())
     }
 
+    /// Stops the file's read-ahead (its last close): chunks dropped, reads in flight
+    /// waited for, so nothing read before the next open is served after it and no reader
+    /// thread holds the backend file.
+    pub fn stop_prefetch(&self) {
+        self.engine.read().prefetch().stop();
+    }
+
     /// The engine's last published view.
     pub fn view(&self) -> View {
         self.with_state(|s| s.view())
