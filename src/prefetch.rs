@@ -75,6 +75,9 @@ struct Inner {
     run: usize,
     /// Set at the file's last close: nothing more is started until the next read.
     stopped: bool,
+    /// Ranges readers are reading themselves now (found in no chunk): not read ahead
+    /// (no byte is read twice). Released by the read's [`Prefetch::after_read`].
+    claimed: RangeSet,
 }
 
 /// A file's read-ahead: its chunks, read or in flight.
@@ -148,6 +151,7 @@ impl Prefetch {
             let mut g = self.inner.lock();
             g.stopped = true;
             g.run = 0;
+            g.claimed = RangeSet::new();
             let keys: Vec<u64> = g.entries.keys().copied().collect();
             for k in keys {
                 self.drop_entry(&mut g, k, true);
@@ -193,6 +197,7 @@ impl Prefetch {
         let mut served = 0u64;
         let mut g = self.inner.lock();
         if g.entries.is_empty() {
+            g.claimed.insert(off, end);
             return vec![(off, end)];
         }
         for k in off / c..=(end - 1) / c {
@@ -243,9 +248,13 @@ impl Prefetch {
         for k in behind {
             self.drop_entry(&mut g, k, false);
         }
+        let missing: Vec<(u64, u64)> = missing.iter().collect();
+        for &(a, z) in &missing {
+            g.claimed.insert(a, z);
+        }
         drop(g);
         self.stats.prefetch_hit_bytes.fetch_add(served, Relaxed);
-        missing.iter().collect()
+        missing
     }
 
     /// After a read of `[off, end)`: if it continued the stream, starts reading ahead the
@@ -264,6 +273,7 @@ impl Prefetch {
         }
         let c = self.chunk;
         let mut g = self.inner.lock();
+        g.claimed.remove(off, end);
         let last = g.last_end;
         // In the stream: the next read, a read of a chunk read ahead, a read a little
         // behind (requests of one stream served out of order), or one past holes only.
@@ -292,9 +302,21 @@ impl Prefetch {
             k = at / c;
             if !g.entries.contains_key(&k) {
                 let (s, e) = (k * c, ((k + 1) * c).min(backend_end));
-                let pieces: Vec<(u64, u64)> = data.overlapping(s, e).collect();
+                // Its data, less what this read read and what readers read themselves.
+                let mut todo = RangeSet::new();
+                for (a, z) in data.overlapping(s.max(end), e) {
+                    todo.insert(a, z);
+                }
+                for (a, z) in g.claimed.overlapping(s, e) {
+                    todo.remove(a, z);
+                }
+                let pieces: Vec<(u64, u64)> = todo.iter().collect();
                 let bytes = pieces.last().map_or(0, |p| p.1 - s);
                 if bytes == 0 {
+                    // Nothing left to read there: it counts as ahead if it holds data.
+                    if data.intersects(s, e) {
+                        n += 1;
+                    }
                     k += 1;
                     continue;
                 }

@@ -52,15 +52,12 @@ fn in_order_readers_of_a_sparse_image_are_served_ahead_and_read_no_hole() {
         let d = |k: &str| json_u64(&after, k) - json_u64(&before, k);
         let read = d("backend.read.bytes");
         assert!(d("prefetches") >= 20, "{kind}: {after}");
-        // cmp read the image a second time (page cache kept or not): at least the
-        // data of one of the three reads came from chunks read ahead.
-        assert!(d("prefetch_hit_bytes") >= data, "{kind}: {after}");
-        // Each read of the image reads at most its data's 32K blocks (40 extents of at
-        // most 8 blocks), plus chunks read ahead past the last extent.
-        assert!(
-            read <= 3 * (40 * 8 * 32768 + (8 << 20)),
-            "{kind}: read {read}"
-        );
+        // Three reads of the image (cp, cmp, tar): most of their data came from chunks
+        // read ahead, and the backend read each data block once per read at most (40
+        // extents of at most 8 blocks of 32K), never a hole, never a byte twice (9.2 MB
+        // per read measured on dir and bindfs).
+        assert!(d("prefetch_hit_bytes") >= 2 * data, "{kind}: {after}");
+        assert!(read <= 3 * 40 * 8 * 32768, "{kind}: read {read}");
         wait_for("read-ahead released", Duration::from_secs(10), || {
             json_u64(&m.stats(), "prefetch_bytes") == 0
         });
