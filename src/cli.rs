@@ -178,7 +178,7 @@ pub struct MountArgs {
     /// Mount options, comma separated (see `sparsefs mount --help` and docs/tuning.md):
     /// sparse_block=SIZE, write_size=SIZE, max_dirty=SIZE, dirty_age=DUR, threads=N,
     /// flush_depth=N, flush_threads=N, direct_writes=auto|always|never,
-    /// read_ahead=SIZE, read_depth=N, map_store=xattr|sidecar|none, cache_writes, no_passthrough, no_dir_cache,
+    /// read_ahead=SIZE, read_depth=N, max_write=SIZE, map_store=xattr|sidecar|none, cache_writes, no_passthrough, no_dir_cache,
     /// inode_handles=auto|always|never, max_fds=N, metrics=ADDR,
     /// allow_other, allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME,
     /// subtype=NAME, and fstab-only ones that are ignored (defaults, _netdev, nofail,
@@ -217,6 +217,11 @@ pub struct MountArgs {
     /// read-ahead size, at least 1M; known holes are never read.
     #[arg(long, value_name = "N")]
     pub read_depth: Option<usize>,
+    /// Largest FUSE request the kernel sends (a multiple of 4K from 4K to 16M; default 1M).
+    /// The kernel also caps requests at fs.fuse.max_pages_limit pages (256 by default: 1M);
+    /// raise that sysctl for larger ones.
+    #[arg(long, value_name = "SIZE")]
+    pub max_write: Option<String>,
     /// Dirty bytes across all files before writers flush (default 256M).
     #[arg(long, value_name = "SIZE")]
     pub max_dirty: Option<String>,
@@ -312,6 +317,8 @@ pub struct MountConfig {
     pub read_ahead: u64,
     /// Data chunks of a file read ahead by the daemon (0: none).
     pub read_depth: usize,
+    /// Largest FUSE request asked of the kernel.
+    pub max_write: u64,
     /// Threads.
     pub threads: usize,
     /// Extent map persistence.
@@ -452,6 +459,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
     let mut flush_depth = a.flush_depth;
     let mut flush_threads = a.flush_threads;
     let mut read_depth = a.read_depth;
+    let mut max_write = a.max_write.clone();
     let mut direct_writes = a.direct_writes.clone();
     let mut cache_writes = a.cache_writes;
     let mut passthrough = !a.no_passthrough;
@@ -485,6 +493,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             "max_dirty" => max_dirty = Some(need(v)?),
             "dirty_age" => dirty_age = Some(need(v)?),
             "read_ahead" => read_ahead = Some(need(v)?),
+            "max_write" => max_write = Some(need(v)?),
             "map_store" => map_store = Some(need(v)?),
             "metrics" => metrics = Some(need(v)?),
             "threads" => {
@@ -636,6 +645,12 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
             ));
         }
     };
+    let max_write = parse_size("max write", max_write.as_deref().unwrap_or("1M"))?;
+    if !(4096..=16 << 20).contains(&max_write) || !max_write.is_multiple_of(4096) {
+        return usage(format!(
+            "invalid max write {max_write}: must be a multiple of 4K from 4K to 16M"
+        ));
+    }
     let read_depth = read_depth.unwrap_or(16);
     if read_depth > 64 {
         return usage(format!(
@@ -695,6 +710,7 @@ pub fn validate(a: &MountArgs) -> Result<MountConfig, UsageError> {
         dirty_age,
         read_ahead,
         read_depth,
+        max_write,
         threads,
         map_store,
         access,

@@ -251,7 +251,8 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
             .unwrap_or_else(|| crate::fdpool::high_for_limit(sys::nofile_limit())),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let (session, mut unmounter) = match mount(cfg, Adapter::new(fs.clone())) {
+    let adapter = Adapter::new(fs.clone()).max_write(cfg.max_write as u32);
+    let (session, mut unmounter) = match mount(cfg, adapter) {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot mount on {}: {e}", cfg.mountpoint.display())),
     };
@@ -309,6 +310,7 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
     if cfg.read_ahead > 0 {
         set_read_ahead(&cfg.mountpoint, cfg.read_ahead);
     }
+    warn_request_cap(cfg.max_write.max(cfg.read_ahead));
     info!(
         backing = %cfg.backing.display(),
         mountpoint = %cfg.mountpoint.display(),
@@ -337,6 +339,28 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
             error!(error = %e, "session ended with an error");
             1
         }
+    }
+}
+
+/// Says so when the kernel will cut requests shorter than asked (`--max-write`,
+/// `--read-ahead`): it takes at most `fs.fuse.max_pages_limit` pages per request (256, so
+/// 1 MiB, by default). The limit is the system's, left as it is.
+fn warn_request_cap(asked: u64) {
+    let Ok(v) = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit") else {
+        return;
+    };
+    let Ok(pages) = v.trim().parse::<u64>() else {
+        return;
+    };
+    let cap = pages * 4096;
+    if asked > cap {
+        tracing::warn!(
+            asked,
+            cap,
+            "the kernel caps FUSE requests at fs.fuse.max_pages_limit = {pages} pages; \
+             raise it (sysctl -w fs.fuse.max_pages_limit={}) for larger requests",
+            asked.div_ceil(4096)
+        );
     }
 }
 

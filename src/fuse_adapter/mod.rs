@@ -51,12 +51,24 @@ use convert::*;
 /// Adapts [`SparseFs`] to fuser.
 pub struct Adapter {
     fs: Arc<SparseFs>,
+    /// Largest FUSE write (and read) request asked of the kernel.
+    max_write: u32,
 }
 
 impl Adapter {
-    /// Wraps the core.
+    /// Wraps the core (FUSE requests of at most 1 MiB).
     pub fn new(fs: Arc<SparseFs>) -> Self {
-        Self { fs }
+        Self {
+            fs,
+            max_write: 1 << 20,
+        }
+    }
+
+    /// Asks the kernel for requests of up to `bytes` (it also caps them at
+    /// `fs.fuse.max_pages_limit` pages).
+    pub fn max_write(mut self, bytes: u32) -> Self {
+        self.max_write = bytes;
+        self
     }
 
     /// Registers a backend file with the kernel for a passthrough open. Without the
@@ -98,7 +110,7 @@ const RDPLUS_FIRST_BATCH: usize = 2;
 
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_write(self.max_write);
         let _ = config.set_max_readahead(128 << 10);
         // Kernel passthrough (read-only opens of dense files, see SparseFs::open): needs
         // a stacking depth of 1 (the backend may not itself be a stacked filesystem).

@@ -92,6 +92,26 @@ fn bad_input_gets_one_line_exit_2_and_mounts_nothing() {
                 "mount".into(),
                 bp.clone(),
                 mp.clone(),
+                "--max-write".into(),
+                "32M".into(),
+            ],
+            "invalid max write 33554432: must be a multiple of 4K from 4K to 16M".into(),
+        ),
+        (
+            vec![
+                "mount".into(),
+                bp.clone(),
+                mp.clone(),
+                "-o".into(),
+                "read_depth=65".into(),
+            ],
+            "invalid read depth 65: must be from 0 to 64".into(),
+        ),
+        (
+            vec![
+                "mount".into(),
+                bp.clone(),
+                mp.clone(),
                 "--no-such-flag".into(),
             ],
             "unexpected argument '--no-such-flag'".into(),
