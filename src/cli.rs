@@ -213,8 +213,8 @@ pub struct MountArgs {
     pub read_ahead: Option<String>,
     /// Data chunks of one file the daemon reads ahead of a reader that reads in order
     /// (holes skipped count as in order), several at once on as many reader threads as
-    /// writer threads (default 16; 0: none). A chunk is one aligned backend read of the
-    /// read-ahead size, at least 1M; known holes are never read.
+    /// writer threads (default 16; 0: none). A chunk is one aligned backend read of 1M;
+    /// known holes are never read.
     #[arg(long, value_name = "N")]
     pub read_depth: Option<usize>,
     /// Largest FUSE request the kernel sends (a multiple of 4K from 4K to 16M; default 1M).

@@ -87,7 +87,9 @@ pub fn fs_config(cfg: &MountConfig) -> FsConfig {
             max_dirty_file: crate::fs::per_file_limit(cfg.max_dirty, cfg.write_size),
             flush_depth: cfg.flush_depth,
             read_depth: cfg.read_depth,
-            read_chunk: cfg.read_ahead.max(1 << 20),
+            // 1 MiB: 4 MiB and 16 MiB chunks were no faster (bench-scripts/maxwrite.sh,
+            // readahead.sh; docs/tuning.md).
+            read_chunk: 1 << 20,
         },
         max_dirty: cfg.max_dirty,
         dirty_age: cfg.dirty_age,
