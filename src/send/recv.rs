@@ -5,8 +5,9 @@
 //! flag) get the old copy's block hashes back first.
 
 use super::sender::CHUNK;
+use super::source::RunFinder;
 use super::wire::{
-    self, Decoder, Digest, Encoder, FileMeta, Hash, Record, StreamError, ZeroHashes,
+    self, BlockSums, Decoder, Digest, Encoder, FileMeta, Hash, Record, StreamError, ZeroHashes,
 };
 use crate::zero::is_zero;
 use std::fs::{File, OpenOptions};
@@ -36,6 +37,10 @@ pub struct RecvSummary {
     pub punched: u64,
     /// Stream bytes read.
     pub wire_bytes: u64,
+    /// Bytes of the old copies read to hash them (`--update`; their holes are not read).
+    pub old_read_bytes: u64,
+    /// Bytes of block hashes sent back (`--update`).
+    pub reply_bytes: u64,
 }
 
 /// Where the files of a stream go.
@@ -101,28 +106,20 @@ struct Keep {
     block: u64,
     size: u64,
     zeros: ZeroHashes,
-    /// The old copy's size, zero hashes and block hashes (`--update`).
-    old: Option<(u64, ZeroHashes, Vec<Hash>)>,
+    /// The old copy's data blocks (`--update`); its other blocks read as zeros.
+    old: Option<BlockSums>,
 }
 
 impl Keep {
     fn kept(&self, j: u64) -> Hash {
         let b = self.block;
         let new_len = wire::block_len(j, self.size, b);
-        match &self.old {
-            Some((old_size, oz, h)) if (j as usize) < h.len() => {
-                let old_len = wire::block_len(j, *old_size, b);
-                if h[j as usize] == oz.of_len(old_len) {
-                    self.zeros.of_len(new_len)
-                } else if old_len == new_len {
-                    h[j as usize]
-                } else {
-                    // Not kept as it was: the sender sends such a block. If it did not,
-                    // the digest fails, as it must.
-                    [0; 32]
-                }
-            }
-            _ => self.zeros.of_len(new_len),
+        match self.old.as_ref().and_then(|o| Some((o.size, o.get(j)?))) {
+            Some((old_size, h)) if wire::block_len(j, old_size, b) == new_len => *h,
+            // Not kept as it was (the file's size moved inside this block): the sender
+            // sends such a block. If it did not, the digest fails, as it must.
+            Some(_) => [0; 32],
+            None => self.zeros.of_len(new_len),
         }
     }
 }
@@ -143,6 +140,8 @@ pub fn recv<R: Read, W: Write>(
     let mut st = State {
         temps: Vec::new(),
         done: Vec::new(),
+        finder: RunFinder::default(),
+        old_read_bytes: 0,
     };
     let r = run(input, reply, dest, o, progress, &mut st);
     if r.is_err() {
@@ -158,6 +157,10 @@ struct State {
     temps: Vec<PathBuf>,
     /// Complete, verified files: (temporary, final name, in place).
     done: Vec<(PathBuf, PathBuf, bool)>,
+    /// Finds the data runs of old copies (`--update`).
+    finder: RunFinder,
+    /// Bytes of old copies read (`--update`).
+    old_read_bytes: u64,
 }
 
 fn run<R: Read, W: Write>(
@@ -309,6 +312,8 @@ fn run<R: Read, W: Write>(
         }
     }
     sum.wire_bytes = d.bytes;
+    sum.reply_bytes = reply.bytes;
+    sum.old_read_bytes = st.old_read_bytes;
     Ok(sum)
 }
 
@@ -421,13 +426,18 @@ fn start_file<W: Write>(
     };
     let mut old_sums = None;
     if update {
-        let (old_size, hashes) = match &old {
-            Some(of) => old_hashes(of, block, (!o.inplace).then_some(&file))
-                .map_err(|e| format!("{}: {e}", target.display()))?,
-            None => (0, Vec::new()),
+        let sums = match &old {
+            Some(of) => {
+                let copy = (!o.inplace).then_some(&file);
+                let (sums, read) = old_hashes(of, &target, block, copy, &mut st.finder)
+                    .map_err(|e| format!("{}: {e}", target.display()))?;
+                st.old_read_bytes += read;
+                sums
+            }
+            None => BlockSums::default(),
         };
         reply
-            .sums(old_size, &hashes)
+            .sums(&sums)
             .and_then(|()| reply.flush())
             .map_err(|e| format!("answering the sender: {e}"))?;
         // The copy holds the old data blocks, not the old size.
@@ -435,7 +445,7 @@ fn start_file<W: Write>(
             .metadata()
             .map_err(|e| format!("{}: {e}", path.display()))?
             .len();
-        old_sums = Some((old_size, ZeroHashes::new(old_size, block), hashes));
+        old_sums = Some(sums);
     }
     // Over old data (in place, or a copy of the old file), the size is set first: the
     // blocks past it are gone, and punches stay inside it.
@@ -463,28 +473,36 @@ fn start_file<W: Write>(
     })
 }
 
-/// The block hashes of the old copy `f` (holes by SEEK_DATA are not read); copies its
-/// data blocks into `copy` when given (`--update` without `--inplace`).
-fn old_hashes(f: &File, block: u64, copy: Option<&File>) -> io::Result<(u64, Vec<Hash>)> {
+/// The hashes of the data blocks of the old copy `f` (at `path`) and the bytes read;
+/// its holes are not read (runs from the mount's index or SEEK_DATA, as for a send).
+/// Copies the data blocks into `copy` when given (`--update` without `--inplace`).
+fn old_hashes(
+    f: &File,
+    path: &Path,
+    block: u64,
+    copy: Option<&File>,
+    finder: &mut RunFinder,
+) -> io::Result<(BlockSums, u64)> {
     let size = f.metadata()?.len();
-    let z = ZeroHashes::new(size, block);
-    let n = wire::blocks(size, block);
-    let mut v: Vec<Hash> = (0..n)
-        .map(|j| z.of_len(wire::block_len(j, size, block)))
-        .collect();
+    let mut sums = BlockSums {
+        size,
+        blocks: Vec::new(),
+    };
+    let mut read = 0u64;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut done = 0u64;
-    for (s, e) in crate::tools::data_runs(f, size) {
+    for (s, e) in finder.runs(f, path, size).0 {
         let s = (s / block * block).max(done);
         let e = e.next_multiple_of(block).min(size);
         let mut off = s;
         while off < e {
             let n = CHUNK.min(e - off) as usize;
             f.read_exact_at(&mut buf[..n], off)?;
+            read += n as u64;
             for (j, b) in buf[..n].chunks(block as usize).enumerate() {
                 if !is_zero(b) {
                     let i = off / block + j as u64;
-                    v[i as usize] = wire::block_hash(b);
+                    sums.blocks.push((i, wire::block_hash(b)));
                     if let Some(c) = copy {
                         c.write_all_at(b, i * block)?;
                     }
@@ -494,7 +512,7 @@ fn old_hashes(f: &File, block: u64, copy: Option<&File>) -> io::Result<(u64, Vec
         }
         done = done.max(e);
     }
-    Ok((size, v))
+    Ok((sums, read))
 }
 
 /// Sets the size (one ftruncate, for a trailing hole), mode and mtime, and syncs.

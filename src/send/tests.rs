@@ -49,7 +49,7 @@ fn stream_of(paths: &[std::path::PathBuf]) -> (Vec<u8>, Vec<sender::FileSummary>
             Ok(())
         }
     }
-    let (sums, bytes) = send_to(
+    let (sums, bytes, _) = send_to(
         &sources,
         &opts(false),
         Box::new(Shared(buf.clone())),
@@ -73,8 +73,20 @@ fn receive(stream: &[u8], dest: &Path) -> Result<recv::RecvSummary, String> {
     )
 }
 
+/// What an `--update` cost: the sender's summary, the receiver's reply bytes (as the
+/// sender counted them) and the receiver's summary.
+struct Updated {
+    sent: sender::FileSummary,
+    reply_bytes: u64,
+    recv: recv::RecvSummary,
+}
+
 /// Sends `src` to `dst` over a socket pair with `--update` (recv in a thread).
 fn update(src: &Path, dst: &Path, inplace: bool) -> sender::FileSummary {
+    update_counted(src, dst, inplace).sent
+}
+
+fn update_counted(src: &Path, dst: &Path, inplace: bool) -> Updated {
     let (a, b) = UnixStream::pair().unwrap();
     let dst = dst.to_path_buf();
     let rx = std::thread::spawn(move || {
@@ -89,7 +101,7 @@ fn update(src: &Path, dst: &Path, inplace: bool) -> sender::FileSummary {
     });
     let sources = sender::open_sources(&[src.to_path_buf()]).unwrap();
     let reply = a.try_clone().unwrap();
-    let (mut sums, _) = send_to(
+    let (mut sums, _, reply_bytes) = send_to(
         &sources,
         &opts(true),
         Box::new(a),
@@ -98,8 +110,12 @@ fn update(src: &Path, dst: &Path, inplace: bool) -> sender::FileSummary {
         &Progress::hidden(),
     )
     .unwrap();
-    rx.join().unwrap().unwrap();
-    sums.remove(0)
+    let recv = rx.join().unwrap().unwrap();
+    Updated {
+        sent: sums.remove(0),
+        reply_bytes,
+        recv,
+    }
 }
 
 /// File contents: runs of (zero?, blocks, extra bytes) laid end to end.
@@ -221,4 +237,54 @@ fn update_of_a_file_ending_inside_a_block_describes_its_last_block_once() {
         update(&src, &dst, false);
         assert_eq!(std::fs::read(&dst).unwrap(), new);
     }
+}
+
+/// `--update` of a mostly-hole file (256 MiB, 3 data extents of 5 blocks): the
+/// receiver's reply is its size, the 3 runs and their 15 hashes (the version-1 reply
+/// had a hash for each of the 65,536 blocks: 2 MiB), neither end reads a hole, and only
+/// the changed blocks travel (read twice by the sender: hashed, then sent).
+#[test]
+fn update_of_a_mostly_hole_file_replies_and_reads_only_the_data() {
+    // Two directories: the two ends run in one process here, and the SEEK_DATA probe's
+    // scratch file is named by the process id, so probes of one directory by both at
+    // once collide (one end would take the directory for one without SEEK_DATA).
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (src, dst) = (a.path().join("src"), b.path().join("dst"));
+    let size = 256u64 << 20;
+    let extents = [7 * B, 1000 * B, size - 5 * B];
+    let make = |p: &Path, changed: &[u64]| {
+        let f = std::fs::File::create(p).unwrap();
+        f.set_len(size).unwrap();
+        for (k, &off) in extents.iter().enumerate() {
+            f.write_all_at(&vec![k as u8 + 1; 5 * B as usize], off)
+                .unwrap();
+        }
+        for &off in changed {
+            f.write_all_at(b"changed", off + 11).unwrap();
+        }
+    };
+    make(&dst, &[]);
+    make(&src, &[extents[0], extents[2] + 4 * B]);
+    let u = update_counted(&src, &dst, false);
+    assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    assert_eq!(u.reply_bytes, 1 + 16 + 3 * 16 + 15 * 32 + 4);
+    assert_eq!(u.recv.reply_bytes, u.reply_bytes);
+    assert_eq!(u.sent.blocks_sent, 2);
+    assert_eq!(u.sent.blocks_same, 13);
+    // The 15 data blocks hashed, and the 2 sent read again; no hole.
+    assert_eq!(u.sent.read_bytes, 17 * B, "the sender read a hole");
+    assert_eq!(u.sent.hole_bytes, size - 15 * B);
+    assert_eq!(
+        u.recv.old_read_bytes,
+        15 * B,
+        "the receiver read a hole: {:?}",
+        u.recv
+    );
+    // Against no old copy the reply is empty, whatever the size.
+    std::fs::remove_file(&dst).unwrap();
+    let u = update_counted(&src, &dst, true);
+    assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    assert_eq!(u.reply_bytes, 1 + 16 + 4);
+    assert_eq!(u.sent.blocks_sent, 15);
+    assert_eq!(u.recv.old_read_bytes, 0);
 }

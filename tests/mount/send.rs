@@ -582,7 +582,7 @@ impl Drop for LoopbackSshd {
 
 /// `--to root@127.0.0.1:PATH` through a real ssh connection (a throwaway sshd on
 /// loopback): the first send delivers the file, `--update` after 1% of the blocks
-/// changed sends only those. CI (`SPARSEFS_REQUIRE_FUSE=1`, which installs
+/// changed sends only those, and the receiver's reply carries its data blocks only. CI (`SPARSEFS_REQUIRE_FUSE=1`, which installs
 /// openssh-server) fails instead of skipping when sshd cannot run.
 #[test]
 fn send_to_over_real_ssh_on_loopback_updates_only_changed_blocks() {
@@ -633,6 +633,14 @@ fn send_to_over_real_ssh_on_loopback_updates_only_changed_blocks() {
     let json = send("--update");
     assert_eq!(json_u64(&json, "blocks_sent"), 5, "{json}");
     assert!(files_equal(&src, &dst));
+    // The reply lists the copy's 16 data runs and their 512 hashes, not the 2048 blocks
+    // of the file.
+    let runs = extents.len() as u64;
+    assert_eq!(
+        json_u64(&json, "reply_bytes"),
+        1 + 16 + runs * 16 + 16 * MIB / BLOCK * 32 + 4,
+        "{json}"
+    );
     // The xfer-hole receiver over ssh, in the form docs/send.md shows.
     let script = dir.path().join("recv-hole.sh");
     fs::write(&script, XFER_HOLE_RECV).unwrap();
