@@ -400,24 +400,33 @@ pub fn recv_cmd(dest: &std::path::Path, o: &recv::RecvOpts, json: bool) -> Resul
             .map(|(n, sz)| format!("{{\"path\":{},\"size\":{sz}}}", json_str(n)))
             .collect();
         eprintln!(
-            "{{\"files\":[{}],\"size\":{size},\"data_bytes\":{},\"data_records\":{},\"punched\":{},\"wire_bytes\":{},\"old_read_bytes\":{},\"reply_bytes\":{},\"seconds\":{secs:.3}}}",
+            "{{\"files\":[{}],\"size\":{size},\"data_bytes\":{},\"data_records\":{},\"punched\":{},\"wire_bytes\":{},\"old_read_bytes\":{},\"reply_bytes\":{},\"stale_removed\":{},\"seconds\":{secs:.3}}}",
             files.join(","),
             s.data_bytes,
             s.data_records,
             s.punched,
             s.wire_bytes,
             s.old_read_bytes,
-            s.reply_bytes
+            s.reply_bytes,
+            s.stale_removed
         );
     } else {
         eprintln!(
-            "sparsefs recv: {} files, {}: wrote {} of data in {} writes{}, {:.2} s",
+            "sparsefs recv: {} files, {}: wrote {} of data in {} writes{}{}, {:.2} s",
             s.files.len(),
             human(size),
             human(s.data_bytes),
             s.data_records,
             if s.punched > 0 {
                 format!(", punched {}", human(s.punched))
+            } else {
+                String::new()
+            },
+            if s.stale_removed > 0 {
+                format!(
+                    ", removed {} stale temporaries of a killed recv",
+                    s.stale_removed
+                )
             } else {
                 String::new()
             },

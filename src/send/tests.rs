@@ -288,3 +288,75 @@ fn update_of_a_mostly_hole_file_replies_and_reads_only_the_data() {
     assert_eq!(u.sent.blocks_sent, 15);
     assert_eq!(u.recv.old_read_bytes, 0);
 }
+
+/// A pid no process has: a child that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+/// recv removes the temporaries of its destination left by a writer that is gone,
+/// and nothing else: not those of a live process or of another destination, not one
+/// whose lock is held, not a symlink, a directory or a name off the pattern.
+#[test]
+fn recv_removes_only_provably_stale_temporaries_of_its_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("out"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    write_sparse(&src.join("img"), &[7u8; 3 * B as usize]);
+    let dead = dead_pid();
+    let t = |name: &str| dst.join(name);
+    let stale = [
+        format!(".img.sparsefs-recv.{dead}.0"),
+        format!(".img.sparsefs-recv.{dead}.13"),
+    ];
+    for s in &stale {
+        std::fs::write(t(s), b"left by a killed recv").unwrap();
+    }
+    let kept = [
+        format!(".img.sparsefs-recv.{}.0", std::process::id()),
+        format!(
+            ".img.sparsefs-recv.{}.0",
+            std::os::unix::process::parent_id()
+        ),
+        format!(".other.sparsefs-recv.{dead}.0"),
+        format!(".img.sparsefs-recv.{dead}.x"),
+        format!(".img.sparsefs-recv.{dead}.1.2"),
+        format!("img.sparsefs-recv.{dead}.0"),
+        ".img.sparsefs-recv.0.0".to_string(),
+        format!(".img.sparsefs-recv.{dead}.5"),
+    ];
+    for k in &kept {
+        std::fs::write(t(k), b"not ours to remove").unwrap();
+    }
+    // A writer elsewhere holds the lock of this one.
+    let locked = format!(".img.sparsefs-recv.{dead}.2");
+    std::fs::write(t(&locked), b"a live writer's").unwrap();
+    let held = std::fs::File::open(t(&locked)).unwrap();
+    held.try_lock().unwrap();
+    std::os::unix::fs::symlink(src.join("img"), t(&format!(".img.sparsefs-recv.{dead}.3")))
+        .unwrap();
+    std::fs::create_dir(t(&format!(".img.sparsefs-recv.{dead}.4"))).unwrap();
+    // A hard link: two names, not provably a temporary alone.
+    std::fs::hard_link(t(&kept[7]), dir.path().join("elsewhere")).unwrap();
+
+    let (stream, _) = stream_of(&[src.join("img")]);
+    let got = receive(&stream, &dst).unwrap();
+    assert_eq!(got.stale_removed, 2);
+    for s in &stale {
+        assert!(!t(s).exists(), "{s} left");
+    }
+    for k in kept.iter().chain([&locked]) {
+        assert!(t(k).is_file(), "{k} removed");
+    }
+    assert!(t(&format!(".img.sparsefs-recv.{dead}.3")).is_symlink());
+    assert!(t(&format!(".img.sparsefs-recv.{dead}.4")).is_dir());
+    assert_eq!(
+        std::fs::read(dst.join("img")).unwrap(),
+        vec![7u8; 3 * B as usize]
+    );
+    drop(held);
+}

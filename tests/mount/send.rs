@@ -754,3 +754,54 @@ fn send_and_recv_syscall_budgets() {
     assert_eq!(calls(&r, "pwrite64"), n, "{r:?}");
     assert_eq!(calls(&r, "ftruncate"), 1, "{r:?}");
 }
+
+/// A recv killed in the middle of a stream leaves its temporary beside the
+/// destination; the next recv of the same destination removes it (its writer is gone)
+/// and delivers the file, and leaves nothing else behind.
+#[test]
+fn the_temporary_of_a_killed_recv_is_removed_by_the_next_recv() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let img = src.path().join("img");
+    make_image(&img, 16 * MIB, &[(MIB, 8 * MIB)]);
+    let stream = src.path().join("stream");
+    sh(&format!(
+        "{BIN} send {} > {} 2>/dev/null",
+        img.display(),
+        stream.display()
+    ));
+    let good = fs::read(&stream).unwrap();
+    let mut c = Command::new(BIN)
+        .arg("recv")
+        .arg(dst.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut w = c.stdin.take().unwrap();
+    w.write_all(&good[..good.len() / 2]).unwrap();
+    w.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let temp = loop {
+        let n = names(dst.path());
+        if let Some(t) = n.iter().find(|n| n.starts_with(".img.sparsefs-recv.")) {
+            break t.clone();
+        }
+        assert!(Instant::now() < deadline, "no temporary appeared: {n:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    c.kill().unwrap();
+    c.wait().unwrap();
+    drop(w);
+    assert_eq!(names(dst.path()), vec![temp.clone()]);
+    let out = sh_status(&format!(
+        "{BIN} recv --json {} < {}",
+        dst.path().display(),
+        stream.display()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(json_u64(&err, "stale_removed"), 1, "{err}");
+    assert_eq!(names(dst.path()), vec!["img"]);
+    assert!(files_equal(&img, &dst.path().join("img")));
+}
