@@ -246,7 +246,7 @@ run() { # source-label method-label src dst command...
     wire=$(($(master_bytes) - mb0))
   fi
   if [ "$(head -c1 "$work/stdout")" = "{" ]; then
-    notes=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("blocks_sent=%d stream=%d reply=%d mount_requests=%d" % (j["blocks_sent"], j["wire_bytes"], j["reply_bytes"], j["mount_requests"]))' "$work/stdout")
+    notes=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("blocks_sent=%d stream=%d reply=%d mount_requests=%d send_s=%.2f" % (j["blocks_sent"], j["wire_bytes"], j["reply_bytes"], j["mount_requests"], j["seconds"]))' "$work/stdout")
   fi
   printf '%-8s %-50s %9.2f %14s %12s  %s\n' "$label" "$method" "$t" \
     "$(du -B1 "$dst" | cut -f1)" "$wire" "$notes"
