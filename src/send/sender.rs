@@ -1,7 +1,8 @@
 //! The sending side: reads each file's data runs block by block (holes are never read),
 //! drops all-zero blocks, hashes the rest, and writes records (native or xfer-hole).
-//! With `--update` it first reads the receiver's block hashes and sends only blocks
-//! that differ.
+//! With `--update` it hashes the source while the receiver hashes its copy ([`scan`]),
+//! then reads the receiver's block hashes and sends only the blocks that differ
+//! ([`send_update`]).
 
 use super::source::{RunFinder, RunsFrom};
 use super::wire::{self, Digest, Encoder, FileMeta, Hash, Record};
