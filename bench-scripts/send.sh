@@ -5,7 +5,7 @@
 #
 #   bench-scripts/send.sh [--size 4G|16G|SIZE] [--data-pct 2] [--extents 400]
 #                         [--sparsefs target/release/sparsefs] [--dir /var/tmp/sendbench]
-#                         [--cold]
+#                         [--cold] [--master] [--rate RATE] [--remote-rc]
 #
 # A sparse image of SIZE with DATA-PCT % random data in EXTENTS scattered extents (sizes
 # 16 KiB .. a few MiB, offsets unaligned) is built once; each method copies it to a fresh
@@ -20,7 +20,23 @@
 # image with 1% of its data blocks changed (4 KiB each) onto a fresh copy of the original.
 # `wire` is the bytes the ssh client counted (sent + received, its `Transferred:` line
 # at LogLevel VERBOSE), so it includes ssh's framing; `-` for rows without ssh. `notes`
-# is from send --json: blocks sent, stream bytes, mount index requests.
+# is from send --json: blocks sent, stream bytes, reply bytes (--update), mount index
+# requests.
+#
+# --master: every ssh row goes through one ssh connection (ControlMaster, ControlPersist)
+# opened before the first timed row, so no row pays the connection setup (ssh HOST true
+# is timed with and without it); `wire` is then the bytes the master's TCP connection
+# moved during the row (ss -ti bytes_sent + bytes_received, ssh framing included).
+# Without it each ssh row opens its own connection, as before, and the ratios are
+# printed a second time with the setup time taken from each ssh row. (The master costs
+# bulk throughput: scp and rsync ran 1.5x slower through it here.)
+# --rate RATE (e.g. 1gbit): caps the ssh rows' loopback traffic (both directions of the
+# sshd port only; other loopback traffic is not touched) with an HTB class on lo, to
+# model a real network. Removed on exit. netem (latency) is not built into this kernel.
+# The throwaway sshd sets SHLVL=1 in its sessions, so that the remote bash does not
+# source root's ~/.bashrc (Debian's bash does for commands run by sshd; a pyenv init there
+# cost 0.17 s per command, paid by every row but scp, whose SFTP server runs no shell);
+# --remote-rc keeps it.
 set -euo pipefail
 
 size=4G
@@ -29,6 +45,9 @@ extents=400
 bin=$(cd "$(dirname "$0")/.." && pwd)/target/release/sparsefs
 work=/var/tmp/sparsefs-sendbench
 cold=0
+master=0
+rate=""
+remote_rc=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
@@ -37,7 +56,10 @@ while [ $# -gt 0 ]; do
     --sparsefs) bin=$2; shift 2 ;;
     --dir) work=$2; shift 2 ;;
     --cold) cold=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --master) master=1; shift ;;
+    --rate) rate=$2; shift 2 ;;
+    --remote-rc) remote_rc=1; shift ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -45,12 +67,16 @@ done
 bytes=$(numfmt --from=iec "$size")
 
 rm -rf "$work"; mkdir -p "$work"/src "$work"/back "$work"/mnt "$work"/out
+shaped=0
 cleanup() {
   mountpoint -q "$work/mnt" && "$bin" umount "$work/mnt" || true
+  [ $shaped = 1 ] && tc qdisc del dev lo root 2>/dev/null || true
+  [ -S "$work/sshd/cm" ] && ssh -o ControlPath="$work/sshd/cm" -O exit root@127.0.0.1 2>/dev/null || true
   [ -f "$work/sshd/pid" ] && kill "$(cat "$work/sshd/pid")" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 
 # The image: deterministic extents, random bytes.
 img=$work/src/img
@@ -132,20 +158,43 @@ StrictModes no
 UsePAM no
 Subsystem sftp internal-sftp
 EOF2
+  [ $remote_rc = 1 ] || echo "SetEnv SHLVL=1" >> "$work/sshd/config"
   /usr/sbin/sshd -f "$work/sshd/config" -E "$work/sshd/log"
   # One word, so that send --ssh, rsync -e and scp -S all take it; the client logs its
-  # byte counts to client.log.
+  # byte counts to client.log. ssh_plain never uses a master connection.
+  ssh_opts="-i $work/sshd/user_key -p $port -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+  ssh_plain="ssh $ssh_opts -o ControlPath=none"
+  mux=""
+  [ $master = 1 ] && mux="-o ControlPath=$work/sshd/cm -o ControlMaster=no"
   ssh_cmd=$work/sshd/ssh
   cat > "$ssh_cmd" <<EOF2
 #!/bin/sh
-exec ssh -i $work/sshd/user_key -p $port -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=VERBOSE -E $work/sshd/client.log "\$@"
+exec ssh $ssh_opts $mux -o LogLevel=VERBOSE -E $work/sshd/client.log "\$@"
 EOF2
   chmod +x "$ssh_cmd"
   for _ in $(seq 50); do
-    $ssh_cmd root@127.0.0.1 true 2>/dev/null && { ssh_ok=1; break; }
+    $ssh_plain root@127.0.0.1 true 2>/dev/null && { ssh_ok=1; break; }
     sleep 0.1
   done
+  if [ $ssh_ok = 1 ] && [ -n "$rate" ]; then
+    # Only the sshd port's traffic (both directions) goes through the capped class.
+    tc qdisc add dev lo root handle 1: htb default 20
+    shaped=1
+    tc class add dev lo parent 1: classid 1:10 htb rate "$rate" ceil "$rate" burst 1mbit cburst 1mbit quantum 200000
+    tc class add dev lo parent 1: classid 1:20 htb rate 100gbit quantum 200000
+    tc filter add dev lo parent 1: protocol ip u32 match ip dport "$port" 0xffff flowid 1:10
+    tc filter add dev lo parent 1: protocol ip u32 match ip sport "$port" 0xffff flowid 1:10
+  fi
+  if [ $ssh_ok = 1 ] && [ $master = 1 ]; then
+    ssh $ssh_opts -o ControlMaster=yes -o ControlPath="$work/sshd/cm" -o ControlPersist=yes \
+      -fN root@127.0.0.1
+  fi
 fi
+# Bytes the master connection has moved (sent + received, TCP payload).
+master_bytes() {
+  ss -tniH state established "( dport = :$port )" |
+    grep -o 'bytes_\(sent\|received\):[0-9]*' | awk -F: '{s += $2} END {printf "%.0f\n", s}'
+}
 fake_ssh=$work/fake-ssh
 printf '#!/bin/sh\nshift\nexec sh -c "$1"\n' > "$fake_ssh"; chmod +x "$fake_ssh"
 if [ $ssh_ok = 1 ]; then
@@ -163,11 +212,18 @@ printf 'image %s, %s%% data (%s allocated) in %s extents; sparsefs %s; %s cache\
   "$size" "$pct" "$(numfmt --to=iec "$data_alloc")" "$extents" "$bin" \
   "$([ $cold = 1 ] && echo cold || echo warm)"
 printf 'update source: %s of %s 32K data blocks changed\n' ${upd_blocks% *} ${upd_blocks#* }
+config="ssh: $([ $master = 1 ] && echo "one master connection" || echo "a connection per row"), $([ -n "$rate" ] && echo "rate $rate" || echo "loopback unshaped"), remote ~/.bashrc $([ $remote_rc = 1 ] && echo sourced || echo "not sourced")"
 if [ $ssh_ok = 1 ]; then
-  t0=$(date +%s.%N); $ssh_cmd root@127.0.0.1 true; t1=$(date +%s.%N)
-  printf 'ssh connection setup (ssh HOST true): %.2f s\n' "$(echo "$t1 - $t0" | bc)"
+  echo "$config"
+  t0=$(date +%s.%N); $ssh_plain root@127.0.0.1 true; t1=$(date +%s.%N)
+  setup=$(echo "$t1 - $t0" | bc)
+  printf 'ssh HOST true, new connection: %.3f s\n' "$setup"
+  if [ $master = 1 ]; then
+    t0=$(date +%s.%N); $ssh_cmd root@127.0.0.1 true; t1=$(date +%s.%N)
+    printf 'ssh HOST true, through the master: %.3f s\n' "$(echo "$t1 - $t0" | bc)"
+  fi
 fi
-printf '%-8s %-40s %9s %14s %12s  %s\n' source method seconds dest-alloc wire notes
+printf '%-8s %-50s %9s %14s %12s  %s\n' source method seconds dest-alloc wire notes
 declare -A secs
 keep_out=0
 
@@ -177,7 +233,8 @@ run() { # source-label method-label src dst command...
   sync
   [ $cold = 1 ] && echo 3 > /proc/sys/vm/drop_caches
   { : > "$work/sshd/client.log"; } 2>/dev/null || true
-  local t0 t1 t wire notes=""
+  local t0 t1 t wire notes="" mb0=0
+  [ $master = 1 ] && [ $ssh_ok = 1 ] && mb0=$(master_bytes)
   t0=$(date +%s.%N)
   "$@" > "$work/stdout" 2>"$work/err" || { echo "$method failed: $(cat "$work/err")" >&2; exit 1; }
   t1=$(date +%s.%N)
@@ -188,10 +245,13 @@ run() { # source-label method-label src dst command...
   secs["$label|$method"]=$t
   wire=$({ grep -ho 'Transferred: sent [0-9]*, received [0-9]*' "$work/sshd/client.log" 2>/dev/null || true; } |
     awk '{s += $3 + $5; n++} END {if (n) printf "%.0f\n", s; else print "-"}')
-  if [ "$(head -c1 "$work/stdout")" = "{" ]; then
-    notes=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("blocks_sent=%d stream=%d mount_requests=%d" % (j["blocks_sent"], j["wire_bytes"], j["mount_requests"]))' "$work/stdout")
+  if [ $master = 1 ] && [ $ssh_ok = 1 ] && [[ $method == *"ssh lo"* ]]; then
+    wire=$(($(master_bytes) - mb0))
   fi
-  printf '%-8s %-40s %9.2f %14s %12s  %s\n' "$label" "$method" "$t" \
+  if [ "$(head -c1 "$work/stdout")" = "{" ]; then
+    notes=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("blocks_sent=%d stream=%d reply=%d mount_requests=%d send_s=%.2f" % (j["blocks_sent"], j["wire_bytes"], j["reply_bytes"], j["mount_requests"], j["seconds"]))' "$work/stdout")
+  fi
+  printf '%-8s %-50s %9.2f %14s %12s  %s\n' "$label" "$method" "$t" \
     "$(du -B1 "$dst" | cut -f1)" "$wire" "$notes"
 }
 
@@ -211,6 +271,12 @@ for label in dir mount; do
     keep_out=1
     run $label "sparsefs send --to --update 1% (ssh lo)" "$u" "$work/out/img" \
       "$bin" send --json --update --ssh "$ssh_cmd" --remote-sparsefs "$bin" \
+      --to "root@127.0.0.1:$work/out/img" "$u"
+    # The same with --inplace: only the changed blocks are written (no copy of the
+    # old data, no fsync of it), onto a fresh copy of the original.
+    cp --sparse=always "$s" "$work/out/img"
+    run $label "sparsefs send --to --update --inplace 1% (ssh lo)" "$u" "$work/out/img" \
+      "$bin" send --json --update --inplace --ssh "$ssh_cmd" --remote-sparsefs "$bin" \
       --to "root@127.0.0.1:$work/out/img" "$u"
     keep_out=0
     run $label "send --format xfer-hole | ssh sh (ssh lo)" "$s" "$work/out/img" \
@@ -236,16 +302,31 @@ done
 
 if [ $ssh_ok = 1 ]; then
   echo
+  echo "$config"
   for label in dir mount; do
     to=${secs["$label|sparsefs send --to (ssh lo)"]}
     ratio() { echo "scale=2; $1 / $2" | bc; }
-    printf '%s: send --to is %sx the ssh floor; rsync -S -e ssh %sx, scp %sx, tar -S | ssh %sx, xfer-hole %sx the time of send --to; --update 1%% %sx faster than the fresh send --to\n' \
+    printf '%s: send --to is %sx the ssh floor (target <= 1.3); rsync -S -e ssh %sx (target >= 5), scp %sx (target >= 20), tar -S | ssh %sx, xfer-hole %sx the time of send --to; the fresh send --to %sx the time of --update 1%%, %sx that of --update --inplace 1%% (target >= 20)\n' \
       "$label" \
       "$(ratio "$to" "${secs["$label|cat data bytes | ssh cat (floor, ssh lo)"]}")" \
       "$(ratio "${secs["$label|rsync -S -e ssh (ssh lo)"]}" "$to")" \
       "$(ratio "${secs["$label|scp (ssh lo)"]}" "$to")" \
       "$(ratio "${secs["$label|tar -S | ssh tar -x (ssh lo)"]}" "$to")" \
       "$(ratio "${secs["$label|send --format xfer-hole | ssh sh (ssh lo)"]}" "$to")" \
-      "$(ratio "$to" "${secs["$label|sparsefs send --to --update 1% (ssh lo)"]}")"
+      "$(ratio "$to" "${secs["$label|sparsefs send --to --update 1% (ssh lo)"]}")" \
+      "$(ratio "$to" "${secs["$label|sparsefs send --to --update --inplace 1% (ssh lo)"]}")"
+    if [ $master = 0 ]; then
+      # Each ssh row opened one connection: the same ratios with the setup time
+      # (ssh HOST true, timed once above) taken from every ssh row.
+      less() { echo "$1 - $setup" | bc; }
+      to=$(less "$to")
+      printf '%s, less %.3f s of setup per ssh row: send --to %sx the ssh floor; rsync -S -e ssh %sx, scp %sx the time of send --to; the fresh send --to %sx the time of --update 1%%, %sx that of --update --inplace 1%%\n' \
+        "$label" "$setup" \
+        "$(ratio "$to" "$(less "${secs["$label|cat data bytes | ssh cat (floor, ssh lo)"]}")")" \
+        "$(ratio "$(less "${secs["$label|rsync -S -e ssh (ssh lo)"]}")" "$to")" \
+        "$(ratio "$(less "${secs["$label|scp (ssh lo)"]}")" "$to")" \
+        "$(ratio "$to" "$(less "${secs["$label|sparsefs send --to --update 1% (ssh lo)"]}")")" \
+        "$(ratio "$to" "$(less "${secs["$label|sparsefs send --to --update --inplace 1% (ssh lo)"]}")")"
+    fi
   done
 fi

@@ -250,13 +250,14 @@ pub fn send(paths: &[PathBuf], o: &SendOpts) -> Result<(), Failure> {
             )));
         }
     }
-    let (sums, wire_bytes) = r?;
+    let (sums, wire_bytes, reply_bytes) = r?;
     let secs = started.elapsed().as_secs_f64();
     let data: u64 = sums.iter().map(|s| s.data_bytes).sum();
     let size: u64 = sums.iter().map(|s| s.size).sum();
     let blocks_sent: u64 = sums.iter().map(|s| s.blocks_sent).sum();
     let blocks_same: u64 = sums.iter().map(|s| s.blocks_same).sum();
     let read: u64 = sums.iter().map(|s| s.read_bytes).sum();
+    let holes: u64 = sums.iter().map(|s| s.hole_bytes).sum();
     if o.json {
         let files: Vec<String> = sums
             .iter()
@@ -280,9 +281,9 @@ pub fn send(paths: &[PathBuf], o: &SendOpts) -> Result<(), Failure> {
             })
             .collect();
         let line = format!(
-            "{{\"files\":[{}],\"size\":{size},\"data_bytes\":{data},\"blocks_sent\":{blocks_sent},\"blocks_same\":{blocks_same},\"read_bytes\":{read},\"hole_bytes\":{},\"wire_bytes\":{wire_bytes},\"mount_requests\":{},\"seconds\":{secs:.3}}}",
+            "{{\"files\":[{}],\"size\":{size},\"data_bytes\":{data},\"blocks_sent\":{blocks_sent},\"blocks_same\":{blocks_same},\"read_bytes\":{read},\"hole_bytes\":{},\"wire_bytes\":{wire_bytes},\"reply_bytes\":{reply_bytes},\"mount_requests\":{},\"seconds\":{secs:.3}}}",
             files.join(","),
-            size.saturating_sub(read),
+            holes,
             finder.mount_requests,
         );
         // The summary goes where the stream does not.
@@ -303,7 +304,7 @@ pub fn send(paths: &[PathBuf], o: &SendOpts) -> Result<(), Failure> {
             } else {
                 String::new()
             },
-            human(size.saturating_sub(read)),
+            human(holes),
             human(wire_bytes),
             secs,
             human((size as f64 / secs.max(1e-6)) as u64)
@@ -316,7 +317,8 @@ fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-type Sent = (Vec<sender::FileSummary>, u64);
+/// What was sent: per file, stream bytes, reply bytes (`--update`).
+type Sent = (Vec<sender::FileSummary>, u64, u64);
 
 fn send_to(
     sources: &[sender::Source],
@@ -339,24 +341,21 @@ fn send_to(
     let mut sums = Vec::new();
     for src in sources {
         let meta = sender::file_meta(src);
-        let mut remote = None;
         if o.format == Format::Native {
             enc.record(&wire::Record::File(meta.clone()))
                 .map_err(werr)?;
-            if let Some(d) = replies.as_mut() {
-                enc.flush().map_err(werr)?;
-                remote = Some(sender::read_remote(d, o.block)?);
-            }
         }
-        sums.push(sender::send_file(
-            src,
-            &mut enc,
-            (o.format, o.block),
-            finder,
-            remote.as_ref(),
-            &meta,
-            progress,
-        )?);
+        let sum = match replies.as_mut() {
+            // The receiver hashes its copy while this end hashes the source.
+            Some(d) => {
+                enc.flush().map_err(werr)?;
+                let scan = sender::scan(src, o.block, finder, &meta, progress)?;
+                let remote = sender::read_remote(d, o.block)?;
+                sender::send_update(src, &mut enc, o.block, &scan, &remote, &meta)?
+            }
+            None => sender::send_file(src, &mut enc, (o.format, o.block), finder, &meta, progress)?,
+        };
+        sums.push(sum);
     }
     if o.format == Format::Native {
         enc.record(&wire::Record::StreamEnd {
@@ -367,7 +366,7 @@ fn send_to(
     enc.flush().map_err(werr)?;
     let bytes = enc.bytes;
     drop(enc);
-    Ok((sums, bytes))
+    Ok((sums, bytes, replies.map_or(0, |d| d.bytes)))
 }
 
 /// `sparsefs recv DEST`: reads a native stream from stdin.
@@ -401,22 +400,33 @@ pub fn recv_cmd(dest: &std::path::Path, o: &recv::RecvOpts, json: bool) -> Resul
             .map(|(n, sz)| format!("{{\"path\":{},\"size\":{sz}}}", json_str(n)))
             .collect();
         eprintln!(
-            "{{\"files\":[{}],\"size\":{size},\"data_bytes\":{},\"data_records\":{},\"punched\":{},\"wire_bytes\":{},\"seconds\":{secs:.3}}}",
+            "{{\"files\":[{}],\"size\":{size},\"data_bytes\":{},\"data_records\":{},\"punched\":{},\"wire_bytes\":{},\"old_read_bytes\":{},\"reply_bytes\":{},\"stale_removed\":{},\"seconds\":{secs:.3}}}",
             files.join(","),
             s.data_bytes,
             s.data_records,
             s.punched,
-            s.wire_bytes
+            s.wire_bytes,
+            s.old_read_bytes,
+            s.reply_bytes,
+            s.stale_removed
         );
     } else {
         eprintln!(
-            "sparsefs recv: {} files, {}: wrote {} of data in {} writes{}, {:.2} s",
+            "sparsefs recv: {} files, {}: wrote {} of data in {} writes{}{}, {:.2} s",
             s.files.len(),
             human(size),
             human(s.data_bytes),
             s.data_records,
             if s.punched > 0 {
                 format!(", punched {}", human(s.punched))
+            } else {
+                String::new()
+            },
+            if s.stale_removed > 0 {
+                format!(
+                    ", removed {} stale temporaries of a killed recv",
+                    s.stale_removed
+                )
             } else {
                 String::new()
             },

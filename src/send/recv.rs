@@ -5,8 +5,9 @@
 //! flag) get the old copy's block hashes back first.
 
 use super::sender::CHUNK;
+use super::source::RunFinder;
 use super::wire::{
-    self, Decoder, Digest, Encoder, FileMeta, Hash, Record, StreamError, ZeroHashes,
+    self, BlockSums, Decoder, Digest, Encoder, FileMeta, Hash, Record, StreamError, ZeroHashes,
 };
 use crate::zero::is_zero;
 use std::fs::{File, OpenOptions};
@@ -36,6 +37,12 @@ pub struct RecvSummary {
     pub punched: u64,
     /// Stream bytes read.
     pub wire_bytes: u64,
+    /// Bytes of the old copies read to hash them (`--update`; their holes are not read).
+    pub old_read_bytes: u64,
+    /// Bytes of block hashes sent back (`--update`).
+    pub reply_bytes: u64,
+    /// Temporaries of the same destinations left by a recv that was killed, removed.
+    pub stale_removed: u64,
 }
 
 /// Where the files of a stream go.
@@ -101,28 +108,20 @@ struct Keep {
     block: u64,
     size: u64,
     zeros: ZeroHashes,
-    /// The old copy's size, zero hashes and block hashes (`--update`).
-    old: Option<(u64, ZeroHashes, Vec<Hash>)>,
+    /// The old copy's data blocks (`--update`); its other blocks read as zeros.
+    old: Option<BlockSums>,
 }
 
 impl Keep {
     fn kept(&self, j: u64) -> Hash {
         let b = self.block;
         let new_len = wire::block_len(j, self.size, b);
-        match &self.old {
-            Some((old_size, oz, h)) if (j as usize) < h.len() => {
-                let old_len = wire::block_len(j, *old_size, b);
-                if h[j as usize] == oz.of_len(old_len) {
-                    self.zeros.of_len(new_len)
-                } else if old_len == new_len {
-                    h[j as usize]
-                } else {
-                    // Not kept as it was: the sender sends such a block. If it did not,
-                    // the digest fails, as it must.
-                    [0; 32]
-                }
-            }
-            _ => self.zeros.of_len(new_len),
+        match self.old.as_ref().and_then(|o| Some((o.size, o.get(j)?))) {
+            Some((old_size, h)) if wire::block_len(j, old_size, b) == new_len => *h,
+            // Not kept as it was (the file's size moved inside this block): the sender
+            // sends such a block. If it did not, the digest fails, as it must.
+            Some(_) => [0; 32],
+            None => self.zeros.of_len(new_len),
         }
     }
 }
@@ -143,21 +142,43 @@ pub fn recv<R: Read, W: Write>(
     let mut st = State {
         temps: Vec::new(),
         done: Vec::new(),
+        finder: RunFinder::default(),
+        old_read_bytes: 0,
+        temp_like: Default::default(),
+        stale_removed: 0,
     };
     let r = run(input, reply, dest, o, progress, &mut st);
     if r.is_err() {
-        for p in st.temps.iter().chain(st.done.iter().map(|(t, _, _)| t)) {
+        for p in st.temps.iter().chain(st.done.iter().map(|d| &d.path)) {
             let _ = std::fs::remove_file(p);
         }
     }
     r
 }
 
+/// A verified file: it takes its name when the stream ends.
+struct Done {
+    /// The file written (a temporary, or the target with `--inplace`).
+    path: PathBuf,
+    target: PathBuf,
+    /// Kept open until the rename: a temporary's lock says its writer is alive.
+    _file: File,
+}
+
 struct State {
     /// Temporaries not yet complete.
     temps: Vec<PathBuf>,
-    /// Complete, verified files: (temporary, final name, in place).
-    done: Vec<(PathBuf, PathBuf, bool)>,
+    /// Complete, verified files waiting for the stream's end.
+    done: Vec<Done>,
+    /// Per destination directory, its entries that look like temporaries of a recv
+    /// (read once per stream).
+    temp_like: std::collections::HashMap<PathBuf, Vec<String>>,
+    /// Stale temporaries removed.
+    stale_removed: u64,
+    /// Finds the data runs of old copies (`--update`).
+    finder: RunFinder,
+    /// Bytes of old copies read (`--update`).
+    old_read_bytes: u64,
 }
 
 fn run<R: Read, W: Write>(
@@ -271,8 +292,11 @@ fn run<R: Read, W: Write>(
                 }
                 finish_file(&mut f).map_err(|e| format!("{}: {e}", f.path.display()))?;
                 st.temps.retain(|t| *t != f.path);
-                st.done
-                    .push((f.path.clone(), f.target.clone(), f.path == f.target));
+                st.done.push(Done {
+                    path: f.path,
+                    target: f.target.clone(),
+                    _file: f.file,
+                });
                 sum.files.push((f.target.display().to_string(), size));
             }
             Record::StreamEnd { files } => {
@@ -287,9 +311,9 @@ fn run<R: Read, W: Write>(
     }
     // Every file verified: now they take their names.
     let mut dirs = Vec::new();
-    for (tmp, target, inplace) in &st.done {
-        if !inplace {
-            std::fs::rename(tmp, target).map_err(|e| format!("{}: {e}", target.display()))?;
+    for Done { path, target, .. } in &st.done {
+        if path != target {
+            std::fs::rename(path, target).map_err(|e| format!("{}: {e}", target.display()))?;
         }
         if let Some(dir) = target.parent() {
             let dir = if dir.as_os_str().is_empty() {
@@ -309,6 +333,9 @@ fn run<R: Read, W: Write>(
         }
     }
     sum.wire_bytes = d.bytes;
+    sum.reply_bytes = reply.bytes;
+    sum.old_read_bytes = st.old_read_bytes;
+    sum.stale_removed = st.stale_removed;
     Ok(sum)
 }
 
@@ -373,6 +400,16 @@ fn start_file<W: Write>(
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let like = st
+        .temp_like
+        .entry(dir.clone())
+        .or_insert_with(|| temp_like(&dir));
+    let target_name = target.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    for file in like.iter() {
+        if let Some(pid) = temp_writer(file, target_name) {
+            st.stale_removed += u64::from(remove_if_stale(&dir.join(file), pid));
+        }
+    }
     let old = if update {
         match File::open(&target) {
             Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Some(f),
@@ -393,11 +430,7 @@ fn start_file<W: Write>(
     } else {
         let mut n = 0u32;
         loop {
-            let tmp = dir.join(format!(
-                ".{}.sparsefs-recv.{}.{n}",
-                meta.name,
-                std::process::id()
-            ));
+            let tmp = dir.join(temp_name(target_name, std::process::id(), n));
             match OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -407,6 +440,8 @@ fn start_file<W: Write>(
             {
                 Ok(f) => {
                     st.temps.push(tmp.clone());
+                    // Held until the rename (or exit): see `remove_if_stale`.
+                    let _ = f.try_lock();
                     break (tmp, f);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => n += 1,
@@ -421,13 +456,18 @@ fn start_file<W: Write>(
     };
     let mut old_sums = None;
     if update {
-        let (old_size, hashes) = match &old {
-            Some(of) => old_hashes(of, block, (!o.inplace).then_some(&file))
-                .map_err(|e| format!("{}: {e}", target.display()))?,
-            None => (0, Vec::new()),
+        let sums = match &old {
+            Some(of) => {
+                let copy = (!o.inplace).then_some(&file);
+                let (sums, read) = old_hashes(of, &target, block, copy, &mut st.finder)
+                    .map_err(|e| format!("{}: {e}", target.display()))?;
+                st.old_read_bytes += read;
+                sums
+            }
+            None => BlockSums::default(),
         };
         reply
-            .sums(old_size, &hashes)
+            .sums(&sums)
             .and_then(|()| reply.flush())
             .map_err(|e| format!("answering the sender: {e}"))?;
         // The copy holds the old data blocks, not the old size.
@@ -435,7 +475,7 @@ fn start_file<W: Write>(
             .metadata()
             .map_err(|e| format!("{}: {e}", path.display()))?
             .len();
-        old_sums = Some((old_size, ZeroHashes::new(old_size, block), hashes));
+        old_sums = Some(sums);
     }
     // Over old data (in place, or a copy of the old file), the size is set first: the
     // blocks past it are gone, and punches stay inside it.
@@ -463,28 +503,36 @@ fn start_file<W: Write>(
     })
 }
 
-/// The block hashes of the old copy `f` (holes by SEEK_DATA are not read); copies its
-/// data blocks into `copy` when given (`--update` without `--inplace`).
-fn old_hashes(f: &File, block: u64, copy: Option<&File>) -> io::Result<(u64, Vec<Hash>)> {
+/// The hashes of the data blocks of the old copy `f` (at `path`) and the bytes read;
+/// its holes are not read (runs from the mount's index or SEEK_DATA, as for a send).
+/// Copies the data blocks into `copy` when given (`--update` without `--inplace`).
+fn old_hashes(
+    f: &File,
+    path: &Path,
+    block: u64,
+    copy: Option<&File>,
+    finder: &mut RunFinder,
+) -> io::Result<(BlockSums, u64)> {
     let size = f.metadata()?.len();
-    let z = ZeroHashes::new(size, block);
-    let n = wire::blocks(size, block);
-    let mut v: Vec<Hash> = (0..n)
-        .map(|j| z.of_len(wire::block_len(j, size, block)))
-        .collect();
+    let mut sums = BlockSums {
+        size,
+        blocks: Vec::new(),
+    };
+    let mut read = 0u64;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut done = 0u64;
-    for (s, e) in crate::tools::data_runs(f, size) {
+    for (s, e) in finder.runs(f, path, size).0 {
         let s = (s / block * block).max(done);
         let e = e.next_multiple_of(block).min(size);
         let mut off = s;
         while off < e {
             let n = CHUNK.min(e - off) as usize;
             f.read_exact_at(&mut buf[..n], off)?;
+            read += n as u64;
             for (j, b) in buf[..n].chunks(block as usize).enumerate() {
                 if !is_zero(b) {
                     let i = off / block + j as u64;
-                    v[i as usize] = wire::block_hash(b);
+                    sums.blocks.push((i, wire::block_hash(b)));
                     if let Some(c) = copy {
                         c.write_all_at(b, i * block)?;
                     }
@@ -494,7 +542,67 @@ fn old_hashes(f: &File, block: u64, copy: Option<&File>) -> io::Result<(u64, Vec
         }
         done = done.max(e);
     }
-    Ok((size, v))
+    Ok((sums, read))
+}
+
+/// The temporary of the file named `name`, written by process `pid`; `n` counts names
+/// taken.
+fn temp_name(name: &str, pid: u32, n: u32) -> String {
+    format!(".{name}.sparsefs-recv.{pid}.{n}")
+}
+
+/// The writer's process id, if `file` is the name of a temporary of `name`.
+fn temp_writer(file: &str, name: &str) -> Option<i32> {
+    let rest = file
+        .strip_prefix('.')?
+        .strip_prefix(name)?
+        .strip_prefix(".sparsefs-recv.")?;
+    let (pid, n) = rest.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) || n.parse::<u32>().is_err() {
+        return None;
+    }
+    pid.parse::<i32>().ok().filter(|&p| p > 0)
+}
+
+/// The names in `dir` that may be temporaries of a recv (any destination).
+fn temp_like(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with('.') && n.contains(".sparsefs-recv."))
+        .collect()
+}
+
+/// Removes the temporary `p` of process `pid` if it is provably a leftover of a recv
+/// that died: the process is gone, the file is a regular file of ours with one link,
+/// and no one holds its lock (a writer holds it until the rename, so a free lock also
+/// covers a writer on another host sharing the directory). Anything else is kept.
+fn remove_if_stale(p: &Path, pid: i32) -> bool {
+    if pid as u32 == std::process::id()
+        || !matches!(crate::sys::kill(pid, 0), Err(e) if e.raw_os_error() == Some(libc::ESRCH))
+    {
+        return false;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return false;
+    };
+    if !m.file_type().is_file() || m.uid() != crate::sys::geteuid() || m.nlink() != 1 {
+        return false;
+    }
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+    else {
+        return false;
+    };
+    let same = f
+        .metadata()
+        .is_ok_and(|o| (o.dev(), o.ino()) == (m.dev(), m.ino()));
+    same && f.try_lock().is_ok() && std::fs::remove_file(p).is_ok()
 }
 
 /// Sets the size (one ftruncate, for a trailing hole), mode and mtime, and syncs.

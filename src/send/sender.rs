@@ -1,10 +1,11 @@
 //! The sending side: reads each file's data runs block by block (holes are never read),
 //! drops all-zero blocks, hashes the rest, and writes records (native or xfer-hole).
-//! With `--update` it first reads the receiver's block hashes and sends only blocks
-//! that differ.
+//! With `--update` it hashes the source while the receiver hashes its copy ([`scan`]),
+//! then reads the receiver's block hashes and sends only the blocks that differ
+//! ([`send_update`]).
 
 use super::source::{RunFinder, RunsFrom};
-use super::wire::{self, Digest, Encoder, FileMeta, Hash, Record, ZeroHashes};
+use super::wire::{self, Digest, Encoder, FileMeta, Hash, Record};
 use super::{Format, Progress};
 use crate::zero::is_zero;
 use std::fs::File;
@@ -30,8 +31,10 @@ pub struct FileSummary {
     pub blocks_same: u64,
     /// Blocks read that were all zeros (sent as holes).
     pub zero_blocks: u64,
-    /// Bytes read from the source.
+    /// Bytes read from the source (`--update` reads the blocks it sends twice).
     pub read_bytes: u64,
+    /// Bytes passed without reading (holes).
+    pub hole_bytes: u64,
     /// Data records.
     pub data_records: u64,
     /// Hole records.
@@ -40,6 +43,16 @@ pub struct FileSummary {
     pub runs_from: Option<RunsFrom>,
     /// The logical digest (native format).
     pub digest: Option<Hash>,
+}
+
+impl FileSummary {
+    /// Adds the counts of the walk over the file's blocks.
+    fn take_walk(&mut self, w: &FileSummary) {
+        self.read_bytes += w.read_bytes;
+        self.hole_bytes += w.hole_bytes;
+        self.zero_blocks += w.zero_blocks;
+        self.runs_from = w.runs_from;
+    }
 }
 
 /// A source file checked before anything is written.
@@ -95,36 +108,25 @@ pub fn open_sources(paths: &[PathBuf]) -> Result<Vec<Source>, String> {
 
 /// The receiver's copy, as its block hashes describe it (`--update`).
 pub struct Remote {
-    /// Its size.
-    pub size: u64,
-    /// One hash per block.
-    pub hashes: Vec<Hash>,
-    zeros: ZeroHashes,
+    sums: wire::BlockSums,
     block: u64,
 }
 
 impl Remote {
-    /// The remote copy of `size` bytes with these hashes.
-    pub fn new(size: u64, hashes: Vec<Hash>, block: u64) -> Self {
-        Self {
-            size,
-            hashes,
-            zeros: ZeroHashes::new(size, block),
-            block,
-        }
+    /// The remote copy these block hashes describe.
+    pub fn new(sums: wire::BlockSums, block: u64) -> Self {
+        Self { sums, block }
     }
 
-    /// True if the receiver's block `i` holds any non-zero byte.
-    fn nonzero(&self, i: u64) -> bool {
-        self.hashes
-            .get(i as usize)
-            .is_some_and(|h| *h != self.zeros.of_len(wire::block_len(i, self.size, self.block)))
+    /// The receiver's blocks holding a non-zero byte among `[first, last)`.
+    fn data_within(&self, first: u64, last: u64) -> impl Iterator<Item = u64> + '_ {
+        self.sums.within(first, last).iter().map(|(j, _)| *j)
     }
 
     /// True if the receiver's block `i` equals `h` (of the same length).
     fn same(&self, i: u64, h: &Hash, len: u64) -> bool {
-        wire::block_len(i, self.size, self.block) == len
-            && self.hashes.get(i as usize).is_some_and(|r| r == h)
+        wire::block_len(i, self.sums.size, self.block) == len
+            && self.sums.get(i).is_some_and(|r| r == h)
     }
 }
 
@@ -225,7 +227,71 @@ impl<W: Write> Emitter<'_, W> {
     }
 }
 
-/// Sends one file. `remote`: the receiver's copy with `--update`.
+/// Calls `each(i, bytes)` for every block of `src`'s data runs that holds a non-zero
+/// byte, in ascending order, reading the runs in chunks of [`CHUNK`] (holes are never
+/// read). Fills `sum`'s read, zero-block and hole counts, and the progress.
+///
+/// # Errors
+/// Reading the source (a file that shrank while read included) or `each`'s error.
+fn walk_blocks(
+    src: &Source,
+    size: u64,
+    block: u64,
+    finder: &mut RunFinder,
+    sum: &mut FileSummary,
+    progress: &Progress,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let (runs, from) = finder.runs(&src.file, &src.path, size);
+    sum.runs_from = Some(from);
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut done = 0u64; // everything below is read or passed
+    for (s, e) in runs {
+        let s = (s / block * block).max(done);
+        let e = e.next_multiple_of(block).min(size);
+        if s >= e {
+            continue;
+        }
+        sum.hole_bytes += s - done;
+        progress.hole(s - done);
+        let mut off = s;
+        while off < e {
+            let n = CHUNK.min(e - off) as usize;
+            read_at(src, &mut buf[..n], off)?;
+            sum.read_bytes += n as u64;
+            for (j, b) in buf[..n].chunks(block as usize).enumerate() {
+                if is_zero(b) {
+                    sum.zero_blocks += 1;
+                } else {
+                    each(off / block + j as u64, b)?;
+                }
+            }
+            progress.data(n as u64);
+            off += n as u64;
+        }
+        done = e;
+    }
+    sum.hole_bytes += size - done;
+    progress.hole(size - done);
+    Ok(())
+}
+
+fn read_at(src: &Source, buf: &mut [u8], off: u64) -> Result<(), String> {
+    src.file
+        .read_exact_at(buf, off)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                format!("{}: the file shrank while it was sent", src.path.display())
+            }
+            _ => format!("{}: {e}", src.path.display()),
+        })
+}
+
+fn write_err(e: io::Error) -> String {
+    format!("writing the stream: {e}")
+}
+
+/// Sends one file whole: its non-zero blocks as data, everything else as holes.
 ///
 /// # Errors
 /// Reading the source (a file that shrank while read included) or writing the stream.
@@ -234,7 +300,6 @@ pub fn send_file<W: Write>(
     out: &mut Encoder<W>,
     (format, block): (Format, u64),
     finder: &mut RunFinder,
-    remote: Option<&Remote>,
     meta: &FileMeta,
     progress: &Progress,
 ) -> Result<FileSummary, String> {
@@ -244,8 +309,7 @@ pub fn send_file<W: Write>(
         size,
         ..Default::default()
     };
-    let (runs, from) = finder.runs(&src.file, &src.path, size);
-    sum.runs_from = Some(from);
+    let mut walked = FileSummary::default();
     let mut digest = Digest::new(size, block);
     let mut em = Emitter {
         out,
@@ -257,93 +321,157 @@ pub fn send_file<W: Write>(
         hole: None,
         sum: &mut sum,
     };
-    let io_err = |e: io::Error| format!("{}: {e}", src.path.display());
-    let write_err = |e: io::Error| format!("writing the stream: {e}");
-    // Zero blocks between the runs: a hole, or (--update) only where the receiver has
-    // data there.
+    let mut done = 0u64; // everything below is described
+    walk_blocks(src, size, block, finder, &mut walked, progress, |i, b| {
+        em.hole(done, i * block).map_err(write_err)?;
+        digest.push(i, &wire::block_hash(b));
+        em.data_block(i, b).map_err(write_err)?;
+        done = i * block + b.len() as u64;
+        Ok(())
+    })?;
+    em.hole(done, size).map_err(write_err)?;
+    em.finish().map_err(write_err)?;
+    sum.take_walk(&walked);
+    if format == Format::Native {
+        end_record(out, &mut sum, digest)?;
+    }
+    Ok(sum)
+}
+
+fn end_record<W: Write>(
+    out: &mut Encoder<W>,
+    sum: &mut FileSummary,
+    digest: Digest,
+) -> Result<(), String> {
+    let d = digest.finish();
+    out.record(&Record::End {
+        size: sum.size,
+        data_bytes: sum.data_bytes,
+        digest: d,
+    })
+    .map_err(write_err)?;
+    sum.digest = Some(d);
+    Ok(())
+}
+
+/// The hashes of a source's non-zero blocks, read before the receiver's reply is
+/// (`--update`): the sender hashes its copy while the receiver hashes its own.
+pub struct Scan {
+    /// `(block index, hash)`, ascending.
+    blocks: Vec<(u64, Hash)>,
+    /// The reads, zero blocks, holes and where the runs came from.
+    sum: FileSummary,
+}
+
+/// Reads and hashes the non-zero blocks of `src` (holes are not read).
+///
+/// # Errors
+/// Reading the source.
+pub fn scan(
+    src: &Source,
+    block: u64,
+    finder: &mut RunFinder,
+    meta: &FileMeta,
+    progress: &Progress,
+) -> Result<Scan, String> {
+    let mut sum = FileSummary::default();
+    let mut blocks = Vec::new();
+    walk_blocks(src, meta.size, block, finder, &mut sum, progress, |i, b| {
+        blocks.push((i, wire::block_hash(b)));
+        Ok(())
+    })?;
+    Ok(Scan { blocks, sum })
+}
+
+/// Sends the blocks of a scanned file that differ from the receiver's copy: each is
+/// read again (consecutive ones in one read) and must hash as it did in the scan, or
+/// the file changed while it was sent. Zero blocks become holes only where the
+/// receiver has data.
+///
+/// # Errors
+/// Reading the source, a source changed since the scan, writing the stream.
+pub fn send_update<W: Write>(
+    src: &Source,
+    out: &mut Encoder<W>,
+    block: u64,
+    scan: &Scan,
+    remote: &Remote,
+    meta: &FileMeta,
+) -> Result<FileSummary, String> {
+    let size = meta.size;
+    let mut sum = FileSummary {
+        name: src.name.clone(),
+        size,
+        ..Default::default()
+    };
+    let mut digest = Digest::new(size, block);
+    let mut em = Emitter {
+        out,
+        format: Format::Native,
+        block,
+        size,
+        data_off: 0,
+        data: Vec::new(),
+        hole: None,
+        sum: &mut sum,
+    };
+    // Holes over the receiver's data blocks in [s, e) only (adjacent ones merge).
     let gap = |em: &mut Emitter<'_, W>, s: u64, e: u64| -> io::Result<()> {
-        match remote {
-            None => em.hole(s, e),
-            // Nothing between (a gap at the end of a file whose size is no multiple of
-            // the block starts in the last block, already described).
-            Some(_) if s >= e => Ok(()),
-            Some(r) => {
-                let (first, last) = (s / block, wire::blocks(e, block));
-                let mut i = first;
-                while i < last {
-                    if r.nonzero(i) {
-                        em.hole(i * block, (i + 1) * block)?;
-                    } else {
-                        em.skip()?;
-                        if i as usize >= r.hashes.len() {
-                            break;
-                        }
-                    }
-                    i += 1;
-                }
-                Ok(())
+        if s < e {
+            for i in remote.data_within(s / block, wire::blocks(e, block)) {
+                em.hole(i * block, (i + 1) * block)?;
             }
         }
+        Ok(())
     };
     let mut buf = vec![0u8; CHUNK as usize];
-    let mut done = 0u64; // everything below is described
-    for (s, e) in runs {
-        let s = (s / block * block).max(done);
-        let e = e.next_multiple_of(block).min(size);
-        if s >= e {
-            continue;
-        }
-        gap(&mut em, done, s).map_err(write_err)?;
-        progress.hole(s - done);
-        let mut off = s;
-        while off < e {
-            let n = CHUNK.min(e - off) as usize;
-            src.file
-                .read_exact_at(&mut buf[..n], off)
-                .map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof => {
-                        format!("{}: the file shrank while it was sent", src.path.display())
-                    }
-                    _ => io_err(e),
-                })?;
-            em.sum.read_bytes += n as u64;
-            for (j, b) in buf[..n].chunks(block as usize).enumerate() {
-                let i = off / block + j as u64;
-                let len = b.len() as u64;
-                if is_zero(b) {
-                    em.sum.zero_blocks += 1;
-                    gap(&mut em, i * block, i * block + len).map_err(write_err)?;
-                    continue;
-                }
-                let h = wire::block_hash(b);
-                digest.push(i, &h);
-                if remote.is_some_and(|r| r.same(i, &h, len)) {
-                    em.sum.blocks_same += 1;
-                    em.skip().map_err(write_err)?;
-                } else {
-                    em.data_block(i, b).map_err(write_err)?;
-                }
+    // Reads the blocks of `run` again (one read) and sends them.
+    let flush = |em: &mut Emitter<'_, W>, buf: &mut [u8], run: &[(u64, Hash)]| {
+        let Some(&(first, _)) = run.first() else {
+            return Ok(());
+        };
+        let off = first * block;
+        let n = (run.len() as u64 * block).min(size - off) as usize;
+        read_at(src, &mut buf[..n], off)?;
+        em.sum.read_bytes += n as u64;
+        for ((i, h), b) in run.iter().zip(buf[..n].chunks(block as usize)) {
+            if wire::block_hash(b) != *h {
+                return Err(format!(
+                    "{}: the file changed while it was sent",
+                    src.path.display()
+                ));
             }
-            progress.data(n as u64);
-            off += n as u64;
+            em.data_block(*i, b).map_err(write_err)?;
         }
-        done = e;
+        Ok(())
+    };
+    // Differing blocks pending one read: `scan.blocks[run]`, consecutive.
+    let mut run = 0..0;
+    let mut done = 0u64; // everything below is described, or pending in `run`
+    for (k, (i, h)) in scan.blocks.iter().enumerate() {
+        let (off, len) = (i * block, wire::block_len(*i, size, block));
+        digest.push(*i, h);
+        let same = remote.same(*i, h, len);
+        let joins = !same && !run.is_empty() && done == off && (run.len() as u64) * block < CHUNK;
+        if !joins {
+            flush(&mut em, &mut buf, &scan.blocks[run])?;
+            gap(&mut em, done, off).map_err(write_err)?;
+            run = k..k;
+        }
+        if same {
+            em.sum.blocks_same += 1;
+            em.skip().map_err(write_err)?;
+            run = k + 1..k + 1;
+        } else {
+            run.end = k + 1;
+        }
+        done = off + len;
     }
+    flush(&mut em, &mut buf, &scan.blocks[run])?;
     gap(&mut em, done, size).map_err(write_err)?;
-    progress.hole(size - done);
     em.finish().map_err(write_err)?;
-    if format == Format::Native {
-        let d = digest.finish();
-        let data_bytes = em.sum.data_bytes;
-        em.out
-            .record(&Record::End {
-                size,
-                data_bytes,
-                digest: d,
-            })
-            .map_err(write_err)?;
-        sum.digest = Some(d);
-    }
+    sum.take_walk(&scan.sum);
+    end_record(out, &mut sum, digest)?;
     Ok(sum)
 }
 
@@ -364,12 +492,8 @@ pub fn file_meta(src: &Source) -> FileMeta {
 /// # Errors
 /// A refused or failed reply, in one line.
 pub fn read_remote<R: Read>(d: &mut wire::Decoder<R>, block: u64) -> Result<Remote, String> {
-    let (size, hashes) = d.sums().map_err(|e| format!("the receiver's reply: {e}"))?;
-    if hashes.len() as u64 != wire::blocks(size, block) {
-        return Err(format!(
-            "the receiver's reply: {} block hashes for {size} bytes",
-            hashes.len()
-        ));
-    }
-    Ok(Remote::new(size, hashes, block))
+    let sums = d
+        .sums(block)
+        .map_err(|e| format!("the receiver's reply: {e}"))?;
+    Ok(Remote::new(sums, block))
 }

@@ -49,7 +49,7 @@ fn stream_of(paths: &[std::path::PathBuf]) -> (Vec<u8>, Vec<sender::FileSummary>
             Ok(())
         }
     }
-    let (sums, bytes) = send_to(
+    let (sums, bytes, _) = send_to(
         &sources,
         &opts(false),
         Box::new(Shared(buf.clone())),
@@ -73,8 +73,20 @@ fn receive(stream: &[u8], dest: &Path) -> Result<recv::RecvSummary, String> {
     )
 }
 
+/// What an `--update` cost: the sender's summary, the receiver's reply bytes (as the
+/// sender counted them) and the receiver's summary.
+struct Updated {
+    sent: sender::FileSummary,
+    reply_bytes: u64,
+    recv: recv::RecvSummary,
+}
+
 /// Sends `src` to `dst` over a socket pair with `--update` (recv in a thread).
 fn update(src: &Path, dst: &Path, inplace: bool) -> sender::FileSummary {
+    update_counted(src, dst, inplace).sent
+}
+
+fn update_counted(src: &Path, dst: &Path, inplace: bool) -> Updated {
     let (a, b) = UnixStream::pair().unwrap();
     let dst = dst.to_path_buf();
     let rx = std::thread::spawn(move || {
@@ -89,7 +101,7 @@ fn update(src: &Path, dst: &Path, inplace: bool) -> sender::FileSummary {
     });
     let sources = sender::open_sources(&[src.to_path_buf()]).unwrap();
     let reply = a.try_clone().unwrap();
-    let (mut sums, _) = send_to(
+    let (mut sums, _, reply_bytes) = send_to(
         &sources,
         &opts(true),
         Box::new(a),
@@ -98,8 +110,12 @@ fn update(src: &Path, dst: &Path, inplace: bool) -> sender::FileSummary {
         &Progress::hidden(),
     )
     .unwrap();
-    rx.join().unwrap().unwrap();
-    sums.remove(0)
+    let recv = rx.join().unwrap().unwrap();
+    Updated {
+        sent: sums.remove(0),
+        reply_bytes,
+        recv,
+    }
 }
 
 /// File contents: runs of (zero?, blocks, extra bytes) laid end to end.
@@ -221,4 +237,126 @@ fn update_of_a_file_ending_inside_a_block_describes_its_last_block_once() {
         update(&src, &dst, false);
         assert_eq!(std::fs::read(&dst).unwrap(), new);
     }
+}
+
+/// `--update` of a mostly-hole file (256 MiB, 3 data extents of 5 blocks): the
+/// receiver's reply is its size, the 3 runs and their 15 hashes (the version-1 reply
+/// had a hash for each of the 65,536 blocks: 2 MiB), neither end reads a hole, and only
+/// the changed blocks travel (read twice by the sender: hashed, then sent).
+#[test]
+fn update_of_a_mostly_hole_file_replies_and_reads_only_the_data() {
+    // Two directories: the two ends run in one process here, and the SEEK_DATA probe's
+    // scratch file is named by the process id, so probes of one directory by both at
+    // once collide (one end would take the directory for one without SEEK_DATA).
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (src, dst) = (a.path().join("src"), b.path().join("dst"));
+    let size = 256u64 << 20;
+    let extents = [7 * B, 1000 * B, size - 5 * B];
+    let make = |p: &Path, changed: &[u64]| {
+        let f = std::fs::File::create(p).unwrap();
+        f.set_len(size).unwrap();
+        for (k, &off) in extents.iter().enumerate() {
+            f.write_all_at(&vec![k as u8 + 1; 5 * B as usize], off)
+                .unwrap();
+        }
+        for &off in changed {
+            f.write_all_at(b"changed", off + 11).unwrap();
+        }
+    };
+    make(&dst, &[]);
+    make(&src, &[extents[0], extents[2] + 4 * B]);
+    let u = update_counted(&src, &dst, false);
+    assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    assert_eq!(u.reply_bytes, 1 + 16 + 3 * 16 + 15 * 32 + 4);
+    assert_eq!(u.recv.reply_bytes, u.reply_bytes);
+    assert_eq!(u.sent.blocks_sent, 2);
+    assert_eq!(u.sent.blocks_same, 13);
+    // The 15 data blocks hashed, and the 2 sent read again; no hole.
+    assert_eq!(u.sent.read_bytes, 17 * B, "the sender read a hole");
+    assert_eq!(u.sent.hole_bytes, size - 15 * B);
+    assert_eq!(
+        u.recv.old_read_bytes,
+        15 * B,
+        "the receiver read a hole: {:?}",
+        u.recv
+    );
+    // Against no old copy the reply is empty, whatever the size.
+    std::fs::remove_file(&dst).unwrap();
+    let u = update_counted(&src, &dst, true);
+    assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    assert_eq!(u.reply_bytes, 1 + 16 + 4);
+    assert_eq!(u.sent.blocks_sent, 15);
+    assert_eq!(u.recv.old_read_bytes, 0);
+}
+
+/// A pid no process has: a child that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+/// recv removes the temporaries of its destination left by a writer that is gone,
+/// and nothing else: not those of a live process or of another destination, not one
+/// whose lock is held, not a symlink, a directory or a name off the pattern.
+#[test]
+fn recv_removes_only_provably_stale_temporaries_of_its_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("out"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    write_sparse(&src.join("img"), &[7u8; 3 * B as usize]);
+    let dead = dead_pid();
+    let t = |name: &str| dst.join(name);
+    let stale = [
+        format!(".img.sparsefs-recv.{dead}.0"),
+        format!(".img.sparsefs-recv.{dead}.13"),
+    ];
+    for s in &stale {
+        std::fs::write(t(s), b"left by a killed recv").unwrap();
+    }
+    let kept = [
+        format!(".img.sparsefs-recv.{}.0", std::process::id()),
+        format!(
+            ".img.sparsefs-recv.{}.0",
+            std::os::unix::process::parent_id()
+        ),
+        format!(".other.sparsefs-recv.{dead}.0"),
+        format!(".img.sparsefs-recv.{dead}.x"),
+        format!(".img.sparsefs-recv.{dead}.1.2"),
+        format!("img.sparsefs-recv.{dead}.0"),
+        ".img.sparsefs-recv.0.0".to_string(),
+        format!(".img.sparsefs-recv.{dead}.5"),
+    ];
+    for k in &kept {
+        std::fs::write(t(k), b"not ours to remove").unwrap();
+    }
+    // A writer elsewhere holds the lock of this one.
+    let locked = format!(".img.sparsefs-recv.{dead}.2");
+    std::fs::write(t(&locked), b"a live writer's").unwrap();
+    let held = std::fs::File::open(t(&locked)).unwrap();
+    held.try_lock().unwrap();
+    std::os::unix::fs::symlink(src.join("img"), t(&format!(".img.sparsefs-recv.{dead}.3")))
+        .unwrap();
+    std::fs::create_dir(t(&format!(".img.sparsefs-recv.{dead}.4"))).unwrap();
+    // A hard link: two names, not provably a temporary alone.
+    std::fs::hard_link(t(&kept[7]), dir.path().join("elsewhere")).unwrap();
+
+    let (stream, _) = stream_of(&[src.join("img")]);
+    let got = receive(&stream, &dst).unwrap();
+    assert_eq!(got.stale_removed, 2);
+    for s in &stale {
+        assert!(!t(s).exists(), "{s} left");
+    }
+    for k in kept.iter().chain([&locked]) {
+        assert!(t(k).is_file(), "{k} removed");
+    }
+    assert!(t(&format!(".img.sparsefs-recv.{dead}.3")).is_symlink());
+    assert!(t(&format!(".img.sparsefs-recv.{dead}.4")).is_dir());
+    assert_eq!(
+        std::fs::read(dst.join("img")).unwrap(),
+        vec![7u8; 3 * B as usize]
+    );
+    drop(held);
 }

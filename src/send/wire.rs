@@ -11,7 +11,15 @@
 //!  'Z' files:u32 crc:u32                            the stream is complete
 //!
 //!  reply (--update, receiver -> sender, after each 'F'):
-//!   'S' old_size:u64 count:u64 hash[32]*count crc:u32
+//!   'S' old_size:u64 runs:u64 { first:u64 count:u64 hash[32]*count }*runs crc:u32
+//! ```
+//! The reply lists the runs of blocks of the receiver's copy that hold a non-zero byte,
+//! ascending, each with its blocks' hashes; every block between the runs (a hole or a
+//! block of zeros) reads as zeros and costs nothing, so the reply grows with the copy's
+//! data, not its size:
+//! ```text
+//!  old copy   |hole.........|DDD|hole.................|DD|hole...|
+//!  reply      S size 2  (first=13 count=3 h h h)  (first=34 count=2 h h)
 //! ```
 //! Integers are little-endian; every record ends with the CRC-32 of its tag and body
 //! (data included), so a flipped byte anywhere is found at its record. Records of one
@@ -29,8 +37,9 @@ use std::io::{self, Read, Write};
 
 /// The first 8 bytes of a native stream.
 pub const MAGIC: &[u8; 8] = b"SPFSSEND";
-/// The stream version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The stream version this build writes and reads (1 answered `--update` with a hash
+/// for every block, holes included).
+pub const VERSION: u16 = 2;
 /// Header flag: the sender waits for the receiver's block hashes after each file.
 pub const FLAG_UPDATE: u16 = 1;
 /// Largest data record accepted (a larger length is corruption, not an allocation).
@@ -139,6 +148,46 @@ pub enum Record {
     },
 }
 
+/// The receiver's copy as its reply describes it (`--update`): its size and the hash of
+/// each block holding a non-zero byte, by ascending block index. Every other block
+/// reads as zeros.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockSums {
+    /// The copy's size.
+    pub size: u64,
+    /// `(block index, hash)` of its non-zero blocks, strictly ascending.
+    pub blocks: Vec<(u64, Hash)>,
+}
+
+impl BlockSums {
+    /// The hash of block `i` if it holds data.
+    pub fn get(&self, i: u64) -> Option<&Hash> {
+        self.blocks
+            .binary_search_by_key(&i, |(j, _)| *j)
+            .ok()
+            .map(|k| &self.blocks[k].1)
+    }
+
+    /// The non-zero blocks with index in `[first, last)`.
+    pub fn within(&self, first: u64, last: u64) -> &[(u64, Hash)] {
+        let lo = self.blocks.partition_point(|(j, _)| *j < first);
+        let hi = self.blocks.partition_point(|(j, _)| *j < last);
+        &self.blocks[lo..hi.max(lo)]
+    }
+
+    /// The runs of consecutive block indices: `(first, count)`.
+    fn runs(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &(j, _) in &self.blocks {
+            match runs.last_mut() {
+                Some((f, n)) if *f + *n == j => *n += 1,
+                _ => runs.push((j, 1)),
+            }
+        }
+        runs
+    }
+}
+
 /// Writes records with their CRCs; counts the bytes.
 pub struct Encoder<W: Write> {
     w: W,
@@ -225,18 +274,26 @@ impl<W: Write> Encoder<W> {
         ])
     }
 
-    /// The receiver's block hashes of its old copy (`--update`).
+    /// The receiver's block hashes of its old copy (`--update`): its data blocks in
+    /// runs, holes not at all.
     ///
     /// # Errors
     /// The writer's.
-    pub fn sums(&mut self, old_size: u64, hashes: &[Hash]) -> io::Result<()> {
-        let flat: Vec<u8> = hashes.iter().flatten().copied().collect();
-        self.emit(&[
-            b"S",
-            &old_size.to_le_bytes(),
-            &(hashes.len() as u64).to_le_bytes(),
-            &flat,
-        ])
+    pub fn sums(&mut self, s: &BlockSums) -> io::Result<()> {
+        debug_assert!(s.blocks.windows(2).all(|w| w[0].0 < w[1].0));
+        let runs = s.runs();
+        let mut body = Vec::with_capacity(16 + runs.len() * 16 + s.blocks.len() * 32);
+        body.extend_from_slice(&s.size.to_le_bytes());
+        body.extend_from_slice(&(runs.len() as u64).to_le_bytes());
+        let mut hashes = s.blocks.iter();
+        for (first, count) in runs {
+            body.extend_from_slice(&first.to_le_bytes());
+            body.extend_from_slice(&count.to_le_bytes());
+            for (_, h) in hashes.by_ref().take(count as usize) {
+                body.extend_from_slice(h);
+            }
+        }
+        self.emit(&[b"S", &body])
     }
 
     /// Flushes the writer.
@@ -430,11 +487,12 @@ impl<R: Read> Decoder<R> {
         Ok(r)
     }
 
-    /// The receiver's block hashes (`--update`): old size and one hash per block.
+    /// The receiver's block hashes (`--update`) in blocks of `block`: runs ascending,
+    /// apart, inside the copy's size.
     ///
     /// # Errors
     /// `Truncated`, `Corrupt`.
-    pub fn sums(&mut self) -> Result<(u64, Vec<Hash>), StreamError> {
+    pub fn sums(&mut self, block: u64) -> Result<BlockSums, StreamError> {
         const AT: &str = "inside the receiver's block hashes";
         let mut tag = [0u8; 1];
         self.take(&mut tag, AT)?;
@@ -444,19 +502,35 @@ impl<R: Read> Decoder<R> {
                 tag[0]
             )));
         }
-        let old = self.u64(AT)?;
-        let n = self.u64(AT)?;
-        if n > 1 << 32 {
-            return Err(StreamError::Corrupt(format!("{n} block hashes")));
+        let size = self.u64(AT)?;
+        let nblocks = blocks(size, block.max(1));
+        let nruns = self.u64(AT)?;
+        let bad = |why: String| Err(StreamError::Corrupt(format!("the block hashes: {why}")));
+        if nruns > nblocks {
+            return bad(format!("{nruns} runs for {size} bytes"));
         }
-        let mut v = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let mut h = [0u8; 32];
-            self.take(&mut h, AT)?;
-            v.push(h);
+        let mut v = Vec::new();
+        let mut next = 0u64; // runs start at or after this block
+        for _ in 0..nruns {
+            let first = self.u64(AT)?;
+            let count = self.u64(AT)?;
+            if count == 0
+                || first < next
+                || first.checked_add(count).is_none_or(|e| e > nblocks)
+                || v.len() as u64 + count > 1 << 32
+            {
+                return bad(format!("run of {count} blocks at block {first}"));
+            }
+            v.reserve(count as usize);
+            for i in first..first + count {
+                let mut h = [0u8; 32];
+                self.take(&mut h, AT)?;
+                v.push((i, h));
+            }
+            next = first + count;
         }
         self.check("the receiver's block hashes", AT)?;
-        Ok((old, v))
+        Ok(BlockSums { size, blocks: v })
     }
 }
 
@@ -690,12 +764,17 @@ mod tests {
         let mut e = Encoder::new(Vec::new());
         e.emit(&[
             MAGIC,
-            &2u16.to_le_bytes(),
+            &1u16.to_le_bytes(),
             &0u16.to_le_bytes(),
             &4096u32.to_le_bytes(),
         ])
         .unwrap();
-        assert!(matches!(decode_all(&e.w), Err(StreamError::Version(2))));
+        let err = decode_all(&e.w).unwrap_err();
+        assert!(matches!(err, StreamError::Version(1)));
+        assert_eq!(
+            err.to_string(),
+            "sparsefs send stream version 1 is not supported (this sparsefs reads version 2)"
+        );
         assert!(matches!(decode_all(b""), Err(StreamError::Truncated(_))));
     }
 
@@ -724,13 +803,74 @@ mod tests {
     }
 
     #[test]
-    fn sums_round_trip() {
+    fn sums_round_trip_with_holes_as_gaps_between_runs() {
+        let s = BlockSums {
+            size: 20 * 4096 + 5,
+            blocks: vec![(0, [1; 32]), (1, [2; 32]), (7, [3; 32]), (20, [4; 32])],
+        };
         let mut e = Encoder::new(Vec::new());
-        e.sums(77, &[[1; 32], [2; 32]]).unwrap();
+        e.sums(&s).unwrap();
+        // Tag, size, run count, three runs of (first, count) and four hashes, CRC.
+        assert_eq!(e.w.len(), 1 + 16 + 3 * 16 + 4 * 32 + 4);
         let mut d = Decoder::new(&e.w[..]);
-        assert_eq!(d.sums().unwrap(), (77, vec![[1; 32], [2; 32]]));
-        let mut bad = e.w.clone();
-        bad[20] ^= 1;
-        assert!(Decoder::new(&bad[..]).sums().is_err());
+        assert_eq!(d.sums(4096).unwrap(), s);
+        for i in 0..e.w.len() {
+            let mut bad = e.w.clone();
+            bad[i] ^= 1;
+            assert!(Decoder::new(&bad[..]).sums(4096).is_err(), "flip at {i}");
+        }
+        assert_eq!(s.get(7), Some(&[3; 32]));
+        assert_eq!(s.get(8), None);
+        assert_eq!(s.within(1, 20), &s.blocks[1..3]);
+        assert!(s.within(8, 20).is_empty());
+        assert!(s.within(21, 100).is_empty());
+    }
+
+    #[test]
+    fn the_reply_of_a_hole_costs_nothing() {
+        let mut e = Encoder::new(Vec::new());
+        e.sums(&BlockSums {
+            size: 1 << 40,
+            blocks: Vec::new(),
+        })
+        .unwrap();
+        assert_eq!(e.w.len(), 1 + 16 + 4);
+    }
+
+    /// Runs that overlap, go backwards, are empty or pass the copy's end are corrupt,
+    /// even with a good CRC.
+    #[test]
+    fn sums_with_runs_out_of_order_or_range_are_refused() {
+        let enc = |size: u64, runs: &[(u64, u64)]| {
+            let mut body = Vec::new();
+            body.extend_from_slice(&size.to_le_bytes());
+            body.extend_from_slice(&(runs.len() as u64).to_le_bytes());
+            for &(f, n) in runs {
+                body.extend_from_slice(&f.to_le_bytes());
+                body.extend_from_slice(&n.to_le_bytes());
+                for _ in 0..n.min(4) {
+                    body.extend_from_slice(&[9; 32]);
+                }
+            }
+            let mut e = Encoder::new(Vec::new());
+            e.emit(&[b"S", &body]).unwrap();
+            e.w
+        };
+        let size = 8 * 4096;
+        assert!(
+            Decoder::new(&enc(size, &[(0, 2), (3, 1)])[..])
+                .sums(4096)
+                .is_ok()
+        );
+        for runs in [
+            &[(0, 2), (1, 1)][..],
+            &[(3, 1), (0, 1)],
+            &[(0, 0)],
+            &[(7, 2)],
+            &[(u64::MAX, 1)],
+        ] {
+            let e = Decoder::new(&enc(size, runs)[..]).sums(4096).unwrap_err();
+            assert!(matches!(e, StreamError::Corrupt(_)), "{runs:?}: {e}");
+        }
     }
 }

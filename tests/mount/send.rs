@@ -582,7 +582,7 @@ impl Drop for LoopbackSshd {
 
 /// `--to root@127.0.0.1:PATH` through a real ssh connection (a throwaway sshd on
 /// loopback): the first send delivers the file, `--update` after 1% of the blocks
-/// changed sends only those. CI (`SPARSEFS_REQUIRE_FUSE=1`, which installs
+/// changed sends only those, and the receiver's reply carries its data blocks only. CI (`SPARSEFS_REQUIRE_FUSE=1`, which installs
 /// openssh-server) fails instead of skipping when sshd cannot run.
 #[test]
 fn send_to_over_real_ssh_on_loopback_updates_only_changed_blocks() {
@@ -633,6 +633,14 @@ fn send_to_over_real_ssh_on_loopback_updates_only_changed_blocks() {
     let json = send("--update");
     assert_eq!(json_u64(&json, "blocks_sent"), 5, "{json}");
     assert!(files_equal(&src, &dst));
+    // The reply lists the copy's 16 data runs and their 512 hashes, not the 2048 blocks
+    // of the file.
+    let runs = extents.len() as u64;
+    assert_eq!(
+        json_u64(&json, "reply_bytes"),
+        1 + 16 + runs * 16 + 16 * MIB / BLOCK * 32 + 4,
+        "{json}"
+    );
     // The xfer-hole receiver over ssh, in the form docs/send.md shows.
     let script = dir.path().join("recv-hole.sh");
     fs::write(&script, XFER_HOLE_RECV).unwrap();
@@ -745,4 +753,55 @@ fn send_and_recv_syscall_budgets() {
     assert!(calls(&s, "pread64") <= n + 4, "{s:?}");
     assert_eq!(calls(&r, "pwrite64"), n, "{r:?}");
     assert_eq!(calls(&r, "ftruncate"), 1, "{r:?}");
+}
+
+/// A recv killed in the middle of a stream leaves its temporary beside the
+/// destination; the next recv of the same destination removes it (its writer is gone)
+/// and delivers the file, and leaves nothing else behind.
+#[test]
+fn the_temporary_of_a_killed_recv_is_removed_by_the_next_recv() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let img = src.path().join("img");
+    make_image(&img, 16 * MIB, &[(MIB, 8 * MIB)]);
+    let stream = src.path().join("stream");
+    sh(&format!(
+        "{BIN} send {} > {} 2>/dev/null",
+        img.display(),
+        stream.display()
+    ));
+    let good = fs::read(&stream).unwrap();
+    let mut c = Command::new(BIN)
+        .arg("recv")
+        .arg(dst.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut w = c.stdin.take().unwrap();
+    w.write_all(&good[..good.len() / 2]).unwrap();
+    w.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let temp = loop {
+        let n = names(dst.path());
+        if let Some(t) = n.iter().find(|n| n.starts_with(".img.sparsefs-recv.")) {
+            break t.clone();
+        }
+        assert!(Instant::now() < deadline, "no temporary appeared: {n:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    c.kill().unwrap();
+    c.wait().unwrap();
+    drop(w);
+    assert_eq!(names(dst.path()), vec![temp.clone()]);
+    let out = sh_status(&format!(
+        "{BIN} recv --json {} < {}",
+        dst.path().display(),
+        stream.display()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(json_u64(&err, "stale_removed"), 1, "{err}");
+    assert_eq!(names(dst.path()), vec!["img"]);
+    assert!(files_equal(&img, &dst.path().join("img")));
 }
