@@ -455,14 +455,30 @@ pub fn probe_caps(dir: std::os::fd::BorrowedFd<'_>) -> Caps {
 }
 
 fn probe_dir(root: std::os::fd::BorrowedFd<'_>) -> Probed {
-    let name =
-        std::ffi::CString::new(format!(".sparsefs-probe.{}", std::process::id())).expect("no NUL");
-    let Ok(fd) = sys::openat(
-        root,
-        &name,
-        libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-        0o600,
-    ) else {
+    // A name of its own per probe: two threads of one process (send of several files),
+    // or two nodes whose processes share a pid, probing one directory must not collide
+    // (a probe that cannot make its file assumes the backend can do nothing).
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut made = None;
+    for _ in 0..8 {
+        let n = PROBES.fetch_add(1, Relaxed);
+        let name = std::ffi::CString::new(format!(".sparsefs-probe.{}.{n}", std::process::id()))
+            .expect("no NUL");
+        match sys::openat(
+            root,
+            &name,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+            0o600,
+        ) {
+            Ok(fd) => {
+                made = Some((name, fd));
+                break;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(_) => break,
+        }
+    }
+    let Some((name, fd)) = made else {
         warn!(
             "cannot create a probe file in the backing directory: assuming no punch and no SEEK_DATA"
         );

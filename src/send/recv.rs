@@ -545,18 +545,39 @@ fn old_hashes(
     Ok((sums, read))
 }
 
-/// The temporary of the file named `name`, written by process `pid`; `n` counts names
-/// taken.
-fn temp_name(name: &str, pid: u32, n: u32) -> String {
-    format!(".{name}.sparsefs-recv.{pid}.{n}")
+/// This host's tag in temporaries' names: the first label of its name, letters, digits
+/// and '-' only. A pid means something only on the host that wrote it, so only this
+/// host's temporaries are ever taken for stale (a recv on another node sharing the
+/// directory may be alive; its lock may not be visible here, e.g. on Lustre with
+/// `localflock`).
+pub(crate) fn host_tag() -> String {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let t: String = h
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    if t.is_empty() { "localhost".into() } else { t }
 }
 
-/// The writer's process id, if `file` is the name of a temporary of `name`.
+/// The temporary of the file named `name`, written by process `pid` of this host; `n`
+/// counts names taken.
+fn temp_name(name: &str, pid: u32, n: u32) -> String {
+    format!(".{name}.sparsefs-recv.{}.{pid}.{n}", host_tag())
+}
+
+/// The writer's process id, if `file` is the name of a temporary of `name` written on
+/// this host.
 fn temp_writer(file: &str, name: &str) -> Option<i32> {
     let rest = file
         .strip_prefix('.')?
         .strip_prefix(name)?
         .strip_prefix(".sparsefs-recv.")?;
+    let rest = rest.strip_prefix(host_tag().as_str())?.strip_prefix('.')?;
     let (pid, n) = rest.split_once('.')?;
     let digits = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(pid) || !digits(n) || n.parse::<u32>().is_err() {

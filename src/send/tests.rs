@@ -308,40 +308,46 @@ fn recv_removes_only_provably_stale_temporaries_of_its_destination() {
     std::fs::create_dir(&dst).unwrap();
     write_sparse(&src.join("img"), &[7u8; 3 * B as usize]);
     let dead = dead_pid();
+    let h = super::recv::host_tag();
     let t = |name: &str| dst.join(name);
     let stale = [
-        format!(".img.sparsefs-recv.{dead}.0"),
-        format!(".img.sparsefs-recv.{dead}.13"),
+        format!(".img.sparsefs-recv.{h}.{dead}.0"),
+        format!(".img.sparsefs-recv.{h}.{dead}.13"),
     ];
     for s in &stale {
         std::fs::write(t(s), b"left by a killed recv").unwrap();
     }
     let kept = [
-        format!(".img.sparsefs-recv.{}.0", std::process::id()),
+        format!(".img.sparsefs-recv.{h}.{}.0", std::process::id()),
         format!(
-            ".img.sparsefs-recv.{}.0",
+            ".img.sparsefs-recv.{h}.{}.0",
             std::os::unix::process::parent_id()
         ),
-        format!(".other.sparsefs-recv.{dead}.0"),
-        format!(".img.sparsefs-recv.{dead}.x"),
-        format!(".img.sparsefs-recv.{dead}.1.2"),
-        format!("img.sparsefs-recv.{dead}.0"),
-        ".img.sparsefs-recv.0.0".to_string(),
-        format!(".img.sparsefs-recv.{dead}.5"),
+        format!(".other.sparsefs-recv.{h}.{dead}.0"),
+        format!(".img.sparsefs-recv.{h}x.{dead}.0"),
+        format!(".img.sparsefs-recv.{dead}.0"),
+        format!(".img.sparsefs-recv.{h}.{dead}.x"),
+        format!(".img.sparsefs-recv.{h}.{dead}.1.2"),
+        format!("img.sparsefs-recv.{h}.{dead}.0"),
+        format!(".img.sparsefs-recv.{h}.0.0"),
+        format!(".img.sparsefs-recv.{h}.{dead}.5"),
     ];
     for k in &kept {
         std::fs::write(t(k), b"not ours to remove").unwrap();
     }
     // A writer elsewhere holds the lock of this one.
-    let locked = format!(".img.sparsefs-recv.{dead}.2");
+    let locked = format!(".img.sparsefs-recv.{h}.{dead}.2");
     std::fs::write(t(&locked), b"a live writer's").unwrap();
     let held = std::fs::File::open(t(&locked)).unwrap();
     held.try_lock().unwrap();
-    std::os::unix::fs::symlink(src.join("img"), t(&format!(".img.sparsefs-recv.{dead}.3")))
-        .unwrap();
-    std::fs::create_dir(t(&format!(".img.sparsefs-recv.{dead}.4"))).unwrap();
+    std::os::unix::fs::symlink(
+        src.join("img"),
+        t(&format!(".img.sparsefs-recv.{h}.{dead}.3")),
+    )
+    .unwrap();
+    std::fs::create_dir(t(&format!(".img.sparsefs-recv.{h}.{dead}.4"))).unwrap();
     // A hard link: two names, not provably a temporary alone.
-    std::fs::hard_link(t(&kept[7]), dir.path().join("elsewhere")).unwrap();
+    std::fs::hard_link(t(kept.last().unwrap()), dir.path().join("elsewhere")).unwrap();
 
     let (stream, _) = stream_of(&[src.join("img")]);
     let got = receive(&stream, &dst).unwrap();
@@ -352,8 +358,8 @@ fn recv_removes_only_provably_stale_temporaries_of_its_destination() {
     for k in kept.iter().chain([&locked]) {
         assert!(t(k).is_file(), "{k} removed");
     }
-    assert!(t(&format!(".img.sparsefs-recv.{dead}.3")).is_symlink());
-    assert!(t(&format!(".img.sparsefs-recv.{dead}.4")).is_dir());
+    assert!(t(&format!(".img.sparsefs-recv.{h}.{dead}.3")).is_symlink());
+    assert!(t(&format!(".img.sparsefs-recv.{h}.{dead}.4")).is_dir());
     assert_eq!(
         std::fs::read(dst.join("img")).unwrap(),
         vec![7u8; 3 * B as usize]
