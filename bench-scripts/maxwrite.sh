@@ -12,6 +12,8 @@
 # (cold; through the daemon, --no-passthrough). Outputs are compared with cmp.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=latency-backing.sh
+. "$here/latency-backing.sh"
 BIN=$(command -v sparsefs || true)
 ROUNDS=3
 DELAY=500
@@ -31,15 +33,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "maxwrite.sh: needs root" >&2; exit 2; }
 LIMIT=/proc/sys/fs/fuse/max_pages_limit
 old_limit=$(cat $LIMIT)
-GL=
-if [ -z "$DIR" ]; then
-  GL=/tmp/mw-bench
-  B=$(BASE=$GL SHARD=1 DELAY_US=$DELAY "$here/../../shared/backends/gluster-up.sh" | tail -1)
-  backing="sharded GlusterFS, brick waits ${DELAY} µs"
-else
-  B=$DIR
-  backing="directory $DIR"
-fi
+backing_up mw
 M=$(mktemp -d /tmp/mw-mnt.XXXX)
 SRC=$(mktemp /var/tmp/mw-src.XXXX)
 cleanup() {
@@ -47,7 +41,7 @@ cleanup() {
   mountpoint -q "$M" && fusermount3 -u "$M" || true
   rm -f "$SRC" "$B/mw-zero" "$B/mw-rand"
   rmdir "$M" 2>/dev/null || true
-  [ -z "$GL" ] || BASE=$GL "$here/../../shared/backends/gluster-down.sh" >/dev/null 2>&1 || true
+  backing_down
 }
 trap cleanup EXIT
 echo 4096 > $LIMIT
@@ -76,7 +70,6 @@ for r in $(seq "$ROUNDS"); do
     [ "$v" = direct ] || fusermount3 -u "$M"
   done
 done
-med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "backing: $backing; $SIZE MiB; fs.fuse.max_pages_limit 4096 for the run; medians of $ROUNDS"
 printf '%-8s %24s %24s %24s\n' variant "dd zeros bs=16M" "dd random bs=16M" "cat back (cold)"

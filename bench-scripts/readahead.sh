@@ -5,7 +5,7 @@
 #                              [--depth D]... 
 #
 # Backing: a sharded GlusterFS volume whose brick waits --delay-us µs per operation (default
-# 500; brought up with ../shared/backends/gluster-up.sh under /tmp/ra-bench and taken down at
+# 500; brought up with gluster-up.sh under /tmp/ra-bench and taken down at
 # the end), or a plain directory (--dir). Files: a 512 MiB image with 64 random-data extents of
 # 256 KiB at random places (written through sparsefs, so its map is known), and a dense 256 MiB
 # file. Timed, page cache dropped before each: `cp --sparse=auto` and `tar -S -c` of the image,
@@ -14,6 +14,8 @@
 # is compared with cmp. Prints each round, then medians and ratios (direct / variant).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=latency-backing.sh
+. "$here/latency-backing.sh"
 BIN=$(command -v sparsefs || true)
 ROUNDS=3
 DELAY=500
@@ -32,22 +34,14 @@ done
 [ ${#DEPTHS[@]} -gt 0 ] || DEPTHS=(0 16)
 [ -x "$BIN" ] || { echo "readahead.sh: no sparsefs binary (--sparsefs)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "readahead.sh: needs root (drop_caches, mounts)" >&2; exit 2; }
-GL=
-if [ -z "$DIR" ]; then
-  GL=/tmp/ra-bench
-  B=$(BASE=$GL SHARD=1 DELAY_US=$DELAY "$here/../../shared/backends/gluster-up.sh" | tail -1)
-  backing="sharded GlusterFS, brick waits ${DELAY} µs"
-else
-  B=$DIR
-  backing="directory $DIR"
-fi
+backing_up ra
 M=$(mktemp -d /tmp/ra-mnt.XXXX)
 OUT=$(mktemp -d /var/tmp/ra-out.XXXX)
 cleanup() {
   mountpoint -q "$M" && fusermount3 -u "$M" || true
   rm -rf "$OUT" "$B/ra-rs.img" "$B/ra-dense.img"
   rmdir "$M" 2>/dev/null || true
-  [ -z "$GL" ] || BASE=$GL "$here/../../shared/backends/gluster-down.sh" >/dev/null 2>&1 || true
+  backing_down
 }
 trap cleanup EXIT
 "$BIN" mount "$B" "$M"
@@ -86,7 +80,6 @@ for r in $(seq "$ROUNDS"); do
     [ "$v" = direct ] || fusermount3 -u "$M"
   done
 done
-med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "backing: $backing; sparsefs $("$BIN" --version 2>/dev/null | head -1); medians of $ROUNDS"
 printf '%-10s %22s %22s %22s\n' variant "cp --sparse=auto" "tar -S -c" "cat dense (256 MiB)"

@@ -5,7 +5,7 @@
 #
 #   bench-scripts/send.sh [--size 4G|16G|SIZE] [--data-pct 2] [--extents 400]
 #                         [--sparsefs target/release/sparsefs] [--dir /var/tmp/sendbench]
-#                         [--cold] [--master] [--rate RATE] [--remote-rc]
+#                         [--cold] [--master] [--rate RATE] [--remote-rc] [--count-calls]
 #
 # A sparse image of SIZE with DATA-PCT % random data in EXTENTS scattered extents (sizes
 # 16 KiB .. a few MiB, offsets unaligned) is built once; each method copies it to a fresh
@@ -30,6 +30,11 @@
 # Without it each ssh row opens its own connection, as before, and the ratios are
 # printed a second time with the setup time taken from each ssh row. (The master costs
 # bulk throughput: scp and rsync ran 1.5x slower through it here.)
+#
+# --count-calls: each `mount` row runs with `strace -f -c` attached to the daemon, and the
+# notes get the daemon's syscalls during the row (`daemon: N calls`, then the largest
+# kinds): what each tool costs the backend through the mount. strace slows the daemon,
+# so the times of such a run are not comparable: use it for counts only.
 # --rate RATE (e.g. 1gbit): caps the ssh rows' loopback traffic (both directions of the
 # sshd port only; other loopback traffic is not touched) with an HTB class on lo, to
 # model a real network. Removed on exit. netem (latency) is not built into this kernel.
@@ -48,6 +53,7 @@ cold=0
 master=0
 rate=""
 remote_rc=0
+count_calls=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
@@ -58,6 +64,7 @@ while [ $# -gt 0 ]; do
     --cold) cold=1; shift ;;
     --master) master=1; shift ;;
     --rate) rate=$2; shift 2 ;;
+    --count-calls) count_calls=1; shift ;;
     --remote-rc) remote_rc=1; shift ;;
     -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -235,9 +242,21 @@ run() { # source-label method-label src dst command...
   { : > "$work/sshd/client.log"; } 2>/dev/null || true
   local t0 t1 t wire notes="" mb0=0
   [ $master = 1 ] && [ $ssh_ok = 1 ] && mb0=$(master_bytes)
+  local tracer=""
+  if [ $count_calls = 1 ] && [ "$label" = mount ]; then
+    strace -f -c -S calls -o "$work/calls" -p "$(pgrep -f "$bin mount $work/back $work/mnt" | head -1)" 2>/dev/null &
+    tracer=$!
+    sleep 0.5
+  fi
   t0=$(date +%s.%N)
   "$@" > "$work/stdout" 2>"$work/err" || { echo "$method failed: $(cat "$work/err")" >&2; exit 1; }
   t1=$(date +%s.%N)
+  if [ -n "$tracer" ]; then
+    kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+    notes="daemon syscalls $(awk '$NF == "total" {print $4}' "$work/calls"):"
+    notes+=$(awk '$1 ~ /^[0-9.]+$/ && $NF != "total" {printf " %s=%s", $NF, $4}' "$work/calls" | cut -d' ' -f1-7)
+    notes+=" "
+  fi
   if [ "$src" != "-" ]; then
     cmp "$src" "$dst" || { echo "$method: output differs" >&2; exit 1; }
   fi
@@ -249,7 +268,7 @@ run() { # source-label method-label src dst command...
     wire=$(($(master_bytes) - mb0))
   fi
   if [ "$(head -c1 "$work/stdout")" = "{" ]; then
-    notes=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("blocks_sent=%d stream=%d reply=%d mount_requests=%d send_s=%.2f" % (j["blocks_sent"], j["wire_bytes"], j["reply_bytes"], j["mount_requests"], j["seconds"]))' "$work/stdout")
+    notes+=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("blocks_sent=%d stream=%d reply=%d mount_requests=%d send_s=%.2f" % (j["blocks_sent"], j["wire_bytes"], j["reply_bytes"], j["mount_requests"], j["seconds"]))' "$work/stdout")
   fi
   printf '%-8s %-50s %9.2f %14s %12s  %s\n' "$label" "$method" "$t" \
     "$(du -B1 "$dst" | cut -f1)" "$wire" "$notes"

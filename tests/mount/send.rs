@@ -788,7 +788,7 @@ fn the_temporary_of_a_killed_recv_is_removed_by_the_next_recv() {
             break t.clone();
         }
         assert!(Instant::now() < deadline, "no temporary appeared: {n:?}");
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::park_timeout(Duration::from_millis(10));
     };
     c.kill().unwrap();
     c.wait().unwrap();
