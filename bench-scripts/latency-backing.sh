@@ -6,6 +6,10 @@
 #                     directory) and backing (a description); DIR set: that directory
 #   backing_down      takes the volume down again (nothing for a directory)
 #   med "T1 T2 ..."   the median
+#   ratio_table KEYS HEADERS...
+#                     one line per variant of the array `variants` (the first "direct"):
+#                     for each key K of KEYS ("cp tar cat"), the median of T[variant,K]
+#                     and direct's median over it; HEADERS name the columns
 # The GlusterFS scripts are $SPARSEFS_BENCH_BACKENDS (as for bench-scripts/run and scale.sh),
 # else shared/backends beside the repository.
 
@@ -32,3 +36,18 @@ backing_down() {
 }
 
 med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+ratio_table() {
+  local keys=$1 v w m d line; shift
+  line=$(printf '%-10s' variant)
+  for h in "$@"; do line+=$(printf ' %24s' "$h"); done
+  echo "$line"
+  for v in "${variants[@]}"; do
+    line=$(printf '%-10s' "$v")
+    for w in $keys; do
+      m=$(med "${T[$v,$w]}"); d=$(med "${T[direct,$w]}")
+      line+=$(printf ' %12s s (%6.2fx)' "$m" "$(echo "$d / $m" | bc -l)")
+    done
+    echo "$line"
+  done
+}

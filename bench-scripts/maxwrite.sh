@@ -72,13 +72,5 @@ for r in $(seq "$ROUNDS"); do
 done
 echo
 echo "backing: $backing; $SIZE MiB; fs.fuse.max_pages_limit 4096 for the run; medians of $ROUNDS"
-printf '%-8s %24s %24s %24s\n' variant "dd zeros bs=16M" "dd random bs=16M" "cat back (cold)"
-for v in "${variants[@]}"; do
-  line=$(printf '%-8s' "$v")
-  for w in z r c; do
-    m=$(med "${T[$v,$w]}"); d=$(med "${T[direct,$w]}")
-    line+=$(printf ' %12s s (%6.2fx)' "$m" "$(echo "$d / $m" | bc -l)")
-  done
-  echo "$line"
-done
+ratio_table "z r c" "dd zeros bs=16M" "dd random bs=16M" "cat back (cold)"
 echo "(x: direct time / variant time; variants: --max-write and --read-ahead of that size)"

@@ -82,13 +82,5 @@ for r in $(seq "$ROUNDS"); do
 done
 echo
 echo "backing: $backing; sparsefs $("$BIN" --version 2>/dev/null | head -1); medians of $ROUNDS"
-printf '%-10s %22s %22s %22s\n' variant "cp --sparse=auto" "tar -S -c" "cat dense (256 MiB)"
-for v in "${variants[@]}"; do
-  line=$(printf '%-10s' "$v")
-  for w in cp tar cat; do
-    m=$(med "${T[$v,$w]}"); d=$(med "${T[direct,$w]}")
-    line+=$(printf ' %10s s (%5.2fx)' "$m" "$(echo "$d / $m" | bc -l)")
-  done
-  echo "$line"
-done
+ratio_table "cp tar cat" "cp --sparse=auto" "tar -S -c" "cat dense (256 MiB)"
 echo "(x: direct time / variant time; variants other than direct are --read-depth N with --no-passthrough)"
