@@ -78,6 +78,12 @@ struct Inner {
     /// Ranges readers are reading themselves now (found in no chunk): not read ahead
     /// (no byte is read twice). Released by the read's [`Prefetch::after_read`].
     claimed: RangeSet,
+    /// Ranges reads finished lately, near the stream's front (`hi`): requests of one
+    /// stream finish out of order, and a chunk started after an earlier request must not
+    /// read again what a later one already read.
+    recent: RangeSet,
+    /// The farthest end of a read so far (`recent` keeps only what is near it).
+    hi: u64,
 }
 
 /// A file's read-ahead: its chunks, read or in flight.
@@ -152,6 +158,7 @@ impl Prefetch {
             g.stopped = true;
             g.run = 0;
             g.claimed = RangeSet::new();
+            g.recent = RangeSet::new();
             let keys: Vec<u64> = g.entries.keys().copied().collect();
             for k in keys {
                 self.drop_entry(&mut g, k, true);
@@ -274,6 +281,10 @@ impl Prefetch {
         let c = self.chunk;
         let mut g = self.inner.lock();
         g.claimed.remove(off, end);
+        g.recent.insert(off, end);
+        g.hi = g.hi.max(end);
+        let keep_from = g.hi.saturating_sub(4 * c);
+        g.recent.remove(0, keep_from);
         let last = g.last_end;
         // In the stream: the next read, a read of a chunk read ahead, a read a little
         // behind (requests of one stream served out of order), or one past holes only.
@@ -302,12 +313,16 @@ impl Prefetch {
             k = at / c;
             if !g.entries.contains_key(&k) {
                 let (s, e) = (k * c, ((k + 1) * c).min(backend_end));
-                // Its data, less what this read read and what readers read themselves.
+                // Its data, less what this read read and what readers read themselves
+                // (are reading, or read lately).
                 let mut todo = RangeSet::new();
                 for (a, z) in data.overlapping(s.max(end), e) {
                     todo.insert(a, z);
                 }
                 for (a, z) in g.claimed.overlapping(s, e) {
+                    todo.remove(a, z);
+                }
+                for (a, z) in g.recent.overlapping(s, e) {
                     todo.remove(a, z);
                 }
                 let pieces: Vec<(u64, u64)> = todo.iter().collect();
@@ -504,6 +519,19 @@ mod tests {
         mem: MemFile,
         open: Mutex<bool>,
         cv: Condvar,
+        /// The ranges read, in order.
+        reads: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl Gated {
+        fn new(open: bool) -> Arc<Self> {
+            Arc::new(Gated {
+                mem: MemFile::with_caps(true, true),
+                open: Mutex::new(Rank::Fake, open),
+                cv: Condvar::new(),
+                reads: Mutex::new(Rank::Fake, Vec::new()),
+            })
+        }
     }
 
     impl BackendFile for Gated {
@@ -513,6 +541,7 @@ mod tests {
                 self.cv.wait_for(&mut g, Duration::from_millis(50));
             }
             drop(g);
+            self.reads.lock().push((off, off + buf.len() as u64));
             self.mem.read_at(buf, off)
         }
         fn write_all_at(&self, bufs: &[IoSlice<'_>], off: u64) -> io::Result<()> {
@@ -543,11 +572,7 @@ mod tests {
     /// byte is right and nothing stays counted.
     #[test]
     fn chunks_no_reader_thread_took_are_never_waited_for() {
-        let gated = Arc::new(Gated {
-            mem: MemFile::with_caps(true, true),
-            open: Mutex::new(Rank::Fake, false),
-            cv: Condvar::new(),
-        });
+        let gated = Gated::new(false);
         let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 239) as u8 + 1).collect();
         gated.mem.write_all_at(&[IoSlice::new(&data)], 0).unwrap();
         let backend: Arc<dyn BackendFile> = gated.clone();
@@ -576,6 +601,39 @@ mod tests {
             got[s..s + n].copy_from_slice(&data[a as usize..z as usize]);
         }
         assert!(got[..] == data[40 * 4096..104 * 4096]);
+        pf.stop();
+        assert_eq!(stats.prefetch_bytes.load(Relaxed), 0);
+    }
+
+    /// Two requests of one stream that finish out of order (the later one first): the
+    /// chunk the earlier one starts does not read again what the later one read.
+    #[test]
+    fn a_request_finishing_before_an_earlier_one_is_not_read_again() {
+        let gated = Gated::new(true);
+        let data: Vec<u8> = (0..(256u32 << 10)).map(|i| (i % 241) as u8 + 1).collect();
+        gated.mem.write_all_at(&[IoSlice::new(&data)], 0).unwrap();
+        let backend: Arc<dyn BackendFile> = gated.clone();
+        let stats = Arc::new(Stats::default());
+        let pf = Prefetch::new(4, 64 << 10, stats.clone());
+        let mut map = RangeSet::new();
+        map.insert(0, data.len() as u64);
+        let size = data.len() as u64;
+        // A (0..4K) and B (4K..8K) both miss and are read by their readers; B ends first.
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(pf.fill(&mut buf, 0), vec![(0, 4096)]);
+        assert_eq!(pf.fill(&mut buf, 4096), vec![(4096, 8192)]);
+        pf.after_read(4096, 8192, &map, size, &backend);
+        pf.after_read(0, 4096, &map, size, &backend);
+        // The rest of the first chunk comes from read-ahead; nothing below 8K was read.
+        let mut rest = vec![0u8; (64 << 10) - 8192];
+        let missing = pf.fill(&mut rest, 8192);
+        assert!(missing.is_empty(), "missing {missing:?}");
+        assert!(rest[..] == data[8192..64 << 10]);
+        let reads = gated.reads.lock().clone();
+        assert!(
+            reads.iter().all(|&(a, _)| a >= 8192),
+            "read again: {reads:?}"
+        );
         pf.stop();
         assert_eq!(stats.prefetch_bytes.load(Relaxed), 0);
     }
