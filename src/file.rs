@@ -451,6 +451,7 @@ impl SparseFile {
         }
         let end = self.size.min(off + len as u64);
         let mut buf = vec![0u8; (end - off) as usize];
+        let ticket = self.prefetch.begin(off, end);
         for (s, e) in self.index.data.overlapping(off, end.min(self.backend_size)) {
             if self.dirty.covers(s, e) || self.flights.iter().any(|f| f.covers(s, e)) {
                 continue;
@@ -466,7 +467,7 @@ impl SparseFile {
             }
         }
         self.prefetch
-            .after_read(off, end, &self.index.data, self.backend_size, &self.backend);
+            .after_read(ticket, &self.index.data, self.backend_size, &self.backend);
         // Oldest first (flights never overlap), then the buffer: newest bytes win.
         for f in &self.flights {
             f.overlay(off, &mut buf);

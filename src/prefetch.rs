@@ -78,12 +78,15 @@ struct Inner {
     /// Ranges readers are reading themselves now (found in no chunk): not read ahead
     /// (no byte is read twice). Released by the read's [`Prefetch::after_read`].
     claimed: RangeSet,
-    /// Ranges reads finished lately, near the stream's front (`hi`): requests of one
-    /// stream finish out of order, and a chunk started after an earlier request must not
-    /// read again what a later one already read.
-    recent: RangeSet,
-    /// The farthest end of a read so far (`recent` keeps only what is near it).
-    hi: u64,
+    /// Read tickets handed out so far (see [`Prefetch::begin`]).
+    seq: u64,
+    /// Tickets of the reads in flight.
+    reading: std::collections::BTreeSet<u64>,
+    /// Ranges of reads that finished while an earlier read was in flight, with the
+    /// ticket count at their end: requests of one stream finish out of order, and a chunk
+    /// started after an earlier request must not read again what a later one already
+    /// read. Kept only while a read that began before them is in flight.
+    recent: Vec<(u64, u64, u64)>,
 }
 
 /// A file's read-ahead: its chunks, read or in flight.
@@ -158,7 +161,7 @@ impl Prefetch {
             g.stopped = true;
             g.run = 0;
             g.claimed = RangeSet::new();
-            g.recent = RangeSet::new();
+            g.recent.clear();
             let keys: Vec<u64> = g.entries.keys().copied().collect();
             for k in keys {
                 self.drop_entry(&mut g, k, true);
@@ -186,6 +189,42 @@ impl Prefetch {
             Slot::Ready(_) => {
                 let e = g.entries.remove(&k).expect("present");
                 self.stats.prefetch_bytes.fetch_sub(e.bytes, Relaxed);
+            }
+        }
+    }
+
+    /// A read of `[off, end)` begins: its ticket goes to [`Self::after_read`] at its end.
+    /// A read that ends early (an error) drops its ticket, which releases its claims.
+    pub fn begin(self: &Arc<Self>, off: u64, end: u64) -> Ticket {
+        let mut t = Ticket {
+            pf: None,
+            n: 0,
+            off,
+            end,
+        };
+        if self.enabled() {
+            let mut g = self.inner.lock();
+            g.seq += 1;
+            t.n = g.seq;
+            g.reading.insert(t.n);
+            t.pf = Some(self.clone());
+        }
+        t
+    }
+
+    /// The end of read `t`: its claims go, and what it read is remembered while reads
+    /// that began before it are in flight.
+    fn end_read(g: &mut Inner, t: &Ticket) {
+        g.claimed.remove(t.off, t.end);
+        g.reading.remove(&t.n);
+        g.seq += 1;
+        let done = g.seq;
+        match g.reading.first().copied() {
+            // Nothing began before what is remembered: it can go.
+            None => g.recent.clear(),
+            Some(oldest) => {
+                g.recent.retain(|r| r.0 > oldest);
+                g.recent.push((done, t.off, t.end));
             }
         }
     }
@@ -269,8 +308,7 @@ impl Prefetch {
     /// at `backend_end`), up to the depth reached by the stream so far.
     pub fn after_read(
         self: &Arc<Self>,
-        off: u64,
-        end: u64,
+        mut t: Ticket,
         data: &RangeSet,
         backend_end: u64,
         backend: &Arc<dyn BackendFile>,
@@ -278,13 +316,18 @@ impl Prefetch {
         if !self.enabled() {
             return;
         }
+        let (off, end) = (t.off, t.end);
         let c = self.chunk;
         let mut g = self.inner.lock();
-        g.claimed.remove(off, end);
-        g.recent.insert(off, end);
-        g.hi = g.hi.max(end);
-        let keep_from = g.hi.saturating_sub(4 * c);
-        g.recent.remove(0, keep_from);
+        t.pf = None;
+        // What reads that began after this one and ended before it read: not again.
+        let mut lately = RangeSet::new();
+        for &(done, a, z) in &g.recent {
+            if done > t.n {
+                lately.insert(a, z);
+            }
+        }
+        Self::end_read(&mut g, &t);
         let last = g.last_end;
         // In the stream: the next read, a read of a chunk read ahead, a read a little
         // behind (requests of one stream served out of order), or one past holes only.
@@ -322,7 +365,7 @@ impl Prefetch {
                 for (a, z) in g.claimed.overlapping(s, e) {
                     todo.remove(a, z);
                 }
-                for (a, z) in g.recent.overlapping(s, e) {
+                for (a, z) in lately.overlapping(s, e) {
                     todo.remove(a, z);
                 }
                 let pieces: Vec<(u64, u64)> = todo.iter().collect();
@@ -421,6 +464,25 @@ impl Prefetch {
         }
         drop(g);
         self.cv.notify_all();
+    }
+}
+
+/// A read in flight (see [`Prefetch::begin`]).
+#[must_use]
+pub struct Ticket {
+    /// Set while the read is in flight (read-ahead on).
+    pf: Option<Arc<Prefetch>>,
+    n: u64,
+    off: u64,
+    end: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(pf) = self.pf.take() {
+            let mut g = pf.inner.lock();
+            Prefetch::end_read(&mut g, self);
+        }
     }
 }
 
@@ -582,7 +644,8 @@ mod tests {
         map.insert(0, data.len() as u64);
         // 40 reads in order ramp the depth past the reader threads (all blocked).
         for i in 0..40u64 {
-            pf.after_read(i * 4096, (i + 1) * 4096, &map, data.len() as u64, &backend);
+            let t = pf.begin(i * 4096, (i + 1) * 4096);
+            pf.after_read(t, &map, data.len() as u64, &backend);
         }
         let started = stats.prefetches.load(Relaxed);
         assert!(started <= readers().threads as u64, "started {started}");
@@ -620,10 +683,12 @@ mod tests {
         let size = data.len() as u64;
         // A (0..4K) and B (4K..8K) both miss and are read by their readers; B ends first.
         let mut buf = vec![0u8; 4096];
+        let a = pf.begin(0, 4096);
         assert_eq!(pf.fill(&mut buf, 0), vec![(0, 4096)]);
+        let b = pf.begin(4096, 8192);
         assert_eq!(pf.fill(&mut buf, 4096), vec![(4096, 8192)]);
-        pf.after_read(4096, 8192, &map, size, &backend);
-        pf.after_read(0, 4096, &map, size, &backend);
+        pf.after_read(b, &map, size, &backend);
+        pf.after_read(a, &map, size, &backend);
         // The rest of the first chunk comes from read-ahead; nothing below 8K was read.
         let mut rest = vec![0u8; (64 << 10) - 8192];
         let missing = pf.fill(&mut rest, 8192);
@@ -634,6 +699,39 @@ mod tests {
             reads.iter().all(|&(a, _)| a >= 8192),
             "read again: {reads:?}"
         );
+        pf.stop();
+        assert_eq!(stats.prefetch_bytes.load(Relaxed), 0);
+    }
+
+    /// A read that ends early (an error: its ticket is dropped, not ended) releases what
+    /// it claimed, so the range is read ahead again later.
+    #[test]
+    fn a_read_that_fails_releases_its_claim() {
+        let gated = Gated::new(true);
+        let data: Vec<u8> = (0..(256u32 << 10)).map(|i| (i % 233) as u8 + 1).collect();
+        gated.mem.write_all_at(&[IoSlice::new(&data)], 0).unwrap();
+        let backend: Arc<dyn BackendFile> = gated.clone();
+        let stats = Arc::new(Stats::default());
+        let pf = Prefetch::new(4, 64 << 10, stats.clone());
+        let mut map = RangeSet::new();
+        map.insert(0, data.len() as u64);
+        let size = data.len() as u64;
+        let mut buf = vec![0u8; 4096];
+        let failed = pf.begin(70_000, 74_096);
+        assert_eq!(pf.fill(&mut buf, 70_000), vec![(70_000, 74_096)]);
+        drop(failed);
+        let t = pf.begin(0, 4096);
+        assert_eq!(pf.fill(&mut buf, 0), vec![(0, 4096)]);
+        pf.after_read(t, &map, size, &backend);
+        let t = pf.begin(4096, 8192);
+        pf.fill(&mut buf, 4096);
+        pf.after_read(t, &map, size, &backend);
+        let mut got = vec![0u8; 8192];
+        assert!(
+            pf.fill(&mut got, 68_000).is_empty(),
+            "the failed read's range is read ahead"
+        );
+        assert!(got[..] == data[68_000..76_192]);
         pf.stop();
         assert_eq!(stats.prefetch_bytes.load(Relaxed), 0);
     }
