@@ -115,7 +115,7 @@ class Harness:
         os.makedirs(d)
         for i in range(n):
             os.close(os.open(os.path.join(d, f"e{i:06d}"), os.O_WRONLY | os.O_CREAT, 0o644))
-        log(f"created {n} entries for ls -f in {time.monotonic() - t:.1f} s")
+        log(f"created {n} entries for ls in {time.monotonic() - t:.1f} s")
 
     # ---------------------------------------------------------------- one scenario
     def run_generic(self, sc, be, ws):

@@ -99,8 +99,9 @@ SCENARIO_TEXT = {
                   "`fallocate --dig-holes` (only where the backend can punch).",
     "dense": "`dd bs=1M` of random data (source pre-generated in /dev/shm): the cost of sparsefs when "
              "there is nothing to gain. Peer: `dd conv=sparse`.",
-    "smallfiles": "a Python loop creating, then stat-ing, then unlinking N empty files; and `ls -f` of a "
-                  "directory with M entries (made directly on the backend beforehand).",
+    "smallfiles": "a Python loop creating, then stat-ing, then unlinking N empty files; and `ls -f` (names "
+                  "only) and `ls -l` (every entry stat-ed) of a directory with M entries (made directly on "
+                  "the backend beforehand).",
     "read-sparse": "the image with 3% data is written through sparsefs (`cp --sparse=never`, untimed), then "
                    "read back with `cp --sparse=auto` and `tar -S -c` (page cache dropped before each read) "
                    "from the same sparsefs mount and from the backend directly. For the direct reads, read "

@@ -90,13 +90,14 @@ pub trait MetaBackend: Send + Sync {
     fn statvfs(&self, fd: BorrowedFd<'_>) -> io::Result<libc::statvfs>;
     /// fsync(2) of an open fd (directories).
     fn fsync(&self, fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()>;
-    /// A whole directory listing (see [`sys::read_dir_into`]).
-    fn read_dir_into(
+    /// The next entries of a directory open for reading (see [`sys::read_dir_chunk`]);
+    /// `false` at its end.
+    fn read_dir_chunk(
         &self,
-        fd: BorrowedFd<'_>,
+        dir: BorrowedFd<'_>,
         out: &mut DirSnapshot,
         keep: &mut dyn FnMut(u64, &[u8]) -> Option<u64>,
-    ) -> io::Result<()>;
+    ) -> io::Result<bool>;
     /// getxattr (size 0: the size only).
     fn getxattr(&self, fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<u8>>;
     /// listxattr (size 0: the size only).
@@ -203,13 +204,13 @@ impl MetaBackend for SysMeta {
     fn fsync(&self, fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
         sys::fsync(fd, datasync)
     }
-    fn read_dir_into(
+    fn read_dir_chunk(
         &self,
-        fd: BorrowedFd<'_>,
+        dir: BorrowedFd<'_>,
         out: &mut DirSnapshot,
         keep: &mut dyn FnMut(u64, &[u8]) -> Option<u64>,
-    ) -> io::Result<()> {
-        sys::read_dir_into(fd, out, keep)
+    ) -> io::Result<bool> {
+        sys::read_dir_chunk(dir, out, keep)
     }
     fn getxattr(&self, fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<u8>> {
         sys::getxattr(fd, name, size)
@@ -370,13 +371,13 @@ impl<M: MetaBackend> MetaBackend for Counted<M> {
     fn fsync(&self, fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
         self.count(MetaOp::Fsync, self.inner.fsync(fd, datasync))
     }
-    fn read_dir_into(
+    fn read_dir_chunk(
         &self,
-        fd: BorrowedFd<'_>,
+        dir: BorrowedFd<'_>,
         out: &mut DirSnapshot,
         keep: &mut dyn FnMut(u64, &[u8]) -> Option<u64>,
-    ) -> io::Result<()> {
-        self.count(MetaOp::Readdir, self.inner.read_dir_into(fd, out, keep))
+    ) -> io::Result<bool> {
+        self.count(MetaOp::Readdir, self.inner.read_dir_chunk(dir, out, keep))
     }
     fn getxattr(&self, fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<u8>> {
         self.count(MetaOp::Xattr, self.inner.getxattr(fd, name, size))

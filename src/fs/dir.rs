@@ -38,37 +38,78 @@ impl SparseFs {
             inode,
             stamp,
             cache: cache.cache,
-            entries: Arc::new(Mutex::new(Rank::DirSnapshot, None)),
+            entries: Arc::new(Mutex::new(Rank::DirSnapshot, Listing::default())),
         });
         Ok((fh, cache))
     }
 
-    /// The snapshot entries of a directory handle: one per handle, taken at its first
-    /// readdir. The stamp taken at opendir is recorded (as read, and as cached when the
-    /// handle asked the kernel to cache) when the directory had then been unchanged for
-    /// `SETTLED` (2 s): a change in the same timestamp tick as the stamp would otherwise go
-    /// unseen.
+    /// The entries of a directory handle from index `from` on: at least `want` of them
+    /// where the directory has that many. The listing is read from the backend as the
+    /// kernel asks for it, a chunk at a time ([`sys::DIR_CHUNK`]), and kept for the
+    /// handle's life (the kernel's offsets are indices into it). A reader that stats each
+    /// batch as it reads (`ls -l`) then finds the backend client's caches still warm from
+    /// the listing: reading a 10,000-entry directory whole first made every later stat a
+    /// round trip on GlusterFS. The stamp taken at opendir is recorded (as read, and as
+    /// cached when the handle asked the kernel to cache) once the listing is complete, when
+    /// the directory had then been unchanged for `SETTLED` (2 s): a change in the same
+    /// timestamp tick as the stamp would otherwise go unseen.
     ///
     /// # Errors
     /// `EBADF`, the backend's errno.
-    pub fn readdir(&self, fh: Fh) -> io::Result<Arc<DirSnapshot>> {
+    pub fn readdir(&self, fh: Fh, from: usize, want: usize) -> io::Result<Arc<DirSnapshot>> {
         let (inode, stamp, cache, slot) = self.sh.handles.dir(fh)?;
-        let mut slot = slot.lock();
-        if let Some(e) = &*slot {
-            return Ok(e.clone());
+        let mut l = slot.lock();
+        if !l.started {
+            let snap = Arc::make_mut(&mut l.snap);
+            snap.push(inode.ino.0, libc::DT_DIR, b".");
+            snap.push(inode.ino.0, libc::DT_DIR, b"..");
+            l.started = true;
         }
-        let mut entries = DirSnapshot::default();
-        entries.push(inode.ino.0, libc::DT_DIR, b".");
-        entries.push(inode.ino.0, libc::DT_DIR, b"..");
         let dev = inode.key.0;
-        self.sh
-            .meta
-            .read_dir_into(inode.fd()?.as_fd(), &mut entries, &mut |ino, name| {
-                if inode.ino == Ino::ROOT && name == SIDECAR_DIR.as_bytes() {
-                    return None;
+        let mut keep = |ino: u64, name: &[u8]| {
+            if inode.ino == Ino::ROOT && name == SIDECAR_DIR.as_bytes() {
+                return None;
+            }
+            Some(self.sh.inodes.ino_for(dev, ino).map_or(ino, |i| i.0))
+        };
+        if !l.done && l.dir.is_none() && l.snap.len() < from.saturating_add(want) {
+            let fd = self
+                .sh
+                .meta
+                .reopen(inode.fd()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            match ListingFd::hold(fd) {
+                Ok(held) => l.dir = Some(held),
+                Err(fd) => {
+                    // Too many listings in progress: this one is read whole now.
+                    while self.sh.meta.read_dir_chunk(
+                        fd.as_fd(),
+                        Arc::make_mut(&mut l.snap),
+                        &mut keep,
+                    )? {}
+                    drop(fd);
+                    self.listed(&mut l, &inode, stamp, cache);
                 }
-                Some(self.sh.inodes.ino_for(dev, ino).map_or(ino, |i| i.0))
-            })?;
+            }
+        }
+        while !l.done && l.snap.len() < from.saturating_add(want) {
+            let Listing { snap, dir, .. } = &mut *l;
+            let dir = dir.as_ref().expect("open until done");
+            let more = self
+                .sh
+                .meta
+                .read_dir_chunk(dir.as_fd(), Arc::make_mut(snap), &mut keep)?;
+            if !more {
+                self.listed(&mut l, &inode, stamp, cache);
+            }
+        }
+        Ok(l.snap.clone())
+    }
+
+    /// The end of a listing: its fd is closed, and its stamp recorded (see
+    /// [`Self::readdir`]).
+    fn listed(&self, l: &mut Listing, inode: &Inode, stamp: crate::inodes::Stamp, cache: bool) {
+        l.done = true;
+        l.dir = None;
         self.sh.stats.dir_listings.fetch_add(1, Relaxed);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -80,9 +121,6 @@ impl SparseFs {
                 seen.cached = Some(stamp);
             }
         }
-        let e = Arc::new(entries);
-        *slot = Some(e.clone());
-        Ok(e)
     }
 
     /// readdirplus support: looks an entry of a snapshot up (raising its lookup count,

@@ -1,6 +1,7 @@
 //! The open-handle table: what each handle the kernel holds refers to.
 
 use super::*;
+use std::sync::atomic::AtomicUsize;
 
 /// An open handle.
 pub(super) enum Handle {
@@ -17,10 +18,54 @@ pub(super) enum Handle {
         stamp: crate::inodes::Stamp,
         /// The kernel was asked to cache the listing.
         cache: bool,
-        /// The snapshot, taken at the first readdir (not at all when the kernel answers
-        /// from its cache). Rank `DirSnapshot`, held across the backend listing.
-        entries: Arc<Mutex<Option<Arc<DirSnapshot>>>>,
+        /// The listing, read as the kernel asks for it (not at all when the kernel
+        /// answers from its cache). Rank `DirSnapshot`, held across the backend listing.
+        entries: Arc<Mutex<Listing>>,
     },
+}
+
+/// A directory handle's listing: the entries read so far, in order (their indices are
+/// the offsets the kernel is given, stable for the handle's life), and the backend
+/// directory open for reading until its end is reached.
+#[derive(Default)]
+pub(crate) struct Listing {
+    pub(super) snap: Arc<DirSnapshot>,
+    pub(super) dir: Option<ListingFd>,
+    pub(super) started: bool,
+    pub(super) done: bool,
+}
+
+/// Listings of the process holding their backend directory open between requests.
+static LISTINGS_OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// At most this many listings hold a backend fd between requests (a listing started past
+/// it is read whole at once, as a reader that opens many directories and reads none to
+/// its end must not run the daemon out of fds).
+pub(super) const MAX_OPEN_LISTINGS: usize = 64;
+
+/// The backend fd of a listing in progress (counted in [`LISTINGS_OPEN`]).
+pub(crate) struct ListingFd(std::os::fd::OwnedFd);
+
+impl ListingFd {
+    /// `fd`, counted; `None` (and `fd` closed) past [`MAX_OPEN_LISTINGS`].
+    pub(super) fn hold(fd: std::os::fd::OwnedFd) -> Result<Self, std::os::fd::OwnedFd> {
+        if LISTINGS_OPEN.fetch_add(1, Relaxed) >= MAX_OPEN_LISTINGS {
+            LISTINGS_OPEN.fetch_sub(1, Relaxed);
+            return Err(fd);
+        }
+        Ok(Self(fd))
+    }
+
+    pub(super) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+}
+
+impl Drop for ListingFd {
+    fn drop(&mut self) {
+        LISTINGS_OPEN.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Every open handle, by id. Its lock (rank `Handles`) is a leaf, held for one map
@@ -68,12 +113,7 @@ impl HandleTable {
     pub(super) fn dir(
         &self,
         fh: Fh,
-    ) -> io::Result<(
-        Arc<Inode>,
-        crate::inodes::Stamp,
-        bool,
-        Arc<Mutex<Option<Arc<DirSnapshot>>>>,
-    )> {
+    ) -> io::Result<(Arc<Inode>, crate::inodes::Stamp, bool, Arc<Mutex<Listing>>)> {
         match self.map.read().get(&fh) {
             Some(Handle::Dir {
                 inode,

@@ -29,7 +29,7 @@ pub use crate::node::PassToken;
 use crate::node::{FileNode, NodeState, OpenPlan, Record, stamp_of};
 use crate::stats::{Stats, Trigger};
 use crate::sys::{self, DirEntry, DirSnapshot};
-use handles::{Handle, HandleTable};
+use handles::{Handle, HandleTable, Listing, ListingFd};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

@@ -12,7 +12,8 @@ impl Adapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(Fh(fh.0)) {
+        // More entries than a reply with attributes holds (about 25 a page).
+        match self.fs.readdir(Fh(fh.0), offset as usize, 128) {
             Ok(entries) => {
                 // The kernel (READDIRPLUS_AUTO) asks for the first batch of every listing
                 // with attributes, also for `ls -f` or `find` that never look at them, and

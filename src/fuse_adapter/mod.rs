@@ -444,7 +444,8 @@ impl Filesystem for Adapter {
         mut reply: ReplyDirectory,
     ) {
         let _t = self.fs.stats().fuse.timer(FuseOp::Readdir);
-        match self.fs.readdir(Fh(fh.0)) {
+        // More than a reply holds (a page of short names), so that a reply is full.
+        match self.fs.readdir(Fh(fh.0), offset as usize, 512) {
             Ok(entries) => {
                 for (i, e) in entries.iter_from(offset as usize) {
                     if reply.add(INodeNo(e.ino), (i + 1) as u64, dt_kind(e.kind), e.name) {

@@ -330,7 +330,7 @@ pub struct DirEntry<'a> {
 /// The entries of a directory, in order, with all names in one buffer: two allocations
 /// per snapshot instead of one per entry (a 50k-entry listing spent a sixth of the
 /// daemon's time in malloc/free).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct DirSnapshot {
     names: Vec<u8>,
     /// (ino, kind, end of the name in `names`); a name starts where the previous ends.
@@ -370,21 +370,21 @@ impl DirSnapshot {
     }
 }
 
-/// Reads a whole directory from an `O_PATH` fd of it, without `.`/`..`, into `out`:
-/// `keep(backing ino, name)` gives the inode number to show, or `None` to leave the
-/// entry out.
+/// Reads the next entries of a directory open for reading (`O_RDONLY|O_DIRECTORY`) with
+/// one getdents64 call of at most `DIR_CHUNK` bytes, without `.`/`..`, into `out`:
+/// `keep(backing ino, name)` gives the inode number to show, or `None` to leave the entry
+/// out. Returns `false` at the end of the directory.
 ///
 /// # Errors
-/// The errno of open/getdents.
-pub fn read_dir_into(
-    fd: BorrowedFd<'_>,
+/// The errno of getdents.
+pub fn read_dir_chunk(
+    d: BorrowedFd<'_>,
     out: &mut DirSnapshot,
     mut keep: impl FnMut(u64, &[u8]) -> Option<u64>,
-) -> io::Result<()> {
-    let _io = crate::lock::io("read_dir_into");
-    let d = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
+) -> io::Result<bool> {
+    let _io = crate::lock::io("read_dir_chunk");
+    let mut buf = vec![0u8; DIR_CHUNK];
+    let n = loop {
         // SAFETY: buf is valid for buf.len() bytes.
         let n = unsafe {
             libc::syscall(
@@ -394,40 +394,43 @@ pub fn read_dir_into(
                 buf.len(),
             )
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-        if n == 0 {
-            break;
+    };
+    let mut pos = 0usize;
+    while pos < n {
+        // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name NUL-terminated.
+        let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().expect("8 bytes"));
+        let reclen =
+            u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().expect("2 bytes")) as usize;
+        let kind = buf[pos + 18];
+        let name_bytes = &buf[pos + 19..pos + reclen];
+        let len = name_bytes
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(name_bytes.len());
+        let name = &name_bytes[..len];
+        if name != b"."
+            && name != b".."
+            && let Some(ino) = keep(ino, name)
+        {
+            out.push(ino, kind, name);
         }
-        let mut pos = 0usize;
-        while pos < n as usize {
-            // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name NUL-terminated.
-            let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().expect("8 bytes"));
-            let reclen =
-                u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().expect("2 bytes")) as usize;
-            let kind = buf[pos + 18];
-            let name_bytes = &buf[pos + 19..pos + reclen];
-            let len = name_bytes
-                .iter()
-                .position(|&c| c == 0)
-                .unwrap_or(name_bytes.len());
-            let name = &name_bytes[..len];
-            if name != b"."
-                && name != b".."
-                && let Some(ino) = keep(ino, name)
-            {
-                out.push(ino, kind, name);
-            }
-            pos += reclen;
-        }
+        pos += reclen;
     }
-    Ok(())
+    Ok(n > 0)
 }
+
+/// Bytes of directory entries read from the backend at a time (about 2,000 short names):
+/// a listing is read as the kernel asks for it, so that the stats of a reader that stats
+/// each batch (`ls -l`) follow the backend's listing closely and find the backend
+/// client's caches (which it fills while listing, for a second or so) still warm.
+pub const DIR_CHUNK: usize = 64 * 1024;
 
 fn xattr_path(fd: BorrowedFd<'_>) -> CString {
     proc_path(fd.as_raw_fd())

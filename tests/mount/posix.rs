@@ -252,6 +252,65 @@ fn paths_near_path_max_and_big_directories_work() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20002");
 }
 
+/// A directory is read from the backend as it is listed, a chunk at a time, not whole at
+/// the first readdir: a reader that stats each batch (`ls -l`) then stats what the backend
+/// just listed (on GlusterFS, reading 10,000 entries whole first made every stat a round
+/// trip: 18.5 s against 1.1 s directly). Offsets stay stable while names come and go: every
+/// name present throughout is listed exactly once.
+#[test]
+fn a_big_directory_is_read_from_the_backend_as_it_is_listed() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    let big = b.path().join("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..20_000 {
+        File::create(big.join(format!("f{i:05}"))).unwrap();
+    }
+    let m = Mount::new(b.path(), &[]);
+    let chunks = |m: &Mount| json_u64(&m.stats(), "meta.readdir.calls");
+    let before = chunks(&m);
+    let mut it = fs::read_dir(m.p("big")).unwrap();
+    let mut seen = std::collections::HashMap::<String, u32>::new();
+    for _ in 0..100 {
+        let e = it.next().unwrap().unwrap();
+        *seen
+            .entry(e.file_name().into_string().unwrap())
+            .or_default() += 1;
+    }
+    let early = chunks(&m) - before;
+    assert!(
+        (1..=2).contains(&early),
+        "{early} backend readdir calls for the first 100 of 20,000 entries"
+    );
+    // Names come and go while the listing is open.
+    for i in 0..200 {
+        File::create(m.p("big").join(format!("new{i}"))).unwrap();
+        fs::remove_file(m.p("big").join(format!("f{:05}", 19_999 - i))).unwrap();
+    }
+    for e in it {
+        *seen
+            .entry(e.unwrap().file_name().into_string().unwrap())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "listed more than once: {twice:?}");
+    let missing = (0..19_800)
+        .map(|i| format!("f{i:05}"))
+        .filter(|n| !seen.contains_key(n))
+        .count();
+    assert_eq!(
+        missing, 0,
+        "names present throughout the listing were left out"
+    );
+    let all = chunks(&m) - before;
+    assert!(
+        (5..=40).contains(&all),
+        "{all} backend readdir calls for 20,000 entries"
+    );
+}
+
 #[test]
 fn allow_other_files_belong_to_the_caller_and_permissions_hold() {
     if !fuse_available() || !have("setpriv") {

@@ -409,3 +409,52 @@ fn a_number_freed_behind_the_mount_never_gives_a_new_file_the_old_files_node() {
     assert_eq!(fs::read(m.p(&name)).unwrap(), data);
     drop(held);
 }
+
+/// A listing in progress keeps its backend directory open between requests, but at most
+/// 64 of them at once: directories opened past that are read whole at their first
+/// readdir, so a reader holding many directories open never runs the daemon out of fds.
+/// Every listing is complete either way, and nothing stays open after the last one.
+#[test]
+fn listings_in_progress_hold_a_bounded_number_of_backend_fds() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    // Long names: 900 entries take four backend reads (a reader's first two requests
+    // take two).
+    let long = "n".repeat(200);
+    for d in 0..70 {
+        let dir = b.path().join(format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for i in 0..900 {
+            File::create(dir.join(format!("{long}{i}"))).unwrap();
+        }
+    }
+    let m = Mount::new(b.path(), &[]);
+    // Opened (each open directory has its pooled O_PATH fd), then one entry read of each.
+    let mut open: Vec<_> = (0..70)
+        .map(|d| (fs::read_dir(m.p(&format!("d{d}"))).unwrap(), Vec::new()))
+        .collect();
+    let opened = daemon_fds_under(&m, b.path()).len();
+    for (it, names) in &mut open {
+        names.push(it.next().unwrap().unwrap().file_name());
+    }
+    let held = daemon_fds_under(&m, b.path()).len() - opened;
+    assert!(
+        (1..=64).contains(&held),
+        "{held} backend fds held by 70 listings in progress"
+    );
+    for (it, names) in &mut open {
+        names.extend(it.map(|e| e.unwrap().file_name()));
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 900);
+    }
+    drop(open);
+    // The listings' fds are gone (the directories' pooled fds may stay).
+    let left = daemon_fds_under(&m, b.path()).len();
+    assert!(
+        left <= opened,
+        "{left} backend fds after the listings, {opened} before"
+    );
+}
