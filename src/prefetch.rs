@@ -668,19 +668,53 @@ mod tests {
         assert_eq!(stats.prefetch_bytes.load(Relaxed), 0);
     }
 
+    /// 256 KiB of data on an open gated backend, read ahead 4 chunks of 64 KiB deep.
+    struct Rig {
+        gated: Arc<Gated>,
+        data: Vec<u8>,
+        backend: Arc<dyn BackendFile>,
+        stats: Arc<Stats>,
+        pf: Arc<Prefetch>,
+        map: RangeSet,
+        size: u64,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let gated = Gated::new(true);
+            let data: Vec<u8> = (0..(256u32 << 10)).map(|i| (i % 241) as u8 + 1).collect();
+            gated.mem.write_all_at(&[IoSlice::new(&data)], 0).unwrap();
+            let backend: Arc<dyn BackendFile> = gated.clone();
+            let stats = Arc::new(Stats::default());
+            let pf = Prefetch::new(4, 64 << 10, stats.clone());
+            let mut map = RangeSet::new();
+            map.insert(0, data.len() as u64);
+            let size = data.len() as u64;
+            Self {
+                gated,
+                data,
+                backend,
+                stats,
+                pf,
+                map,
+                size,
+            }
+        }
+    }
+
     /// Two requests of one stream that finish out of order (the later one first): the
     /// chunk the earlier one starts does not read again what the later one read.
     #[test]
     fn a_request_finishing_before_an_earlier_one_is_not_read_again() {
-        let gated = Gated::new(true);
-        let data: Vec<u8> = (0..(256u32 << 10)).map(|i| (i % 241) as u8 + 1).collect();
-        gated.mem.write_all_at(&[IoSlice::new(&data)], 0).unwrap();
-        let backend: Arc<dyn BackendFile> = gated.clone();
-        let stats = Arc::new(Stats::default());
-        let pf = Prefetch::new(4, 64 << 10, stats.clone());
-        let mut map = RangeSet::new();
-        map.insert(0, data.len() as u64);
-        let size = data.len() as u64;
+        let Rig {
+            gated,
+            data,
+            backend,
+            stats,
+            pf,
+            map,
+            size,
+        } = Rig::new();
         // A (0..4K) and B (4K..8K) both miss and are read by their readers; B ends first.
         let mut buf = vec![0u8; 4096];
         let a = pf.begin(0, 4096);
@@ -707,15 +741,15 @@ mod tests {
     /// it claimed, so the range is read ahead again later.
     #[test]
     fn a_read_that_fails_releases_its_claim() {
-        let gated = Gated::new(true);
-        let data: Vec<u8> = (0..(256u32 << 10)).map(|i| (i % 233) as u8 + 1).collect();
-        gated.mem.write_all_at(&[IoSlice::new(&data)], 0).unwrap();
-        let backend: Arc<dyn BackendFile> = gated.clone();
-        let stats = Arc::new(Stats::default());
-        let pf = Prefetch::new(4, 64 << 10, stats.clone());
-        let mut map = RangeSet::new();
-        map.insert(0, data.len() as u64);
-        let size = data.len() as u64;
+        let Rig {
+            gated: _,
+            data,
+            backend,
+            stats,
+            pf,
+            map,
+            size,
+        } = Rig::new();
         let mut buf = vec![0u8; 4096];
         let failed = pf.begin(70_000, 74_096);
         assert_eq!(pf.fill(&mut buf, 70_000), vec![(70_000, 74_096)]);
