@@ -290,12 +290,17 @@ impl<'a> Persist<'a> {
     }
 
     /// Removes the sidecar record of inode `ino` (its file's last link is gone).
-    pub fn forget_ino(&self, ino: u64) {
-        if let Ok(dir) = self.dir(false) {
-            let name = CString::new(ino.to_string()).expect("no NUL");
-            if self.meta.unlinkat(dir.as_fd(), &name, 0).is_ok() {
-                self.prune();
+    /// Returns `false` if there is no sidecar directory (no record of any file).
+    pub fn forget_ino(&self, ino: u64) -> bool {
+        match self.dir(false) {
+            Ok(dir) => {
+                let name = CString::new(ino.to_string()).expect("no NUL");
+                if self.meta.unlinkat(dir.as_fd(), &name, 0).is_ok() {
+                    self.prune();
+                }
+                true
             }
+            Err(e) => e.raw_os_error() != Some(libc::ENOENT),
         }
     }
 

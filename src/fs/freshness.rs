@@ -150,6 +150,7 @@ impl SparseFs {
         }
         let fd = inode.fd().ok()?;
         let birth = p.birth(fd.as_fd(), inode.handle());
+        self.sidecar_may_appear();
         match p.store(fd.as_fd(), e.index_data(), birth) {
             Ok(()) => {
                 self.sh.stats.maps_stored.fetch_add(1, Relaxed);

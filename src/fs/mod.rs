@@ -187,6 +187,10 @@ struct Shared {
     /// The backing is a FUSE filesystem: `O_PATH` fds do not hold its files (see
     /// `SparseFs::park_idle`).
     fuse_backing: bool,
+    /// When a removal last found no sidecar directory of stored maps (ms since
+    /// `started`; 0: not known), see `SparseFs::forget_record`.
+    sidecar_absent_at: AtomicU64,
+    started: std::time::Instant,
 }
 
 /// Drops the kernel's cached attributes of a FUSE inode.
@@ -318,6 +322,8 @@ impl SparseFs {
                 invalidate_attrs: std::sync::OnceLock::new(),
                 births,
                 fuse_backing: !births,
+                sidecar_absent_at: AtomicU64::new(0),
+                started: std::time::Instant::now(),
             }),
             flusher: Mutex::new(Rank::Flusher, None),
         })

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How long a removal's finding that there is no sidecar directory of maps is trusted.
+const SIDECAR_RECHECK_MS: u64 = 2000;
+
 impl SparseFs {
     /// The inode of `fd`, found by `name` in `parent`, in the table.
     pub(super) fn entry(
@@ -143,10 +146,31 @@ impl SparseFs {
     }
 
     /// Drops the sidecar record of a file whose last link was removed through the mount.
+    ///
+    /// Where a removal found no sidecar directory (the backing takes xattrs, so maps are
+    /// stored there and go with the file), removals in the next [`SIDECAR_RECHECK_MS`] do not
+    /// look again: an `rm -rf` of files this mount knows nothing of paid one failed open
+    /// (a round trip) per file for it. A store through this mount clears the memo. A
+    /// record another node stores in that window and whose file is removed here stays
+    /// behind until `sparsefs gc`; it is keyed by the file's stamp, so it can never be
+    /// taken for another file's map.
     pub(super) fn forget_record(&self, ino: Option<u64>) {
-        if let (Some(ino), Ok(p)) = (ino, self.persist()) {
-            p.forget_ino(ino);
+        let Some(ino) = ino else { return };
+        let now = (self.sh.started.elapsed().as_millis() as u64).max(1);
+        let absent = self.sh.sidecar_absent_at.load(Relaxed);
+        if absent != 0 && now.saturating_sub(absent) < SIDECAR_RECHECK_MS {
+            return;
         }
+        if let Ok(p) = self.persist()
+            && !p.forget_ino(ino)
+        {
+            self.sh.sidecar_absent_at.store(now, Relaxed);
+        }
+    }
+
+    /// A map is about to be stored: the sidecar directory may appear.
+    pub(super) fn sidecar_may_appear(&self) {
+        self.sh.sidecar_absent_at.store(0, Relaxed);
     }
 
     /// Runs `remove`, a backend call that removes the name `name` of `child` in `dir`

@@ -200,3 +200,27 @@ fn metadata_calls_per_file_of_create_lookup_rename_and_unlink_stay_within_their_
         }
     }
 }
+
+/// `rm -rf` of files this mount knows nothing of (made on the backing, which takes
+/// xattrs, so there is no sidecar directory of maps): the removals look for the sidecar
+/// directory about once, not once per file (a round trip each on a networked backend).
+/// Where the sidecar holds records, removing a file still removes its record
+/// (`maps::stored_maps_go_with_their_files`).
+#[test]
+fn removing_unknown_files_looks_for_the_sidecar_directory_once() {
+    if !fuse_available() {
+        return;
+    }
+    let b = tempfile::tempdir().unwrap();
+    fs::create_dir(b.path().join("t")).unwrap();
+    for i in 0..300 {
+        fs::write(b.path().join(format!("t/f{i}")), b"x").unwrap();
+    }
+    let m = Mount::new(b.path(), &[]);
+    let before = m.stats();
+    sh(&format!("rm -rf {}", m.p("t").display()));
+    let after = m.stats();
+    assert!(!b.path().join("t").exists());
+    let opens = json_u64(&after, "meta.open.calls") - json_u64(&before, "meta.open.calls");
+    assert!(opens <= 10, "{opens} backend opens to remove 300 files");
+}
