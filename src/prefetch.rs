@@ -706,67 +706,53 @@ mod tests {
     /// chunk the earlier one starts does not read again what the later one read.
     #[test]
     fn a_request_finishing_before_an_earlier_one_is_not_read_again() {
-        let Rig {
-            gated,
-            data,
-            backend,
-            stats,
-            pf,
-            map,
-            size,
-        } = Rig::new();
+        let r = Rig::new();
+        let (pf, map, size, backend) = (&r.pf, &r.map, r.size, &r.backend);
         // A (0..4K) and B (4K..8K) both miss and are read by their readers; B ends first.
         let mut buf = vec![0u8; 4096];
         let a = pf.begin(0, 4096);
         assert_eq!(pf.fill(&mut buf, 0), vec![(0, 4096)]);
         let b = pf.begin(4096, 8192);
         assert_eq!(pf.fill(&mut buf, 4096), vec![(4096, 8192)]);
-        pf.after_read(b, &map, size, &backend);
-        pf.after_read(a, &map, size, &backend);
+        pf.after_read(b, map, size, backend);
+        pf.after_read(a, map, size, backend);
         // The rest of the first chunk comes from read-ahead; nothing below 8K was read.
         let mut rest = vec![0u8; (64 << 10) - 8192];
         let missing = pf.fill(&mut rest, 8192);
         assert!(missing.is_empty(), "missing {missing:?}");
-        assert!(rest[..] == data[8192..64 << 10]);
-        let reads = gated.reads.lock().clone();
+        assert!(rest[..] == r.data[8192..64 << 10]);
+        let reads = r.gated.reads.lock().clone();
         assert!(
             reads.iter().all(|&(a, _)| a >= 8192),
             "read again: {reads:?}"
         );
         pf.stop();
-        assert_eq!(stats.prefetch_bytes.load(Relaxed), 0);
+        assert_eq!(r.stats.prefetch_bytes.load(Relaxed), 0);
     }
 
     /// A read that ends early (an error: its ticket is dropped, not ended) releases what
     /// it claimed, so the range is read ahead again later.
     #[test]
     fn a_read_that_fails_releases_its_claim() {
-        let Rig {
-            gated: _,
-            data,
-            backend,
-            stats,
-            pf,
-            map,
-            size,
-        } = Rig::new();
+        let r = Rig::new();
+        let (pf, map, size, backend) = (&r.pf, &r.map, r.size, &r.backend);
         let mut buf = vec![0u8; 4096];
         let failed = pf.begin(70_000, 74_096);
         assert_eq!(pf.fill(&mut buf, 70_000), vec![(70_000, 74_096)]);
         drop(failed);
         let t = pf.begin(0, 4096);
         assert_eq!(pf.fill(&mut buf, 0), vec![(0, 4096)]);
-        pf.after_read(t, &map, size, &backend);
+        pf.after_read(t, map, size, backend);
         let t = pf.begin(4096, 8192);
         pf.fill(&mut buf, 4096);
-        pf.after_read(t, &map, size, &backend);
+        pf.after_read(t, map, size, backend);
         let mut got = vec![0u8; 8192];
         assert!(
             pf.fill(&mut got, 68_000).is_empty(),
             "the failed read's range is read ahead"
         );
-        assert!(got[..] == data[68_000..76_192]);
+        assert!(got[..] == r.data[68_000..76_192]);
         pf.stop();
-        assert_eq!(stats.prefetch_bytes.load(Relaxed), 0);
+        assert_eq!(r.stats.prefetch_bytes.load(Relaxed), 0);
     }
 }

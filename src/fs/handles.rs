@@ -47,7 +47,7 @@ pub(super) const MAX_OPEN_LISTINGS: usize = 64;
 pub(crate) struct ListingFd(std::os::fd::OwnedFd);
 
 impl ListingFd {
-    /// `fd`, counted; `None` (and `fd` closed) past [`MAX_OPEN_LISTINGS`].
+    /// `fd`, counted; past [`MAX_OPEN_LISTINGS`] it is handed back (`Err`) uncounted.
     pub(super) fn hold(fd: std::os::fd::OwnedFd) -> Result<Self, std::os::fd::OwnedFd> {
         if LISTINGS_OPEN.fetch_add(1, Relaxed) >= MAX_OPEN_LISTINGS {
             LISTINGS_OPEN.fetch_sub(1, Relaxed);
