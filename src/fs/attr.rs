@@ -62,7 +62,7 @@ impl SparseFs {
             None
         };
         if let Some(n) = &node {
-            n.transition(|n| self.refresh_if_stale(&inode, n))?;
+            n.transition(|n| self.refresh_if_stale(&inode, n).map(drop))?;
             if let Some(size) = a.size {
                 self.truncate_node(n, size)?;
             } else {

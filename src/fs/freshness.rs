@@ -7,9 +7,17 @@ impl SparseFs {
     /// shows another stamp than the one last known to match means the file changed
     /// outside this mount: its sparse state is dropped and its stored map loaded again.
     /// Called inside the node's open transition (opens of the file wait; stat does not).
-    pub(super) fn refresh_if_stale(&self, inode: &Inode, node: &FileNode) -> io::Result<()> {
+    ///
+    /// Returns whether the kernel's page cache of the file may be kept (see
+    /// [`NodeState::keep_kernel_cache`] for the rest of that decision): the stat was
+    /// taken (nobody had the file open) and showed the stamp this mount knows, the
+    /// backing is not a FUSE filesystem (whose attributes may lag another node's change:
+    /// there every open drops the cache, as before), and the stamp's times have
+    /// sub-second parts (a backend that keeps whole seconds, Lustre's mtime for one,
+    /// could show the same stamp after another node's change of the same size).
+    pub(super) fn refresh_if_stale(&self, inode: &Inode, node: &FileNode) -> io::Result<bool> {
         let Some(ticket) = node.with_state(|s| (s.opens() == 0).then(|| s.stamp_ticket())) else {
-            return Ok(());
+            return Ok(false);
         };
         let fd = inode.fd()?;
         let st = self.sh.meta.fstat_fresh(fd.as_fd())?;
@@ -19,12 +27,13 @@ impl SparseFs {
             !node.with_state(|s| s.stale(&now)) && self.witness_disagrees(inode, node, fd.as_fd());
         drop(fd);
         if !forced && !node.with_state(|s| s.stale(&now)) {
-            return Ok(());
+            let fine = now.mtime.1 != 0 && now.ctime.1 != 0;
+            return Ok(fine && !self.sh.fuse_backing);
         }
         node.with_engine(|e, state| {
             // Checked again under the engine: a truncate by path may have run meanwhile.
             if !state.with(|s| s.stale(&now) || (forced && s.idle_clean())) {
-                return Ok(());
+                return Ok(false);
             }
             debug!(
                 ino = inode.ino.0,
@@ -38,7 +47,7 @@ impl SparseFs {
             e.reset_from_backend()?;
             let record = self.load_map(inode, e, &st);
             state.with(|s| s.refreshed(ticket, now, record));
-            Ok(())
+            Ok(false)
         })
     }
 

@@ -105,6 +105,9 @@ pub struct Opened {
     pub fh: Fh,
     /// The backing file registration of a passthrough handle.
     pub passthrough: Option<PassToken>,
+    /// The kernel may keep its page cache of the file (`FOPEN_KEEP_CACHE`): the open
+    /// found the file unchanged since the cache was last dropped.
+    pub keep_cache: bool,
 }
 
 pub use crate::persist::MapStore;

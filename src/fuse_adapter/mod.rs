@@ -316,7 +316,13 @@ impl Filesystem for Adapter {
         match r {
             Ok(o) => match backing(&o) {
                 Some(b) => reply.opened_passthrough(FileHandle(o.fh.0), FopenFlags::empty(), b),
-                None => reply.opened(FileHandle(o.fh.0), self.fopen(fl)),
+                None => {
+                    let mut f = self.fopen(fl);
+                    if o.keep_cache {
+                        f |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    reply.opened(FileHandle(o.fh.0), f)
+                }
             },
             Err(e) => fail!("open", reply, e),
         }

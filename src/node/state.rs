@@ -141,6 +141,10 @@ pub struct NodeState<T> {
     stamp_ticket: u64,
     setid: bool,
     view: View,
+    /// Whether the kernel's page cache of the file may be kept at an open whose fresh
+    /// stat shows the stamp unchanged: nothing changed the file behind the kernel since
+    /// an open last made the kernel drop that cache (see [`NodeState::keep_kernel_cache`]).
+    cache_trusted: bool,
 }
 
 impl<T: Clone> NodeState<T> {
@@ -156,7 +160,25 @@ impl<T: Clone> NodeState<T> {
             stamp_ticket: 0,
             setid: setid_to_clear(mode) != 0,
             view,
+            cache_trusted: false,
         }
+    }
+
+    /// At an ordinary open (not passthrough): whether the kernel may keep the file's
+    /// page cache (`FOPEN_KEEP_CACHE`), given that the open's fresh stat showed the stamp
+    /// this mount knows (`unchanged`). Yes only when nothing changed the file behind the
+    /// kernel since an open last dropped that cache: not for a node just made (the
+    /// kernel may hold pages from before it), not after the engine was reset from the
+    /// backend (a change outside the mount) or passthrough writers wrote the backing file
+    /// directly. Either way the cache holds nothing stale once this open is answered, so
+    /// later opens may keep it.
+    pub fn keep_kernel_cache(&mut self, unchanged: bool) -> bool {
+        let ordinary = matches!(self.access, Access::Ordinary);
+        let keep = unchanged && self.cache_trusted && ordinary;
+        // With passthrough writers still open (a bypassed file's ordinary handle) the
+        // backing file may change behind the kernel after this open too.
+        self.cache_trusted = ordinary;
+        keep
     }
 
     /// Open handles.
@@ -235,6 +257,7 @@ impl<T: Clone> NodeState<T> {
     /// A writer joins passthrough handles: `Passthrough` becomes `Bypassed` (the engine
     /// has just been flushed and reset from the backend).
     pub fn bypass(&mut self) {
+        self.cache_trusted = false;
         if let Access::Passthrough { handles, token } = &self.access {
             self.access = Access::Bypassed {
                 handles: *handles,
@@ -290,6 +313,7 @@ impl<T: Clone> NodeState<T> {
     /// is not described by any map, so nothing is stored for it (a record that may exist
     /// is stale by its stamp).
     pub fn bypass_ended(&mut self) {
+        self.cache_trusted = false;
         if matches!(self.access, Access::Bypassed { handles: 0, .. }) {
             self.access = Access::Ordinary;
             if let Record::NeedsStore { replaces } = self.record {
@@ -321,6 +345,7 @@ impl<T: Clone> NodeState<T> {
     /// The engine was reset from the backend whose stat showed `backend` (taken after
     /// `ticket`), and its record was loaded as `record`.
     pub fn refreshed(&mut self, ticket: u64, backend: Stamp, record: Record) {
+        self.cache_trusted = false;
         self.record_stamp(ticket, backend);
         self.record = record;
     }

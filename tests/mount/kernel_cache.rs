@@ -307,3 +307,110 @@ fn listings_follow_the_backend(b: &Backing) {
     assert_eq!(json_u64(&m.stats(), "dir_listings"), 3);
     assert_eq!(json_u64(&m.stats(), "dir_cache_kept"), 0);
 }
+
+/// Close-to-open without rereading: an open that finds the file as this mount left it
+/// keeps the kernel's page cache (a reread costs no FUSE read), and one that finds it
+/// changed outside the mount drops it (the reread shows the change). On a FUSE backing,
+/// whose attributes may lag another node's change, every open drops the cache as before.
+#[test]
+fn an_unchanged_file_keeps_its_page_cache_across_opens_and_a_changed_one_is_reread() {
+    if !fuse_available() {
+        return;
+    }
+    const M: usize = 1 << 20;
+    for b in each_backing() {
+        let kind = b.kind();
+        let fuse_backing = matches!(b, Backing::Bindfs { .. });
+        // Without passthrough: once the change outside the mount resets the file's map,
+        // its reads would otherwise pass through to the backend and never see the cache.
+        let m = Mount::new(b.path(), &["-o", "no_passthrough"]);
+        let size = 8 * M;
+        let mut model = vec![0u8; size];
+        let data = random_bytes(M, 21);
+        model[2 * M..3 * M].copy_from_slice(&data);
+        {
+            let f = File::create(m.p("img")).unwrap();
+            f.set_len(size as u64).unwrap();
+            f.write_all_at(&data, 2 * M as u64).unwrap();
+        }
+        let app_reads = || json_u64(&m.stats(), "app_read_bytes");
+        assert!(fs::read(m.p("img")).unwrap() == model, "{kind}: first read");
+        let first = app_reads();
+        assert!(
+            first >= size as u64,
+            "{kind}: the first read went through FUSE"
+        );
+        assert!(fs::read(m.p("img")).unwrap() == model, "{kind}: reread");
+        let again = app_reads() - first;
+        if fuse_backing {
+            assert!(
+                again >= size as u64,
+                "{kind}: the cache was kept ({again} B read)"
+            );
+        } else {
+            assert_eq!(again, 0, "{kind}: an unchanged file was read again");
+        }
+
+        // Written through the mount (a read-write handle: through the page cache): the
+        // kernel's cache is the file, and it stays right across opens.
+        {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(m.p("img"))
+                .unwrap();
+            f.write_all_at(&[0xAB; 4096], 5 * M as u64).unwrap();
+            model[5 * M..5 * M + 4096].fill(0xAB);
+        }
+        assert!(fs::read(m.p("img")).unwrap() == model, "{kind}: own write");
+        // A write-only handle bypasses the page cache: the kernel drops what it covers.
+        {
+            let f = OpenOptions::new().write(true).open(m.p("img")).unwrap();
+            f.write_all_at(&[0xCD; 8192], 2 * M as u64 + 1000).unwrap();
+            model[2 * M + 1000..2 * M + 9192].fill(0xCD);
+        }
+        assert!(
+            fs::read(m.p("img")).unwrap() == model,
+            "{kind}: own direct write"
+        );
+
+        // Changed outside the mount, size and mtime as before (only ctime tells): the
+        // next open drops the cache. (The kernel drops it itself when it sees another
+        // mtime or size.)
+        let _ = fs::metadata(m.p("img")).unwrap(); // the kernel's attributes are current
+        {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(b.underlying().join("img"))
+                .unwrap();
+            let mtime = f.metadata().unwrap().modified().unwrap();
+            f.write_all_at(&[0x5A; 65536], 2 * M as u64).unwrap();
+            model[2 * M..2 * M + 65536].fill(0x5A);
+            f.set_times(std::fs::FileTimes::new().set_modified(mtime))
+                .unwrap();
+            assert_eq!(f.metadata().unwrap().modified().unwrap(), mtime);
+        }
+        if fuse_backing {
+            std::thread::park_timeout(Duration::from_millis(1100)); // bindfs's attr TTL
+        }
+        let got = fs::read(m.p("img")).unwrap();
+        let stale = got
+            .chunks(4096)
+            .zip(model.chunks(4096))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            stale, 0,
+            "{kind}: stale pages after a change outside the mount"
+        );
+        // And the open after that keeps the fresh cache again.
+        let before = app_reads();
+        assert!(
+            fs::read(m.p("img")).unwrap() == model,
+            "{kind}: reread after the change"
+        );
+        if !fuse_backing {
+            assert_eq!(app_reads(), before, "{kind}: read again after the change");
+        }
+    }
+}

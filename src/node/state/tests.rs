@@ -285,3 +285,30 @@ fn set_id_follows_the_last_mode_seen_and_clearing() {
     n.saw_mode(0o2060);
     assert!(!n.setid(), "setgid without group exec is mandatory locking");
 }
+
+#[test]
+fn the_kernel_keeps_its_page_cache_only_where_nothing_changed_the_file_behind_it() {
+    let mut n = node();
+    // A node just made: the kernel may hold pages from before it.
+    assert!(!n.keep_kernel_cache(true));
+    n.opened(None);
+    n.released(false);
+    assert!(n.keep_kernel_cache(true));
+    assert!(!n.keep_kernel_cache(false), "the open saw another stamp");
+    assert!(n.keep_kernel_cache(true), "that open dropped the cache");
+    // A reset from the backend (a change outside the mount) at a stat other than an
+    // open's (getattr): the next open drops the cache, even seeing the new stamp.
+    let t = n.stamp_ticket();
+    n.refreshed(t, OTHER, Record::None);
+    assert!(!n.keep_kernel_cache(true));
+    assert!(n.keep_kernel_cache(true));
+    // Passthrough writers write the backing file behind the kernel.
+    n.opened(Some("t"));
+    n.bypass();
+    assert!(matches!(n.access(), Access::Bypassed { .. }));
+    assert!(n.released(true).end_bypass);
+    n.bypass_ended();
+    assert_eq!(n.access(), &Access::Ordinary);
+    assert!(!n.keep_kernel_cache(true));
+    assert!(n.keep_kernel_cache(true));
+}
