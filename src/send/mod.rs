@@ -400,7 +400,7 @@ pub fn recv_cmd(dest: &std::path::Path, o: &recv::RecvOpts, json: bool) -> Resul
             .map(|(n, sz)| format!("{{\"path\":{},\"size\":{sz}}}", json_str(n)))
             .collect();
         eprintln!(
-            "{{\"files\":[{}],\"size\":{size},\"data_bytes\":{},\"data_records\":{},\"punched\":{},\"wire_bytes\":{},\"old_read_bytes\":{},\"reply_bytes\":{},\"stale_removed\":{},\"seconds\":{secs:.3}}}",
+            "{{\"files\":[{}],\"size\":{size},\"data_bytes\":{},\"data_records\":{},\"punched\":{},\"wire_bytes\":{},\"old_read_bytes\":{},\"reply_bytes\":{},\"stale_removed\":{},\"cloned\":{},\"seconds\":{secs:.3}}}",
             files.join(","),
             s.data_bytes,
             s.data_records,
@@ -408,7 +408,8 @@ pub fn recv_cmd(dest: &std::path::Path, o: &recv::RecvOpts, json: bool) -> Resul
             s.wire_bytes,
             s.old_read_bytes,
             s.reply_bytes,
-            s.stale_removed
+            s.stale_removed,
+            s.cloned
         );
     } else {
         eprintln!(

@@ -9,6 +9,7 @@ use super::source::RunFinder;
 use super::wire::{
     self, BlockSums, Decoder, Digest, Encoder, FileMeta, Hash, Record, StreamError, ZeroHashes,
 };
+use crate::sys;
 use crate::zero::is_zero;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -43,6 +44,8 @@ pub struct RecvSummary {
     pub reply_bytes: u64,
     /// Temporaries of the same destinations left by a recv that was killed, removed.
     pub stale_removed: u64,
+    /// `--update` temporaries made as reflinks of the old copy (nothing copied).
+    pub cloned: u64,
 }
 
 /// Where the files of a stream go.
@@ -146,6 +149,7 @@ pub fn recv<R: Read, W: Write>(
         old_read_bytes: 0,
         temp_like: Default::default(),
         stale_removed: 0,
+        cloned: 0,
     };
     let r = run(input, reply, dest, o, progress, &mut st);
     if r.is_err() {
@@ -179,6 +183,8 @@ struct State {
     finder: RunFinder,
     /// Bytes of old copies read (`--update`).
     old_read_bytes: u64,
+    /// Temporaries made as reflinks of the old copy.
+    cloned: u64,
 }
 
 fn run<R: Read, W: Write>(
@@ -336,6 +342,7 @@ fn run<R: Read, W: Write>(
     sum.reply_bytes = reply.bytes;
     sum.old_read_bytes = st.old_read_bytes;
     sum.stale_removed = st.stale_removed;
+    sum.cloned = st.cloned;
     Ok(sum)
 }
 
@@ -456,9 +463,27 @@ fn start_file<W: Write>(
     };
     let mut old_sums = None;
     if update {
+        // The temporary starts as a reflink of the old copy where the filesystem makes
+        // one (XFS, btrfs): its unchanged blocks are then shared, not copied and synced.
+        let cloned = !o.inplace
+            && old
+                .as_ref()
+                .is_some_and(|of| sys::clone_file(file.as_fd(), of.as_fd()).is_ok());
+        st.cloned += u64::from(cloned);
         let sums = match &old {
             Some(of) => {
-                let copy = (!o.inplace).then_some(&file);
+                let copy = (!o.inplace && !cloned).then_some(&file);
+                if copy.is_some() {
+                    // The old size first, so that the copy's writes do not extend the
+                    // file: XFS zeroes the gap from the old end of file to an extending
+                    // write where its speculative preallocation put blocks, and the
+                    // copy's holes came out as allocated zeros (62 MiB for 32 of data).
+                    let old_len = of
+                        .metadata()
+                        .map_err(|e| format!("{}: {e}", target.display()))?;
+                    file.set_len(old_len.len())
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
                 let (sums, read) = old_hashes(of, &target, block, copy, &mut st.finder)
                     .map_err(|e| format!("{}: {e}", target.display()))?;
                 st.old_read_bytes += read;
@@ -470,7 +495,7 @@ fn start_file<W: Write>(
             .sums(&sums)
             .and_then(|()| reply.flush())
             .map_err(|e| format!("answering the sender: {e}"))?;
-        // The copy holds the old data blocks, not the old size.
+        // The old size (or 0: no old copy), with its data.
         len = file
             .metadata()
             .map_err(|e| format!("{}: {e}", path.display()))?

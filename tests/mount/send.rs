@@ -466,6 +466,150 @@ fn update_sends_only_the_changed_blocks_over_a_two_way_connection() {
     assert!(out.stdout.is_empty());
 }
 
+/// A loop-mounted XFS filesystem (reflinks), unmounted when dropped.
+struct XfsLoop {
+    dir: tempfile::TempDir,
+}
+
+impl XfsLoop {
+    /// `None` (skipped) without root or mkfs.xfs, except where FUSE tests are required
+    /// (CI installs xfsprogs): there it fails.
+    fn new(reflink: bool) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("xfs.img");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let ok = unsafe_free_is_root()
+            && sh_status(&format!(
+                "truncate -s 512M {img} && mkfs.xfs -q -m reflink={} {img} && mount -o loop {img} {mnt}",
+                u8::from(reflink),
+                img = img.display(),
+                mnt = mnt.display()
+            ))
+            .status
+            .success();
+        if !ok {
+            assert!(
+                !fuse_required(),
+                "an XFS loop mount is required here (root, xfsprogs)"
+            );
+            eprintln!("skipped: no XFS loop mount");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    fn used(&self) -> u64 {
+        let st = nix_statvfs(&self.path());
+        (st.0 - st.1) * st.2
+    }
+}
+
+impl Drop for XfsLoop {
+    fn drop(&mut self) {
+        let _ = sh_status(&format!("umount {}", self.path().display()));
+    }
+}
+
+/// (blocks, free blocks, fragment size) of the filesystem at `p`, after a sync of it.
+fn nix_statvfs(p: &Path) -> (u64, u64, u64) {
+    let _ = sh_status(&format!("sync -f {}", p.display()));
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a statvfs buffer.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    (st.f_blocks as u64, st.f_bfree as u64, st.f_frsize as u64)
+}
+
+/// `--update` without `--inplace` builds the new copy in a temporary; on a filesystem
+/// with reflinks (XFS here) the temporary starts as a reflink of the old copy, so its
+/// unchanged blocks are shared, not copied: the update costs the filesystem about the
+/// changed blocks (an old name kept for the old copy still shows it unchanged). Without
+/// reflinks (XFS made with `reflink=0`) the old data blocks are copied, and the copy is
+/// as sparse as the old one (XFS's zeroing past the end of file once made it dense).
+#[test]
+fn update_on_xfs_shares_the_unchanged_blocks_of_the_old_copy() {
+    for reflink in [true, false] {
+        let Some(xfs) = XfsLoop::new(reflink) else {
+            return;
+        };
+        update_on_xfs(&xfs, reflink);
+    }
+}
+
+fn update_on_xfs(xfs: &XfsLoop, reflink: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let ssh = fake_ssh(dir.path());
+    let src = dir.path().join("src.img");
+    let dst = xfs.path().join("dst.img");
+    let size = 64 * MIB;
+    let extents: Vec<(u64, u64)> = (0..32).map(|i| (2 * i * MIB, MIB)).collect();
+    make_image(&src, size, &extents);
+    let send = |extra: &str| {
+        let out = sh_status(&format!(
+            "{BIN} send --ssh {} --remote-sparsefs {BIN} --to somehost:{} --json {extra} {}",
+            ssh.display(),
+            dst.display(),
+            src.display()
+        ));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    send("");
+    assert!(files_equal(&src, &dst));
+    let old = xfs.path().join("old.img");
+    fs::hard_link(&dst, &old).unwrap();
+    let before = fs::read(&old).unwrap();
+    let f = OpenOptions::new().write(true).open(&src).unwrap();
+    for k in 0..10u64 {
+        f.write_all_at(
+            &random_bytes(100, k + 500),
+            extents[(k * 3) as usize].0 + k * BLOCK,
+        )
+        .unwrap();
+    }
+    let zeroed = extents[5].0 + 2 * BLOCK;
+    f.write_all_at(&vec![0u8; BLOCK as usize], zeroed).unwrap();
+    drop(f);
+    let used = xfs.used();
+    let json = send("--update");
+    assert_eq!(json_u64(&json, "blocks_sent"), 10, "{json}");
+    let grew = xfs.used().saturating_sub(used);
+    assert!(
+        files_equal(&src, &dst),
+        "reflink {reflink}: contents differ"
+    );
+    if reflink {
+        // 10 changed blocks of 32K and the filesystem's metadata (a copy: 32 MiB).
+        assert!(grew < 4 * MIB, "the update used {grew} bytes more");
+    } else {
+        // The new copy's 32 MiB of data, less the zeroed block (64 MiB when dense).
+        assert!(grew < 34 * MIB, "the copy used {grew} bytes");
+    }
+    let map = seek_map(&dst);
+    assert!(
+        !covered(&map, zeroed, zeroed + BLOCK),
+        "zeroed block still data: {map:?}"
+    );
+    assert_eq!(
+        map,
+        nonzero_blocks(&fs::read(&src).unwrap()),
+        "reflink {reflink}"
+    );
+    assert!(
+        fs::read(&old).unwrap() == before,
+        "reflink {reflink}: the old copy changed"
+    );
+}
+
 /// From a filesystem whose SEEK_DATA reports everything as data (bindfs), the probe
 /// distrusts it and the sender scans for zero blocks: the copy is as sparse as from a
 /// plain directory, and the digest of the file is the same as from its sparse original.
