@@ -503,8 +503,13 @@ fn start_file<W: Write>(
         old_sums = Some(sums);
     }
     // Over old data (in place, or a copy of the old file), the size is set first: the
-    // blocks past it are gone, and punches stay inside it.
-    if (o.inplace || update) && len != meta.size {
+    // blocks past it are gone, and punches stay inside it. A new file of 1 MiB or more
+    // too (the one ftruncate a trailing hole costs anyway, done first): writes past the
+    // end of file make XFS preallocate blocks beyond it, and those left between data
+    // extents stayed allocated (a 4 GiB image with 98.9 MB of 32K data blocks took
+    // 105.9 MB on XFS, 98.9 MB once sized first).
+    let size_first = o.inplace || update || meta.size >= SIZE_FIRST;
+    if size_first && len != meta.size {
         file.set_len(meta.size)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         len = meta.size;
@@ -650,6 +655,9 @@ fn remove_if_stale(p: &Path, pid: i32) -> bool {
         .is_ok_and(|o| (o.dev(), o.ino()) == (m.dev(), m.ino()));
     same && f.try_lock().is_ok() && std::fs::remove_file(p).is_ok()
 }
+
+/// New files at least this big are sized before their data is written.
+const SIZE_FIRST: u64 = 1 << 20;
 
 /// Sets the size (one ftruncate, for a trailing hole), mode and mtime, and syncs.
 fn finish_file(f: &mut Incoming) -> io::Result<()> {
