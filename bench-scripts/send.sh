@@ -6,6 +6,7 @@
 #   bench-scripts/send.sh [--size 4G|16G|SIZE] [--data-pct 2] [--extents 400]
 #                         [--sparsefs target/release/sparsefs] [--dir /var/tmp/sendbench]
 #                         [--cold] [--master] [--rate RATE] [--remote-rc] [--count-calls]
+#                         [--backing DIR] [--only REGEX]
 #
 # A sparse image of SIZE with DATA-PCT % random data in EXTENTS scattered extents (sizes
 # 16 KiB .. a few MiB, offsets unaligned) is built once; each method copies it to a fresh
@@ -38,6 +39,12 @@
 # --rate RATE (e.g. 1gbit): caps the ssh rows' loopback traffic (both directions of the
 # sshd port only; other loopback traffic is not touched) with an HTB class on lo, to
 # model a real network. Removed on exit. netem (latency) is not built into this kernel.
+# --backing DIR: the mount's backing directory is made inside DIR (for instance a
+# GlusterFS mount, gluster-up.sh) instead of beside the work directory, and the images
+# are copied into it through the mount (so its index knows their holes, as for files
+# written through it). --only REGEX: only the rows whose method matches (extended
+# regex); keep `sparsefs send --to \(ssh` in it for the --update rows, which update its
+# copy. Ratios of rows not run print as -.
 # The throwaway sshd sets SHLVL=1 in its sessions, so that the remote bash does not
 # source root's ~/.bashrc (Debian's bash does for commands run by sshd; a pyenv init there
 # cost 0.17 s per command, paid by every row but scp, whose SFTP server runs no shell);
@@ -54,6 +61,8 @@ master=0
 rate=""
 remote_rc=0
 count_calls=0
+backing_in=""
+only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
@@ -66,6 +75,8 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --count-calls) count_calls=1; shift ;;
     --remote-rc) remote_rc=1; shift ;;
+    --backing) backing_in=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
     -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -73,10 +84,17 @@ done
 [ -x "$bin" ] || { echo "no sparsefs binary at $bin (cargo build --release)" >&2; exit 2; }
 bytes=$(numfmt --from=iec "$size")
 
-rm -rf "$work"; mkdir -p "$work"/src "$work"/back "$work"/mnt "$work"/out
+if [ -n "$backing_in" ]; then
+  [ -d "$backing_in" ] || { echo "--backing $backing_in is not a directory" >&2; exit 2; }
+  back=$backing_in/sparsefs-sendbench.$$
+else
+  back=$work/back
+fi
+rm -rf "$work"; mkdir -p "$work"/src "$back" "$work"/mnt "$work"/out
 shaped=0
 cleanup() {
   mountpoint -q "$work/mnt" && "$bin" umount "$work/mnt" || true
+  [ -n "$backing_in" ] && rm -rf "$back"
   [ $shaped = 1 ] && tc qdisc del dev lo root 2>/dev/null || true
   [ -S "$work/sshd/cm" ] && ssh -o ControlPath="$work/sshd/cm" -O exit root@127.0.0.1 2>/dev/null || true
   [ -f "$work/sshd/pid" ] && kill "$(cat "$work/sshd/pid")" 2>/dev/null || true
@@ -141,9 +159,15 @@ os.close(fd)
 print(n, len(keys))
 EOF
 )
-cp --sparse=always "$img" "$work/back/img"
-cp --sparse=always "$upd" "$work/back/img-upd"
-"$bin" mount "$work/back" "$work/mnt"
+if [ -n "$backing_in" ]; then
+  "$bin" mount "$back" "$work/mnt"
+  cp --sparse=always "$img" "$work/mnt/img"
+  cp --sparse=always "$upd" "$work/mnt/img-upd"
+else
+  cp --sparse=always "$img" "$back/img"
+  cp --sparse=always "$upd" "$back/img-upd"
+  "$bin" mount "$back" "$work/mnt"
+fi
 cat "$img" "$upd" "$cat_src" > /dev/null
 
 ssh_ok=0
@@ -215,9 +239,9 @@ EOF2
   chmod +x "$work/xfer-hole-ssh"
 fi
 
-printf 'image %s, %s%% data (%s allocated) in %s extents; sparsefs %s; %s cache\n' \
+printf 'image %s, %s%% data (%s allocated) in %s extents; sparsefs %s; %s cache; mount backing %s (%s)\n' \
   "$size" "$pct" "$(numfmt --to=iec "$data_alloc")" "$extents" "$bin" \
-  "$([ $cold = 1 ] && echo cold || echo warm)"
+  "$([ $cold = 1 ] && echo cold || echo warm)" "$back" "$(stat -f -c %T "$back")"
 printf 'update source: %s of %s 32K data blocks changed\n' ${upd_blocks% *} ${upd_blocks#* }
 config="ssh: $([ $master = 1 ] && echo "one master connection" || echo "a connection per row"), $([ -n "$rate" ] && echo "rate $rate" || echo "loopback unshaped"), remote ~/.bashrc $([ $remote_rc = 1 ] && echo sourced || echo "not sourced")"
 if [ $ssh_ok = 1 ]; then
@@ -236,6 +260,7 @@ keep_out=0
 
 run() { # source-label method-label src dst command...
   local label=$1 method=$2 src=$3 dst=$4; shift 4
+  if [ -n "$only" ] && ! [[ $method =~ $only ]]; then return 0; fi
   [ $keep_out = 1 ] || { rm -rf "$work/out"; mkdir -p "$work/out"; }
   sync
   [ $cold = 1 ] && echo 3 > /proc/sys/vm/drop_caches
@@ -244,7 +269,7 @@ run() { # source-label method-label src dst command...
   [ $master = 1 ] && [ $ssh_ok = 1 ] && mb0=$(master_bytes)
   local tracer=""
   if [ $count_calls = 1 ] && [ "$label" = mount ]; then
-    strace -f -c -S calls -o "$work/calls" -p "$(pgrep -f "$bin mount $work/back $work/mnt" | head -1)" 2>/dev/null &
+    strace -f -c -S calls -o "$work/calls" -p "$(pgrep -f "$bin mount $back $work/mnt" | head -1)" 2>/dev/null &
     tracer=$!
     sleep 0.5
   fi
@@ -323,29 +348,29 @@ if [ $ssh_ok = 1 ]; then
   echo
   echo "$config"
   for label in dir mount; do
-    to=${secs["$label|sparsefs send --to (ssh lo)"]}
-    ratio() { echo "scale=2; $1 / $2" | bc; }
+    to=${secs["$label|sparsefs send --to (ssh lo)"]:-}
+    ratio() { if [ -n "$1" ] && [ -n "$2" ]; then echo "scale=2; $1 / $2" | bc; else echo -; fi; }
     printf '%s: send --to is %sx the ssh floor (target <= 1.3); rsync -S -e ssh %sx (target >= 5), scp %sx (target >= 20), tar -S | ssh %sx, xfer-hole %sx the time of send --to; the fresh send --to %sx the time of --update 1%%, %sx that of --update --inplace 1%% (target >= 20)\n' \
       "$label" \
-      "$(ratio "$to" "${secs["$label|cat data bytes | ssh cat (floor, ssh lo)"]}")" \
-      "$(ratio "${secs["$label|rsync -S -e ssh (ssh lo)"]}" "$to")" \
-      "$(ratio "${secs["$label|scp (ssh lo)"]}" "$to")" \
-      "$(ratio "${secs["$label|tar -S | ssh tar -x (ssh lo)"]}" "$to")" \
-      "$(ratio "${secs["$label|send --format xfer-hole | ssh sh (ssh lo)"]}" "$to")" \
-      "$(ratio "$to" "${secs["$label|sparsefs send --to --update 1% (ssh lo)"]}")" \
-      "$(ratio "$to" "${secs["$label|sparsefs send --to --update --inplace 1% (ssh lo)"]}")"
+      "$(ratio "$to" "${secs["$label|cat data bytes | ssh cat (floor, ssh lo)"]:-}")" \
+      "$(ratio "${secs["$label|rsync -S -e ssh (ssh lo)"]:-}" "$to")" \
+      "$(ratio "${secs["$label|scp (ssh lo)"]:-}" "$to")" \
+      "$(ratio "${secs["$label|tar -S | ssh tar -x (ssh lo)"]:-}" "$to")" \
+      "$(ratio "${secs["$label|send --format xfer-hole | ssh sh (ssh lo)"]:-}" "$to")" \
+      "$(ratio "$to" "${secs["$label|sparsefs send --to --update 1% (ssh lo)"]:-}")" \
+      "$(ratio "$to" "${secs["$label|sparsefs send --to --update --inplace 1% (ssh lo)"]:-}")"
     if [ $master = 0 ]; then
       # Each ssh row opened one connection: the same ratios with the setup time
       # (ssh HOST true, timed once above) taken from every ssh row.
-      less() { echo "$1 - $setup" | bc; }
+      less() { if [ -n "$1" ]; then echo "$1 - $setup" | bc; fi; }
       to=$(less "$to")
       printf '%s, less %.3f s of setup per ssh row: send --to %sx the ssh floor; rsync -S -e ssh %sx, scp %sx the time of send --to; the fresh send --to %sx the time of --update 1%%, %sx that of --update --inplace 1%%\n' \
         "$label" "$setup" \
-        "$(ratio "$to" "$(less "${secs["$label|cat data bytes | ssh cat (floor, ssh lo)"]}")")" \
-        "$(ratio "$(less "${secs["$label|rsync -S -e ssh (ssh lo)"]}")" "$to")" \
-        "$(ratio "$(less "${secs["$label|scp (ssh lo)"]}")" "$to")" \
-        "$(ratio "$to" "$(less "${secs["$label|sparsefs send --to --update 1% (ssh lo)"]}")")" \
-        "$(ratio "$to" "$(less "${secs["$label|sparsefs send --to --update --inplace 1% (ssh lo)"]}")")"
+        "$(ratio "$to" "$(less "${secs["$label|cat data bytes | ssh cat (floor, ssh lo)"]:-}")")" \
+        "$(ratio "$(less "${secs["$label|rsync -S -e ssh (ssh lo)"]:-}")" "$to")" \
+        "$(ratio "$(less "${secs["$label|scp (ssh lo)"]:-}")" "$to")" \
+        "$(ratio "$to" "$(less "${secs["$label|sparsefs send --to --update 1% (ssh lo)"]:-}")")" \
+        "$(ratio "$to" "$(less "${secs["$label|sparsefs send --to --update --inplace 1% (ssh lo)"]:-}")")"
     fi
   done
 fi
