@@ -395,6 +395,23 @@ fn fake_ssh(dir: &Path) -> PathBuf {
     p
 }
 
+/// `send --json EXTRA --to somehost:DST SRC` through the ssh stand-in `ssh`: its JSON
+/// summary (the send must succeed).
+fn send_to_json(ssh: &Path, src: &Path, dst: &Path, extra: &str) -> String {
+    let out = sh_status(&format!(
+        "{BIN} send --ssh {} --remote-sparsefs {BIN} --to somehost:{} --json {extra} {}",
+        ssh.display(),
+        dst.display(),
+        src.display()
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// `--to` with an ssh stand-in sends a whole file; after 1% of its blocks change (and
 /// one data block becomes zeros), `--update` sends exactly the changed blocks, punches
 /// the zeroed one, and the copy equals the source again, sparse; `--inplace` as well.
@@ -408,20 +425,7 @@ fn update_sends_only_the_changed_blocks_over_a_two_way_connection() {
     // Data in every other MiB: 1024 data blocks.
     let extents: Vec<(u64, u64)> = (0..32).map(|i| (2 * i * MIB, MIB)).collect();
     make_image(&src, size, &extents);
-    let send = |extra: &str| {
-        let out = sh_status(&format!(
-            "{BIN} send --ssh {} --remote-sparsefs {BIN} --to somehost:{} --json {extra} {}",
-            ssh.display(),
-            dst.display(),
-            src.display()
-        ));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let send = |extra: &str| send_to_json(&ssh, &src, &dst, extra);
     let json = send("");
     assert_eq!(json_u64(&json, "blocks_sent"), 1024, "{json}");
     assert!(files_equal(&src, &dst));
@@ -588,20 +592,7 @@ fn update_on_xfs(xfs: &XfsLoop, reflink: bool) {
     let size = 64 * MIB;
     let extents: Vec<(u64, u64)> = (0..32).map(|i| (2 * i * MIB, MIB)).collect();
     make_image(&src, size, &extents);
-    let send = |extra: &str| {
-        let out = sh_status(&format!(
-            "{BIN} send --ssh {} --remote-sparsefs {BIN} --to somehost:{} --json {extra} {}",
-            ssh.display(),
-            dst.display(),
-            src.display()
-        ));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let send = |extra: &str| send_to_json(&ssh, &src, &dst, extra);
     send("");
     assert!(files_equal(&src, &dst));
     let old = xfs.path().join("old.img");
