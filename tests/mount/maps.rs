@@ -619,6 +619,26 @@ fn close_to_open_holds_between_two_nodes_over_bindfs_views_with_their_own_caches
     );
 }
 
+/// The same rounds between two mounts of one plain directory, where an open that finds
+/// the file as its mount left it keeps the kernel's page cache: every open must still see
+/// the other mount's change (a kept cache would show the pages it read rounds before).
+#[test]
+fn close_to_open_holds_between_two_mounts_of_one_directory_that_keep_their_page_caches() {
+    if !fuse_available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (Mount::new(d.path(), &[]), Mount::new(d.path(), &[]));
+    let rounds = 50;
+    let (stale_pages, holes_over_data) =
+        close_to_open_rounds(&a, &b, rounds, Duration::ZERO, false);
+    assert_eq!(
+        (stale_pages, holes_over_data),
+        (0, 0),
+        "stale 4 KiB pages and holes reported over data in {rounds} rounds"
+    );
+}
+
 /// Issue 15, point 5: two sparsefs mounts over two GlusterFS client mounts of one
 /// sharded volume with GlusterFS's client caches on (`CACHE=1` in gluster-up.sh: its
 /// md-cache keeps attributes, quick-read and io-cache keep contents, for about a second),
