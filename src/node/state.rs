@@ -145,7 +145,17 @@ pub struct NodeState<T> {
     /// stat shows the stamp unchanged: nothing changed the file behind the kernel since
     /// an open last made the kernel drop that cache (see [`NodeState::keep_kernel_cache`]).
     cache_trusted: bool,
+    /// When (seconds since the epoch) an open last made the kernel drop that cache: what
+    /// it holds was read since.
+    cache_since: i64,
 }
+
+/// Seconds a file's stamp must have been settled (its last change that long before the
+/// kernel's page cache of it was last dropped) for an open to keep that cache: another
+/// node's change in the same timestamp tick as the last one known (coarse clocks, a
+/// server's whole seconds) could otherwise show the same stamp. As for directory
+/// listings (`fs::SETTLED`).
+pub const CACHE_SETTLED: i64 = 2;
 
 impl<T: Clone> NodeState<T> {
     /// A node just made from a stat of its file (`stamp`, `mode`), with its record as
@@ -161,6 +171,7 @@ impl<T: Clone> NodeState<T> {
             setid: setid_to_clear(mode) != 0,
             view,
             cache_trusted: false,
+            cache_since: 0,
         }
     }
 
@@ -170,11 +181,18 @@ impl<T: Clone> NodeState<T> {
     /// kernel since an open last dropped that cache: not for a node just made (the
     /// kernel may hold pages from before it), not after the engine was reset from the
     /// backend (a change outside the mount) or passthrough writers wrote the backing file
-    /// directly. Either way the cache holds nothing stale once this open is answered, so
-    /// later opens may keep it.
-    pub fn keep_kernel_cache(&mut self, unchanged: bool) -> bool {
+    /// directly; and not unless the file had been unchanged for [`CACHE_SETTLED`] when
+    /// the cache was last dropped. Either way the cache holds nothing stale once this
+    /// open is answered, so later opens may keep it. `now`: seconds since the epoch.
+    pub fn keep_kernel_cache(&mut self, unchanged: bool, now: i64) -> bool {
         let ordinary = matches!(self.access, Access::Ordinary);
-        let keep = unchanged && self.cache_trusted && ordinary;
+        let settled = self
+            .stamp
+            .is_some_and(|s| s.changed_at() + CACHE_SETTLED <= self.cache_since);
+        let keep = unchanged && self.cache_trusted && ordinary && settled;
+        if !keep {
+            self.cache_since = now;
+        }
         // With passthrough writers still open (a bypassed file's ordinary handle) the
         // backing file may change behind the kernel after this open too.
         self.cache_trusted = ordinary;

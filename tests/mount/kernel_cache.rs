@@ -334,6 +334,20 @@ fn an_unchanged_file_keeps_its_page_cache_across_opens_and_a_changed_one_is_rere
             f.write_all_at(&data, 2 * M as u64).unwrap();
         }
         let app_reads = || json_u64(&m.stats(), "app_read_bytes");
+        // The cache is kept only once the file had been unchanged for 2 s when it was
+        // last dropped (a change in the same timestamp tick could hide): let it settle.
+        let settle = || {
+            let st = fs::metadata(b.underlying().join("img")).unwrap();
+            let changed = st.ctime().max(st.mtime());
+            wait_for("2 s after the last change", Duration::from_secs(5), || {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                now >= changed + 2
+            });
+        };
+        settle();
         assert!(fs::read(m.p("img")).unwrap() == model, "{kind}: first read");
         let first = app_reads();
         assert!(
@@ -403,7 +417,12 @@ fn an_unchanged_file_keeps_its_page_cache_across_opens_and_a_changed_one_is_rere
             stale, 0,
             "{kind}: stale pages after a change outside the mount"
         );
-        // And the open after that keeps the fresh cache again.
+        // Once settled, an open drops the cache and the next keeps it again.
+        settle();
+        assert!(
+            fs::read(m.p("img")).unwrap() == model,
+            "{kind}: read after the change"
+        );
         let before = app_reads();
         assert!(
             fs::read(m.p("img")).unwrap() == model,

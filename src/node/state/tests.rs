@@ -290,18 +290,24 @@ fn set_id_follows_the_last_mode_seen_and_clearing() {
 fn the_kernel_keeps_its_page_cache_only_where_nothing_changed_the_file_behind_it() {
     let mut n = node();
     // A node just made: the kernel may hold pages from before it.
-    assert!(!n.keep_kernel_cache(true));
+    assert!(!n.keep_kernel_cache(true, 100));
     n.opened(None);
     n.released(false);
-    assert!(n.keep_kernel_cache(true));
-    assert!(!n.keep_kernel_cache(false), "the open saw another stamp");
-    assert!(n.keep_kernel_cache(true), "that open dropped the cache");
+    assert!(n.keep_kernel_cache(true, 100));
+    assert!(
+        !n.keep_kernel_cache(false, 100),
+        "the open saw another stamp"
+    );
+    assert!(
+        n.keep_kernel_cache(true, 100),
+        "that open dropped the cache"
+    );
     // A reset from the backend (a change outside the mount) at a stat other than an
     // open's (getattr): the next open drops the cache, even seeing the new stamp.
     let t = n.stamp_ticket();
     n.refreshed(t, OTHER, Record::None);
-    assert!(!n.keep_kernel_cache(true));
-    assert!(n.keep_kernel_cache(true));
+    assert!(!n.keep_kernel_cache(true, 100));
+    assert!(n.keep_kernel_cache(true, 100));
     // Passthrough writers write the backing file behind the kernel.
     n.opened(Some("t"));
     n.bypass();
@@ -309,6 +315,20 @@ fn the_kernel_keeps_its_page_cache_only_where_nothing_changed_the_file_behind_it
     assert!(n.released(true).end_bypass);
     n.bypass_ended();
     assert_eq!(n.access(), &Access::Ordinary);
-    assert!(!n.keep_kernel_cache(true));
-    assert!(n.keep_kernel_cache(true));
+    assert!(!n.keep_kernel_cache(true, 100));
+    assert!(n.keep_kernel_cache(true, 100));
+    // A stamp that changed less than CACHE_SETTLED before the cache was dropped: a
+    // change in the same timestamp tick could hide behind it.
+    let t = n.stamp_ticket();
+    let recent = Stamp {
+        ctime: (99, 0),
+        ..OTHER
+    };
+    n.refreshed(t, recent, Record::None);
+    assert!(!n.keep_kernel_cache(true, 100));
+    assert!(
+        !n.keep_kernel_cache(true, 101),
+        "dropped at 100, changed at 99"
+    );
+    assert!(n.keep_kernel_cache(true, 102), "dropped at 101: settled");
 }
