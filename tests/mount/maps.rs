@@ -609,14 +609,7 @@ fn close_to_open_holds_between_two_nodes_over_bindfs_views_with_their_own_caches
     let src = tempfile::tempdir().unwrap();
     let (va, vb) = (BindfsView::of(src.path()), BindfsView::of(src.path()));
     let (a, b) = (Mount::new(va.0.path(), &[]), Mount::new(vb.0.path(), &[]));
-    let rounds = 50;
-    let (stale_pages, holes_over_data) =
-        close_to_open_rounds(&a, &b, rounds, Duration::ZERO, false);
-    assert_eq!(
-        (stale_pages, holes_over_data),
-        (0, 0),
-        "stale 4 KiB pages and holes reported over data in {rounds} rounds"
-    );
+    fifty_rounds_show_nothing_stale(&a, &b);
 }
 
 /// The same rounds between two mounts of one plain directory, where an open that finds
@@ -629,14 +622,7 @@ fn close_to_open_holds_between_two_mounts_of_one_directory_that_keep_their_page_
     }
     let d = tempfile::tempdir().unwrap();
     let (a, b) = (Mount::new(d.path(), &[]), Mount::new(d.path(), &[]));
-    let rounds = 50;
-    let (stale_pages, holes_over_data) =
-        close_to_open_rounds(&a, &b, rounds, Duration::ZERO, false);
-    assert_eq!(
-        (stale_pages, holes_over_data),
-        (0, 0),
-        "stale 4 KiB pages and holes reported over data in {rounds} rounds"
-    );
+    fifty_rounds_show_nothing_stale(&a, &b);
 }
 
 /// Issue 15, point 5: two sparsefs mounts over two GlusterFS client mounts of one
@@ -673,6 +659,18 @@ fn close_to_open_between_two_glusterfs_clients_with_their_caches_on_never_shows_
     assert_eq!(
         holes_over_data, 0,
         "holes reported over data in {rounds} rounds"
+    );
+}
+
+/// 50 rounds of [`close_to_open_rounds`] both ways, no pause: no stale page, no hole
+/// over data.
+fn fifty_rounds_show_nothing_stale(a: &Mount, b: &Mount) {
+    let rounds = 50;
+    let (stale_pages, holes_over_data) = close_to_open_rounds(a, b, rounds, Duration::ZERO, false);
+    assert_eq!(
+        (stale_pages, holes_over_data),
+        (0, 0),
+        "stale 4 KiB pages and holes reported over data in {rounds} rounds"
     );
 }
 
