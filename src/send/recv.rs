@@ -484,8 +484,15 @@ fn start_file<W: Write>(
                     file.set_len(old_len.len())
                         .map_err(|e| format!("{}: {e}", path.display()))?;
                 }
-                let (sums, read) = old_hashes(of, &target, block, copy, &mut st.finder)
-                    .map_err(|e| format!("{}: {e}", target.display()))?;
+                // A reflink is hashed itself, not the old copy: what the sender is told
+                // is then what the temporary holds, even if the old copy changes now.
+                let (hashed, hashed_path) = if cloned {
+                    (&file, &path)
+                } else {
+                    (of, &target)
+                };
+                let (sums, read) = old_hashes(hashed, hashed_path, block, copy, &mut st.finder)
+                    .map_err(|e| format!("{}: {e}", hashed_path.display()))?;
                 st.old_read_bytes += read;
                 sums
             }
