@@ -50,6 +50,25 @@ impl Stamp {
     pub fn changed_at(&self) -> i64 {
         self.mtime.0.max(self.ctime.0)
     }
+
+    /// Whether the file had been unchanged for [`SETTLED`] at `at` (seconds since the
+    /// epoch): no later change can then show this same stamp.
+    pub fn settled_at(&self, at: i64) -> bool {
+        self.changed_at() + SETTLED <= at
+    }
+}
+
+/// Seconds a stamp must have been unchanged before what was read under it is trusted
+/// across opens (a kept directory listing, a kept page cache): another node's change in
+/// the same timestamp tick as the last one known (a coarse clock, a server's whole
+/// seconds) would otherwise show the same stamp. Two of a coarse timestamp's ticks.
+pub const SETTLED: i64 = 2;
+
+/// Now, in whole seconds since the epoch (0 before it).
+pub fn epoch_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

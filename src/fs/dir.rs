@@ -8,8 +8,8 @@ impl SparseFs {
     /// mtime, ctime) of a listing already read (so a tree listed once, by find or rsync,
     /// does not pay for filling the cache), `keep` (`FOPEN_KEEP_CACHE`: the kernel's cached
     /// listing may be used) when the kernel was asked to cache a listing of that same
-    /// stamp. Only listings taken when the directory had been unchanged for `SETTLED` (2 s)
-    /// count (see [`Self::readdir`]). Changes through this mount move the mtime (and the
+    /// stamp. Only listings taken when the directory had been unchanged for
+    /// `stamp::SETTLED` (2 s) count (see [`Self::readdir`]). Changes through this mount move the mtime (and the
     /// kernel drops its cache itself); another node's change moves the backend's mtime
     /// and ctime, seen by the fresh stat here; with `--no-dir-cache` nothing is cached.
     ///
@@ -51,7 +51,7 @@ impl SparseFs {
     /// the listing: reading a 10,000-entry directory whole first made every later stat a
     /// round trip on GlusterFS. The stamp taken at opendir is recorded (as read, and as
     /// cached when the handle asked the kernel to cache) once the listing is complete, when
-    /// the directory had then been unchanged for `SETTLED` (2 s): a change in the same
+    /// the directory had then been unchanged for `stamp::SETTLED` (2 s): a change in the same
     /// timestamp tick as the stamp would otherwise go unseen.
     ///
     /// # Errors
@@ -111,10 +111,7 @@ impl SparseFs {
         l.done = true;
         l.dir = None;
         self.sh.stats.dir_listings.fetch_add(1, Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if self.sh.cfg.dir_cache && stamp.changed_at() + SETTLED <= now {
+        if self.sh.cfg.dir_cache && stamp.settled_at(crate::stamp::epoch_secs()) {
             let mut seen = inode.listed.lock();
             seen.read = Some(stamp);
             if cache {

@@ -91,10 +91,6 @@ pub struct DirCache {
     pub keep: bool,
 }
 
-/// Seconds a directory must have been unchanged before a listing of it may be served
-/// from the kernel's cache later (two of a coarse timestamp's ticks).
-const SETTLED: i64 = 2;
-
 /// Registers a backend file (an fd open for reading) with the kernel for passthrough
 /// and returns the registration (the adapter's type).
 pub type MakeToken<'a> = &'a dyn Fn(std::os::fd::BorrowedFd<'_>) -> io::Result<PassToken>;

@@ -160,11 +160,8 @@ impl SparseFs {
                 // cached pages took 0.2 s of the open). Handles that bypass the cache
                 // drop it as before.
                 if token.is_none() {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64);
-                    keep_cache =
-                        s.keep_kernel_cache(unchanged, now) && !self.bypass_page_cache(flags);
+                    keep_cache = s.keep_kernel_cache(unchanged, crate::stamp::epoch_secs())
+                        && !self.bypass_page_cache(flags);
                 }
             });
             Ok(token)

@@ -150,13 +150,6 @@ pub struct NodeState<T> {
     cache_since: i64,
 }
 
-/// Seconds a file's stamp must have been settled (its last change that long before the
-/// kernel's page cache of it was last dropped) for an open to keep that cache: another
-/// node's change in the same timestamp tick as the last one known (coarse clocks, a
-/// server's whole seconds) could otherwise show the same stamp. As for directory
-/// listings (`fs::SETTLED`).
-pub const CACHE_SETTLED: i64 = 2;
-
 impl<T: Clone> NodeState<T> {
     /// A node just made from a stat of its file (`stamp`, `mode`), with its record as
     /// the map load found it and the engine's first view.
@@ -181,14 +174,12 @@ impl<T: Clone> NodeState<T> {
     /// kernel since an open last dropped that cache: not for a node just made (the
     /// kernel may hold pages from before it), not after the engine was reset from the
     /// backend (a change outside the mount) or passthrough writers wrote the backing file
-    /// directly; and not unless the file had been unchanged for [`CACHE_SETTLED`] when
+    /// directly; and not unless the file had been unchanged for [`crate::stamp::SETTLED`] when
     /// the cache was last dropped. Either way the cache holds nothing stale once this
     /// open is answered, so later opens may keep it. `now`: seconds since the epoch.
     pub fn keep_kernel_cache(&mut self, unchanged: bool, now: i64) -> bool {
         let ordinary = matches!(self.access, Access::Ordinary);
-        let settled = self
-            .stamp
-            .is_some_and(|s| s.changed_at() + CACHE_SETTLED <= self.cache_since);
+        let settled = self.stamp.is_some_and(|s| s.settled_at(self.cache_since));
         let keep = unchanged && self.cache_trusted && ordinary && settled;
         if !keep {
             self.cache_since = now;

@@ -64,6 +64,20 @@ pub(crate) fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bo
     }
 }
 
+/// Waits until `p` has been unchanged (mtime and ctime) for 2 s: what sparsefs trusts
+/// across opens only once settled (kept listings, kept page caches).
+pub(crate) fn wait_settled(p: &Path) {
+    let st = fs::metadata(p).unwrap();
+    let changed = st.ctime().max(st.mtime());
+    wait_for("2 s after the last change", Duration::from_secs(10), || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        now >= changed + 2
+    });
+}
+
 pub(crate) fn sh(cmd: &str) -> Output {
     let out = Command::new("bash")
         .arg("-c")

@@ -249,20 +249,7 @@ fn listings_follow_the_backend(b: &Backing) {
         fs::write(d.join(format!("f{i}")), b"x").unwrap();
     }
     // A listing is kept only when the directory had been unchanged for 2 s before it.
-    let settle = || {
-        wait_for(
-            "the directory unchanged for 2 s",
-            Duration::from_secs(10),
-            || {
-                let ct = fs::metadata(&d).unwrap().ctime();
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs() as i64;
-                now >= ct + 2
-            },
-        )
-    };
+    let settle = || wait_settled(&d);
     settle();
     let m = Mount::new(b.path(), &[]);
     let count = |k: &str| json_u64(&m.stats(), k);
@@ -336,17 +323,7 @@ fn an_unchanged_file_keeps_its_page_cache_across_opens_and_a_changed_one_is_rere
         let app_reads = || json_u64(&m.stats(), "app_read_bytes");
         // The cache is kept only once the file had been unchanged for 2 s when it was
         // last dropped (a change in the same timestamp tick could hide): let it settle.
-        let settle = || {
-            let st = fs::metadata(b.underlying().join("img")).unwrap();
-            let changed = st.ctime().max(st.mtime());
-            wait_for("2 s after the last change", Duration::from_secs(5), || {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs() as i64;
-                now >= changed + 2
-            });
-        };
+        let settle = || wait_settled(&b.underlying().join("img"));
         settle();
         assert!(fs::read(m.p("img")).unwrap() == model, "{kind}: first read");
         let first = app_reads();

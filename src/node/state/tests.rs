@@ -317,7 +317,7 @@ fn the_kernel_keeps_its_page_cache_only_where_nothing_changed_the_file_behind_it
     assert_eq!(n.access(), &Access::Ordinary);
     assert!(!n.keep_kernel_cache(true, 100));
     assert!(n.keep_kernel_cache(true, 100));
-    // A stamp that changed less than CACHE_SETTLED before the cache was dropped: a
+    // A stamp that changed less than stamp::SETTLED before the cache was dropped: a
     // change in the same timestamp tick could hide behind it.
     let t = n.stamp_ticket();
     let recent = Stamp {
