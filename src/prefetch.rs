@@ -80,8 +80,8 @@ struct Inner {
     claimed: RangeSet,
     /// Read tickets handed out so far (see [`Prefetch::begin`]).
     seq: u64,
-    /// Tickets of the reads in flight.
-    reading: std::collections::BTreeSet<u64>,
+    /// Tickets of the reads in flight, with the offset each reads from.
+    reading: BTreeMap<u64, u64>,
     /// Ranges of reads that finished while an earlier read was in flight, with the
     /// ticket count at their end: requests of one stream finish out of order, and a chunk
     /// started after an earlier request must not read again what a later one already
@@ -206,7 +206,7 @@ impl Prefetch {
             let mut g = self.inner.lock();
             g.seq += 1;
             t.n = g.seq;
-            g.reading.insert(t.n);
+            g.reading.insert(t.n, off);
             t.pf = Some(self.clone());
         }
         t
@@ -219,7 +219,7 @@ impl Prefetch {
         g.reading.remove(&t.n);
         g.seq += 1;
         let done = g.seq;
-        match g.reading.first().copied() {
+        match g.reading.keys().next().copied() {
             // Nothing began before what is remembered: it can go.
             None => g.recent.clear(),
             Some(oldest) => {
@@ -283,12 +283,14 @@ impl Prefetch {
                 served += z - a;
             }
         }
-        // Chunks wholly behind this read are done with (a reader thread serving an
-        // earlier request of the same stream falls back to the backend if it still
-        // needed one).
+        // Chunks wholly behind this read and behind every read in flight are done with.
+        // Requests of one stream are served out of order (the kernel's read-ahead sends
+        // several at once): a chunk an earlier request still needs stays, or that request
+        // would read its bytes from the backend a second time.
+        let floor = g.reading.values().fold(off, |m, &o| m.min(o));
         let behind: Vec<u64> = g
             .entries
-            .range(..(off / c).saturating_sub(1))
+            .range(..(floor / c).saturating_sub(1))
             .map(|(k, _)| *k)
             .collect();
         for k in behind {
@@ -575,6 +577,7 @@ impl BackendFile for Watched {
 mod tests {
     use super::*;
     use crate::backend::mem::MemFile;
+    use std::time::Instant;
 
     /// A backend whose reads wait until the test opens the gate.
     struct Gated {
@@ -752,6 +755,60 @@ mod tests {
             "the failed read's range is read ahead"
         );
         assert!(got[..] == r.data[68_000..76_192]);
+        pf.stop();
+        assert_eq!(r.stats.prefetch_bytes.load(Relaxed), 0);
+    }
+
+    /// Requests of one stream served out of order (the kernel's read-ahead sends several
+    /// at once): a later request does not drop the chunk an earlier one, in flight, still
+    /// needs, so that one is not read from the backend a second time.
+    #[test]
+    fn a_later_request_keeps_the_chunks_an_earlier_one_in_flight_needs() {
+        let r = Rig::new();
+        let (pf, map, size, backend) = (&r.pf, &r.map, r.size, &r.backend);
+        let c = 64u64 << 10;
+        // Small reads in order ramp the depth up until chunks 0 to 3 are read ahead.
+        let mut buf = vec![0u8; 4096];
+        for i in 0..6u64 {
+            let t = pf.begin(i * 4096, (i + 1) * 4096);
+            for (a, z) in pf.fill(&mut buf, i * 4096) {
+                backend
+                    .read_at(
+                        &mut buf[(a - i * 4096) as usize..(z - i * 4096) as usize],
+                        a,
+                    )
+                    .unwrap();
+            }
+            pf.after_read(t, map, size, backend);
+        }
+        let ready = |k: u64| {
+            let g = pf.inner.lock();
+            g.entries
+                .get(&k)
+                .is_some_and(|e| matches!(e.slot, Slot::Ready(_)))
+        };
+        let t = Instant::now();
+        while !(0..4).all(ready) {
+            assert!(t.elapsed() < Duration::from_secs(10), "chunks never read");
+            std::thread::yield_now();
+        }
+        // A (chunk 1) begins; B (chunk 3) begins and is served first.
+        let a = pf.begin(c, c + 4096);
+        let b = pf.begin(3 * c, 3 * c + 4096);
+        assert!(pf.fill(&mut buf, 3 * c).is_empty());
+        assert!(buf[..] == r.data[3 * c as usize..3 * c as usize + 4096]);
+        pf.after_read(b, map, size, backend);
+        // A still finds its chunk.
+        let missing = pf.fill(&mut buf, c);
+        assert!(missing.is_empty(), "A reads again: {missing:?}");
+        assert!(buf[..] == r.data[c as usize..c as usize + 4096]);
+        pf.after_read(a, map, size, backend);
+        let reads = r.gated.reads.lock().clone();
+        let over_a = reads
+            .iter()
+            .filter(|&&(s, e)| s < c + 4096 && e > c)
+            .count();
+        assert_eq!(over_a, 1, "reads {reads:?}");
         pf.stop();
         assert_eq!(r.stats.prefetch_bytes.load(Relaxed), 0);
     }
