@@ -390,7 +390,7 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             escape(fsname)
         ),
     };
-    let counters: [(&str, &str, &str); 20] = [
+    let counters: [(&str, &str, &str); 22] = [
         (
             "sparsefs_app_written_bytes_total",
             "app_write_bytes",
@@ -435,6 +435,16 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             "sparsefs_data_fds_parked_total",
             "data_fds_parked",
             "Read-write backend fds closed because no application had the file open.",
+        ),
+        (
+            "sparsefs_requests_handed_off_total",
+            "requests_handed_off",
+            "FUSE requests for which a parked request thread was woken to listen meanwhile.",
+        ),
+        (
+            "sparsefs_requests_inline_total",
+            "requests_inline",
+            "FUSE requests served by the thread that read them, nobody else woken.",
         ),
         (
             "sparsefs_passthrough_opens_total",

@@ -300,7 +300,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"open_handles\":{},\"maps_stored\":{},\"maps_loaded\":{},\"maps_stale\":{},\"maps_refused\":{},\"flights\":{},\"flights_in_flight\":{},\"prefetches\":{},\"prefetch_hit_bytes\":{},\"prefetch_bytes\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"open_handles\":{},\"maps_stored\":{},\"maps_loaded\":{},\"maps_stale\":{},\"maps_refused\":{},\"flights\":{},\"flights_in_flight\":{},\"prefetches\":{},\"prefetch_hit_bytes\":{},\"prefetch_bytes\":{},\"requests_inline\":{},\"requests_handed_off\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -330,6 +330,8 @@ impl Stats {
             g(&self.prefetches),
             g(&self.prefetch_hit_bytes),
             g(&self.prefetch_bytes),
+            g(&fuser::TURN_STATS.inline),
+            g(&fuser::TURN_STATS.handed_off),
         );
         for (i, op) in OPS.iter().enumerate() {
             let c = &self.ops[*op as usize];
@@ -568,6 +570,12 @@ pub fn table_from_json(json: &str) -> String {
         "directory listings    {:>12}  (kernel cache kept {})",
         g("dir_listings"),
         g("dir_cache_kept")
+    );
+    let _ = writeln!(
+        s,
+        "requests handed off   {:>12}  (served by the thread that read them {})",
+        g("requests_handed_off"),
+        g("requests_inline")
     );
     let _ = writeln!(
         s,

@@ -37,3 +37,5 @@ mod send;
 mod sparse;
 #[path = "mount/torture.rs"]
 mod torture;
+#[path = "mount/turns.rs"]
+mod turns;

@@ -74,6 +74,10 @@ pub fn fuse_config(cfg: &MountConfig) -> Config {
     };
     c.n_threads = Some(cfg.threads);
     c.clone_fd = true;
+    // The request threads take turns (vendor/fuser/SPARSEFS.md): a serial stream of quick
+    // requests keeps one warm thread. SPARSEFS_EAGER_THREADS=1 restores fuser's every
+    // thread waiting in read, for comparisons (docs/tuning.md, Threads).
+    c.lazy_threads = std::env::var_os("SPARSEFS_EAGER_THREADS").is_none();
     c
 }
 

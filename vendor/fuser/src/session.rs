@@ -289,6 +289,8 @@ impl<FS: Filesystem> Session<FS> {
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
+        let turns = (config.lazy_threads && n_threads > 1)
+            .then(|| Arc::new(crate::turns::Turns::new(&crate::turns::TURN_STATS)));
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -298,6 +300,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                turns: turns.clone(),
             };
             threads.push(
                 thread::Builder::new()
@@ -518,6 +521,20 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// Lazy turn-taking shared by the session's threads (sparsefs change; None: upstream).
+    pub(crate) turns: Option<Arc<crate::turns::Turns>>,
+}
+
+/// Ends the turn-taking when a thread's loop ends, however it ends (an error, the
+/// session's end, a panic in a handler), so no thread stays parked.
+struct FinishTurns<'a>(Option<&'a crate::turns::Turns>);
+
+impl Drop for FinishTurns<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0 {
+            t.finish();
+        }
+    }
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -526,16 +543,33 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
+        let turns = self.turns.as_deref();
+        let _finish = FinishTurns(turns);
         loop {
+            if let Some(t) = turns {
+                if !t.take_turn() {
+                    return Ok(());
+                }
+            }
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            match self.ch.receive_retrying(buf) {
+            let got = self.ch.receive_retrying(buf);
+            if let Some(t) = turns {
+                t.got_request();
+            }
+            match got {
                 Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
+                        } else if let Some(t) = turns {
+                            let op = crate::turns::opcode(&buf[..size]);
+                            let served = t.before(op);
+                            let start = std::time::Instant::now();
+                            req.dispatch(self);
+                            t.after(served, start.elapsed());
                         } else {
                             req.dispatch(self)
                         }

@@ -18,6 +18,10 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Lazy turn-taking of the event loop threads (a sparsefs change, see `SPARSEFS.md`):
+    /// one thread listens at a time and wakes another only for a request that may take
+    /// long. Off by default (every thread waits in `read`, as upstream).
+    pub lazy_threads: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
