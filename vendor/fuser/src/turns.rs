@@ -80,10 +80,12 @@ pub(crate) struct Turns {
     /// Requests that arrived while another request was being served: the evidence that
     /// requests come concurrently.
     overlaps: AtomicU64,
-    /// How often a hand-off was (or would have been) useful lately, in 1/1024 (new = 7/8
-    /// old + 1/8 outcome): a request came in while the handing thread was still serving
-    /// its own, or was waiting when a slow request served inline ended.
-    useful: AtomicU64,
+    /// Per opcode, how often a hand-off was (or would have been) useful lately, in 1/1024
+    /// (new = 7/8 old + 1/8 outcome): a request came in while the handing thread was still
+    /// serving its own, or was waiting when a slow request served inline was answered.
+    /// Per opcode because it differs: the kernel sends RELEASE without waiting for it (the
+    /// application goes on while it is served), CREATE and UNLINK come one at a time.
+    useful: Vec<AtomicU64>,
     /// Counts slow requests served inline while hand-offs are not useful: one in
     /// [`PROBE_EVERY`] is handed off anyway.
     probe: AtomicU64,
@@ -134,7 +136,7 @@ impl Turns {
             busy: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             overlaps: AtomicU64::new(0),
-            useful: AtomicU64::new(512),
+            useful: (0..SLOTS).map(|_| AtomicU64::new(512)).collect(),
             probe: AtomicU64::new(0),
             idle: Mutex::new(Idle::default()),
             standby_asleep: AtomicBool::new(false),
@@ -281,7 +283,7 @@ impl Turns {
         };
         let slow = self.cost[slot(opcode)].load(Ordering::Relaxed) > SLOW_NS;
         if slow && self.listening.load(Ordering::SeqCst) == 0 {
-            if self.useful.load(Ordering::Relaxed) >= USEFUL_MIN
+            if self.useful[slot(opcode)].load(Ordering::Relaxed) >= USEFUL_MIN
                 || self.probe.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY == 0
             {
                 let at = self.overlaps.load(Ordering::SeqCst);
@@ -324,7 +326,7 @@ impl Turns {
             None => None,
         };
         if let Some(useful) = outcome {
-            let u = &self.useful;
+            let u = &self.useful[slot(served.opcode)];
             u.store(
                 moving(u.load(Ordering::Relaxed), if useful { 1024 } else { 0 }),
                 Ordering::Relaxed,
@@ -510,12 +512,53 @@ mod tests {
         assert!(n <= 8 + 200 / PROBE_EVERY as usize, "{n} of 200 serial requests handed off");
         let late = serial[100..].iter().filter(|&&h| h).count();
         assert!(late <= 100 / PROBE_EVERY as usize + 1, "{late} of the last 100");
-        assert!(t.useful.load(Ordering::Relaxed) < USEFUL_MIN);
+        assert!(t.useful[slot(SLOW)].load(Ordering::Relaxed) < USEFUL_MIN);
         // Concurrent: requests found waiting after slow ones served inline bring the
         // hand-offs back within a few requests, and they stay.
         let all: Vec<bool> = (0..200).map(|_| handed(&t, true)).collect();
         let resumed = all.iter().rposition(|h| !h).map_or(0, |i| i + 1);
         assert!(resumed <= 4, "resumed after {resumed} requests");
+        stop.store(true, Ordering::SeqCst);
+        helper.thread().unpark();
+        helper.join().unwrap();
+    }
+
+    #[test]
+    fn usefulness_is_learnt_per_opcode() {
+        // RELEASE is sent without the application waiting: its next request comes while
+        // RELEASE is served. UNLINK is waited for: nothing comes meanwhile.
+        const RELEASE: u32 = 18;
+        let t = learnt();
+        for _ in 0..40 {
+            let s = t.before(RELEASE);
+            t.after(s, Duration::from_micros(200));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let helper = sleeper(stop.clone());
+        let mut handed = [0usize; 2];
+        for i in 0..400 {
+            let (op, overlap) = if i % 2 == 0 { (RELEASE, true) } else { (SLOW, false) };
+            t.idle.lock().stack.push(helper.thread().clone());
+            let s = t.before(op);
+            if overlap {
+                if s.handed_at.is_some() {
+                    let o = t.before(QUICK);
+                    t.after(o, Duration::from_micros(2));
+                } else {
+                    PROBE.with(|p| {
+                        if p.get() == Probe::Armed {
+                            p.set(Probe::Found(true))
+                        }
+                    });
+                }
+            }
+            before_reply_nothing_waiting();
+            t.after(s, Duration::from_micros(200));
+            t.idle.lock().stack.clear();
+            handed[i % 2] += usize::from(s.handed_at.is_some());
+        }
+        assert!(handed[0] >= 190, "RELEASE handed off {} of 200", handed[0]);
+        assert!(handed[1] <= 20, "UNLINK handed off {} of 200", handed[1]);
         stop.store(true, Ordering::SeqCst);
         helper.thread().unpark();
         helper.join().unwrap();
