@@ -11,5 +11,6 @@ cargo build --release
 install -m 0755 target/release/sparsefs /usr/local/bin/sparsefs 2>/dev/null || true
 python3 -m unittest discover -s bench-scripts/tests -q
 cargo test --release -- --test-threads=2
-# The request-thread turn-taking added to the vendored fuser (vendor/fuser/SPARSEFS.md).
-cargo test --release -q --manifest-path vendor/fuser/Cargo.toml --target-dir target/vendor-fuser --lib turns
+# The vendored fuser's unit tests, with the changes sparsefs made to it (the request
+# threads' turn-taking, readdirplus node ids: vendor/fuser/SPARSEFS.md).
+cargo test --release -q --manifest-path vendor/fuser/Cargo.toml --target-dir target/vendor-fuser --lib

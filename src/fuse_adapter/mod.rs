@@ -105,9 +105,6 @@ impl Adapter {
     }
 }
 
-/// Entries in the first readdirplus reply of a listing: `.` and `..` only.
-const RDPLUS_FIRST_BATCH: usize = 2;
-
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(self.max_write);

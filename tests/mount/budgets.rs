@@ -224,3 +224,128 @@ fn removing_unknown_files_looks_for_the_sidecar_directory_once() {
     let opens = json_u64(&after, "meta.open.calls") - json_u64(&before, "meta.open.calls");
     assert!(opens <= 10, "{opens} backend opens to remove 300 files");
 }
+
+/// FUSE requests of one opcode the daemon answered so far: the sum of its latency
+/// histogram's buckets in `stats --json` (`"fuse":{"readdir":{"sum_ns":N,"b3":N,...}}`).
+fn fuse_calls(stats: &str, op: &str) -> u64 {
+    let Some(at) = stats.find("\"fuse\":{") else {
+        panic!("no fuse counters in {stats}")
+    };
+    let rest = &stats[at..];
+    let Some(o) = rest.find(&format!("\"{op}\":{{")) else {
+        return 0; // never seen
+    };
+    let body = &rest[o..];
+    let body = &body[..body.find('}').unwrap()];
+    body.split(',')
+        .filter_map(|kv| kv.split_once(':'))
+        .filter(|(k, _)| k.trim_matches('"').starts_with('b'))
+        .map(|(_, v)| v.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A listing for names and types only (`find`, `ls -f`, `readdir` without stats) costs
+/// what a plain readdir costs: the kernel's first readdirplus of a listing is answered
+/// with names only (node id 0: the kernel lists them without linking attributes), so no
+/// entry is looked up on the backend and no request is spent on a reply of `.` and `..`
+/// alone (an earlier answer that made `find` cost 6 requests a directory against
+/// bindfs's 5). What is then stat'ed must show the backend's attributes, not the empty
+/// ones of the names-only reply (fuser wrote the node id from the attributes' inode
+/// number, which made the kernel link every name as a file of mode 000).
+#[test]
+fn a_listing_of_names_looks_nothing_up_and_stats_after_it_show_the_backend() {
+    if !fuse_available() {
+        return;
+    }
+    for_each_backing(names_only_listings);
+}
+
+fn names_only_listings(b: &Backing) {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt, symlink};
+    let d = b.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fs::create_dir(d.join("sub")).unwrap();
+    symlink("f0", d.join("link")).unwrap();
+    for i in 0..18 {
+        let f = d.join(format!("f{i}"));
+        fs::write(&f, b"x").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600 + i)).unwrap();
+    }
+    // Long names: the first reply (names with room for attributes, about 150 bytes
+    // each) holds a fraction of these, plain readdirs the rest.
+    let big = b.path().join("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..1500 {
+        fs::write(big.join(format!("{i:05}-{}", "n".repeat(60))), b"").unwrap();
+    }
+    let m = Mount::new(b.path(), &[]);
+    let listing = |dir: &Path| {
+        let mut v: Vec<(String, fs::FileType, u64)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.file_type().unwrap(),
+                    e.ino(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    fs::metadata(m.p("d")).unwrap();
+    let before = m.stats();
+    let listed = listing(&m.p("d"));
+    let after = m.stats();
+    let delta = |op: &str| fuse_calls(&after, op) - fuse_calls(&before, op);
+    assert_eq!(listed.len(), 20, "{listed:?}");
+    assert_eq!(
+        (delta("lookup"), delta("readdirplus"), delta("readdir")),
+        (0, 1, 1),
+        "a listing of 20 names: no lookup, one readdirplus and the readdir that finds \
+         the end\n{after}"
+    );
+    assert_eq!(
+        json_u64(&after, "inodes"),
+        json_u64(&before, "inodes"),
+        "the listing made the daemon know its entries\n{after}"
+    );
+    for (name, kind, ino) in &listed {
+        let st = fs::symlink_metadata(m.p(&format!("d/{name}"))).unwrap();
+        let back = fs::symlink_metadata(d.join(name)).unwrap();
+        assert_eq!(st.file_type(), *kind, "{name}: type listed against stat");
+        assert_eq!(st.ino(), *ino, "{name}: d_ino against st_ino");
+        assert_eq!(st.mode(), back.mode(), "{name}: mode");
+        assert_eq!(st.len(), back.len(), "{name}: size");
+    }
+    // A listing larger than the first reply: every name once, in any order of reading,
+    // also when each is stat'ed while reading (the kernel then asks with attributes).
+    let want: Vec<String> = {
+        let mut v: Vec<String> = fs::read_dir(&big)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let names: Vec<String> = listing(&m.p("big")).into_iter().map(|e| e.0).collect();
+    assert_eq!(names, want);
+    let mut stated = Vec::new();
+    for e in fs::read_dir(m.p("big")).unwrap() {
+        let e = e.unwrap();
+        let st = fs::symlink_metadata(e.path()).unwrap();
+        assert!(
+            st.is_file() && st.len() == 0 && st.ino() == e.ino(),
+            "{e:?} {st:?}"
+        );
+        stated.push(e.file_name().into_string().unwrap());
+    }
+    stated.sort();
+    assert_eq!(stated, want);
+    let end = m.stats();
+    assert!(
+        fuse_calls(&end, "readdirplus") > fuse_calls(&after, "readdirplus") + 1,
+        "stats while reading should have made the kernel ask with attributes\n{end}"
+    );
+}

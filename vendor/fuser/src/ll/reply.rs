@@ -464,7 +464,8 @@ impl DirEntList {
 
 #[derive(Debug)]
 pub(crate) struct DirEntryPlus<T: AsRef<Path>> {
-    #[allow(unused)] // We use `attr.ino` instead
+    /// The entry's node id (sparsefs: node id 0 = a name without attributes, which
+    /// the kernel lists without linking; `attr.ino` is the inode number listed).
     ino: INodeNo,
     generation: Generation,
     offset: DirEntOffset,
@@ -518,7 +519,7 @@ impl DirEntPlusList {
         let name = x.name.as_ref().as_os_str().as_bytes();
         let header = abi::fuse_direntplus {
             entry_out: abi::fuse_entry_out {
-                nodeid: x.attr.attr.ino,
+                nodeid: x.ino.0,
                 generation: x.generation.into(),
                 entry_valid: x.entry_valid.as_secs(),
                 attr_valid: x.attr_valid.as_secs(),
@@ -917,5 +918,46 @@ mod test {
             r.with_iovec(RequestId(0xdeadbeef), ioslice_to_vec),
             expected
         );
+    }
+
+    /// sparsefs: the entry's node id is the one given, the listed inode number is the
+    /// attributes' one, so node id 0 (a name the kernel lists without linking) works.
+    #[test]
+    fn reply_directory_plus_takes_the_node_id_given() {
+        let time = UNIX_EPOCH + Duration::new(0x1234, 0x5678);
+        let attr = crate::FileAttr {
+            ino: INodeNo(0x1234),
+            size: 0,
+            blocks: 0,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind: FileType::Directory,
+            perm: 0,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            flags: 0,
+            blksize: 0,
+        };
+        let mut buf = DirEntPlusList::new(4096);
+        assert!(!buf.push(&DirEntryPlus::new(
+            INodeNo(0),
+            Generation(0),
+            DirEntOffset(7),
+            "sub",
+            Duration::ZERO,
+            (&attr).into(),
+            Duration::ZERO,
+        )));
+        let r: ResponseData = buf.into();
+        let bytes = r.with_iovec(RequestId(1), ioslice_to_vec);
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+        // fuse_out_header (16 bytes), fuse_entry_out (128: nodeid first), fuse_dirent.
+        assert_eq!(u64_at(16), 0, "nodeid");
+        assert_eq!(u64_at(16 + 128), 0x1234, "dirent ino");
+        assert_eq!(u64_at(16 + 128 + 8), 7, "dirent off");
     }
 }
