@@ -871,4 +871,19 @@ impl InodeTable {
     pub fn is_empty(&self) -> bool {
         self.len() <= 1
     }
+
+    /// Gives back the maps' spare capacity once the kernel has forgotten most of what they
+    /// grew to hold (a hash map never shrinks by itself: after a walk of 1,000,000 files
+    /// and `drop_caches` it kept room for all of them). Rehashes what is left under the
+    /// write lock, so only where under a quarter of the room is used. Returns whether
+    /// it shrank.
+    pub fn shrink(&self) -> bool {
+        let mut m = self.maps.write();
+        if m.by_ino.capacity() < 4 * m.by_ino.len().max(1024) {
+            return false;
+        }
+        m.by_ino.shrink_to_fit();
+        m.by_key.shrink_to_fit();
+        true
+    }
 }

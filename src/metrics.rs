@@ -390,7 +390,7 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             escape(fsname)
         ),
     };
-    let counters: [(&str, &str, &str); 22] = [
+    let counters: [(&str, &str, &str); 23] = [
         (
             "sparsefs_app_written_bytes_total",
             "app_write_bytes",
@@ -465,6 +465,11 @@ pub fn render(json: &str, mount: &Path, fsname: &str) -> String {
             "sparsefs_dir_cache_kept_total",
             "dir_cache_kept",
             "opendirs that let the kernel keep its cached listing.",
+        ),
+        (
+            "sparsefs_memory_trims_total",
+            "memory_trims",
+            "Times memory was given back after the kernel forgot many inodes.",
         ),
         (
             "sparsefs_maps_stored_total",

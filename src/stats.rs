@@ -224,6 +224,8 @@ pub struct Stats {
     pub dir_listings: AtomicU64,
     /// opendirs that let the kernel keep its cached listing.
     pub dir_cache_kept: AtomicU64,
+    /// Times memory was given back after the kernel forgot many inodes.
+    pub memory_trims: AtomicU64,
     /// Latency histogram of each backend call kind (indexed by [`Op`]).
     pub latency: [crate::metrics::Histogram; OPS.len()],
     /// The mount-wide dirty limit (a constant, set at mount; 0 when not set).
@@ -300,7 +302,7 @@ impl Stats {
             s,
             "\"app_write_bytes\":{},\"app_writes\":{},\"app_read_bytes\":{},\"zero_bytes_elided\":{},\
              \"bytes_punched\":{},\"zero_bytes_written\":{},\"hole_read_bytes\":{},\
-             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"dirty_limit\":{},\"fd_high\":{},\"open_handles\":{},\"maps_stored\":{},\"maps_loaded\":{},\"maps_stale\":{},\"maps_refused\":{},\"flights\":{},\"flights_in_flight\":{},\"prefetches\":{},\"prefetch_hit_bytes\":{},\"prefetch_bytes\":{},\"requests_inline\":{},\"requests_handed_off\":{},\"backend\":{{",
+             \"seeks_from_index\":{},\"dirty_bytes\":{},\"dirty_peak\":{},\"data_fds_parked\":{},\"data_fds\":{},\"inodes\":{},\"passthrough_opens\":{},\"passthrough_writers\":{},\"dir_listings\":{},\"dir_cache_kept\":{},\"memory_trims\":{},\"dirty_limit\":{},\"fd_high\":{},\"open_handles\":{},\"maps_stored\":{},\"maps_loaded\":{},\"maps_stale\":{},\"maps_refused\":{},\"flights\":{},\"flights_in_flight\":{},\"prefetches\":{},\"prefetch_hit_bytes\":{},\"prefetch_bytes\":{},\"requests_inline\":{},\"requests_handed_off\":{},\"backend\":{{",
             g(&self.app_write_bytes),
             g(&self.app_writes),
             g(&self.app_read_bytes),
@@ -318,6 +320,7 @@ impl Stats {
             g(&self.passthrough_writers),
             g(&self.dir_listings),
             g(&self.dir_cache_kept),
+            g(&self.memory_trims),
             g(&self.dirty_limit),
             g(&self.fd_high),
             g(&self.open_handles),
@@ -570,6 +573,12 @@ pub fn table_from_json(json: &str) -> String {
         "directory listings    {:>12}  (kernel cache kept {})",
         g("dir_listings"),
         g("dir_cache_kept")
+    );
+    let _ = writeln!(
+        s,
+        "inodes known          {:>12}  (memory given back {} times)",
+        g("inodes"),
+        g("memory_trims")
     );
     let _ = writeln!(
         s,

@@ -23,7 +23,8 @@ impl Adapter {
         // reading (a lookup sets FUSE_I_ADVISE_RDPLUS), as `ls -l` does.
         let names_only = offset == 0;
         // More entries than a reply holds: about 25 a page with attributes, 200 in the
-        // 32 KiB a getdents of glibc asks for (the kernel sizes its buffer to the call).
+        // 32 KiB a getdents of glibc asks for (Linux 6.16 on sizes its buffer to the call;
+        // before, a page).
         let want = if names_only { 256 } else { 128 };
         match self.fs.readdir(Fh(fh.0), offset as usize, want) {
             Ok(entries) => {

@@ -419,11 +419,43 @@ pub fn read_dir_chunk(
             && name != b".."
             && let Some(ino) = keep(ino, name)
         {
-            out.push(ino, kind, name);
+            // None: removed since the listing was read, left out.
+            if let Some(kind) = known_type(d, kind, name) {
+                out.push(ino, kind, name);
+            }
         }
         pos += reclen;
     }
     Ok(n > 0)
+}
+
+/// The type of a listed entry: `kind` (its `d_type`), or where the backend leaves that
+/// unknown (`DT_UNKNOWN`: ext4 without the filetype feature, XFS without ftype, some
+/// network filesystems) the type from a stat of the entry; the FUSE reply has no "unknown"
+/// (fuser sends a type with every entry), and one sent as a regular file would keep
+/// `find` out of directories. `None` where the entry is gone; `DT_UNKNOWN` kept where the
+/// stat fails otherwise (sent as a regular file, as before).
+fn known_type(d: BorrowedFd<'_>, kind: u8, name: &[u8]) -> Option<u8> {
+    if kind != libc::DT_UNKNOWN {
+        return Some(kind);
+    }
+    let Ok(c) = CString::new(name) else {
+        return Some(kind);
+    };
+    match fstatat_nofollow(d, &c) {
+        Ok(st) => Some(match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => libc::DT_DIR,
+            libc::S_IFLNK => libc::DT_LNK,
+            libc::S_IFCHR => libc::DT_CHR,
+            libc::S_IFBLK => libc::DT_BLK,
+            libc::S_IFIFO => libc::DT_FIFO,
+            libc::S_IFSOCK => libc::DT_SOCK,
+            libc::S_IFREG => libc::DT_REG,
+            _ => libc::DT_UNKNOWN,
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+        Err(_) => Some(kind),
+    }
 }
 
 /// Bytes of directory entries read from the backend at a time (about 2,000 short names):

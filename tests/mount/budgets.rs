@@ -294,22 +294,23 @@ fn names_only_listings(b: &Backing) {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
-    fs::metadata(m.p("d")).unwrap();
     let before = m.stats();
     let listed = listing(&m.p("d"));
     let after = m.stats();
     let delta = |op: &str| fuse_calls(&after, op) - fuse_calls(&before, op);
     assert_eq!(listed.len(), 20, "{listed:?}");
-    assert_eq!(
-        (delta("lookup"), delta("readdirplus"), delta("readdir")),
-        (0, 1, 1),
-        "a listing of 20 names: no lookup, one readdirplus and the readdir that finds \
-         the end\n{after}"
+    // The directory's own lookup, and a request's count lands just after its reply, so a
+    // count may still miss the last readdir: at most 2 listing requests, where answering
+    // `.` and `..` alone first took 3.
+    assert!(
+        delta("lookup") <= 1 && delta("readdirplus") == 1 && delta("readdir") <= 1,
+        "a listing of 20 names: one readdirplus with them all and the readdir that finds \
+         the end, no lookup of an entry\n{after}"
     );
     assert_eq!(
         json_u64(&after, "inodes"),
-        json_u64(&before, "inodes"),
-        "the listing made the daemon know its entries\n{after}"
+        json_u64(&before, "inodes") + 1,
+        "the listing made the daemon know its entries (only the directory is new)\n{after}"
     );
     for (name, kind, ino) in &listed {
         let st = fs::symlink_metadata(m.p(&format!("d/{name}"))).unwrap();
@@ -331,6 +332,7 @@ fn names_only_listings(b: &Backing) {
     };
     let names: Vec<String> = listing(&m.p("big")).into_iter().map(|e| e.0).collect();
     assert_eq!(names, want);
+    let listed_plain = m.stats();
     let mut stated = Vec::new();
     for e in fs::read_dir(m.p("big")).unwrap() {
         let e = e.unwrap();
@@ -345,7 +347,7 @@ fn names_only_listings(b: &Backing) {
     assert_eq!(stated, want);
     let end = m.stats();
     assert!(
-        fuse_calls(&end, "readdirplus") > fuse_calls(&after, "readdirplus") + 1,
+        fuse_calls(&end, "readdirplus") >= fuse_calls(&listed_plain, "readdirplus") + 2,
         "stats while reading should have made the kernel ask with attributes\n{end}"
     );
 }

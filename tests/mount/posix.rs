@@ -448,3 +448,68 @@ fn writes_by_unprivileged_callers_clear_setid_bits_as_on_a_local_filesystem() {
         .unwrap();
     assert_eq!(mode(&f), 0o6777);
 }
+
+/// A backing whose listings carry no types (`DT_UNKNOWN`: here ext4 made without the
+/// filetype feature; also XFS without ftype and some network filesystems): the listing
+/// through the mount still types every entry (a FUSE reply has no "unknown" type, and a
+/// directory sent as a regular file kept `find` out of it), both in the names-only first
+/// readdirplus batch and in plain readdirs.
+#[test]
+fn a_backing_that_lists_no_types_still_lists_typed_entries() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, mnt) = (dir.path().join("ext4.img"), dir.path().join("mnt"));
+    fs::create_dir(&mnt).unwrap();
+    let made = sh_status(&format!(
+        "truncate -s 64M {img} && mkfs.ext4 -q -O ^filetype {img} && mount -o loop {img} {mnt}",
+        img = img.display(),
+        mnt = mnt.display()
+    ));
+    if !made.status.success() {
+        assert!(
+            !fuse_required(),
+            "an ext4 loop mount is required here (root, e2fsprogs): {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        eprintln!("skipped: no ext4 loop mount");
+        return;
+    }
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = sh_status(&format!("umount {}", self.0.display()));
+        }
+    }
+    let _umount = Umount(mnt.clone());
+    let b = mnt.join("b");
+    fs::create_dir(&b).unwrap();
+    // More entries than the first (names-only) batch holds, so plain readdirs list some.
+    for i in 0..400 {
+        let p = b.join(format!("{i:04}-{}", "x".repeat(40)));
+        if i % 2 == 0 {
+            fs::create_dir(&p).unwrap();
+        } else {
+            fs::write(&p, b"").unwrap();
+        }
+    }
+    std::os::unix::fs::symlink("0000", b.join("link")).unwrap();
+    let m = Mount::new(&b, &[]);
+    let mut dirs = 0;
+    for e in fs::read_dir(m.path()).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        // std trusts a d_type other than DT_UNKNOWN (no stat): what the mount listed.
+        let listed = e.file_type().unwrap();
+        let real = fs::symlink_metadata(b.join(&name)).unwrap().file_type();
+        assert_eq!(listed, real, "{name}: type listed through the mount");
+        dirs += usize::from(listed.is_dir());
+    }
+    assert_eq!(dirs, 200);
+    let found = sh(&format!(
+        "find {} -mindepth 1 -type d | wc -l",
+        m.path().display()
+    ));
+    assert_eq!(String::from_utf8_lossy(&found.stdout).trim(), "200");
+}
