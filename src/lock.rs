@@ -80,6 +80,12 @@ pub enum Rank {
     /// copy a chunk, never across the backend read of one (waiting for a chunk in flight,
     /// under the file's engine, is marked as a backend call).
     Prefetch,
+    /// The open sidecar directory of maps ([`crate::persist::SidecarDir`]): held to
+    /// clone, set or take its fd, never across a call.
+    SidecarDir,
+    /// The names this mount looked up last (`fs::namespace::RecentNames`): held to push,
+    /// take or clear one, never across a call.
+    RecentNames,
     /// Internals of in-memory test backends (called from under the engine).
     Fake,
 }
@@ -104,6 +110,8 @@ const ALL: [Rank; RANKS] = [
     Rank::Writers,
     Rank::DirectFd,
     Rank::Prefetch,
+    Rank::SidecarDir,
+    Rank::RecentNames,
     Rank::Fake,
 ];
 

@@ -15,12 +15,15 @@
 
 use crate::backend::meta::MetaBackend;
 use crate::extents::RangeSet;
+use crate::lock::{Mutex, Rank};
 use crate::mapfile::{DecodeError, FLAG_MAP_IN_XATTR, FLAG_STAMP_ONLY, decode, encode};
 use crate::stamp::Stamp;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The xattr holding a file's persisted ranges on the backend. Hidden from
 /// listxattr/getxattr through the mount and refused to setxattr/removexattr.
@@ -67,6 +70,66 @@ pub enum Witness {
     Unknown,
 }
 
+/// How long an open sidecar directory is used again before it is opened anew: a
+/// directory another node pruned and made again since is then seen (records stored in
+/// the new one found) within this time.
+pub const SIDECAR_REUSE: Duration = Duration::from_secs(2);
+
+/// The sidecar directory's `O_PATH` fd, kept between uses for [`SIDECAR_REUSE`]: every
+/// file removed through the mount has its record looked for in it (a record exists for
+/// every file whose map was stored), and opening the directory for each was a second
+/// round trip per removal (`rm -rf` of 1,000,000 files: 2 backend calls per file more
+/// while the directory existed). Closed by [`SidecarDir::expire`] once unused for that
+/// long (the daemon holds nothing it does not need), and dropped at once when this mount
+/// prunes the directory.
+pub struct SidecarDir {
+    /// Rank `SidecarDir` (a leaf): held to clone, set or take the fd, never across a call.
+    slot: Mutex<Option<(Instant, Arc<OwnedFd>)>>,
+}
+
+impl Default for SidecarDir {
+    fn default() -> Self {
+        Self {
+            slot: Mutex::new(Rank::SidecarDir, None),
+        }
+    }
+}
+
+impl SidecarDir {
+    fn get(&self) -> Option<Arc<OwnedFd>> {
+        let s = self.slot.lock();
+        s.as_ref()
+            .filter(|(at, _)| at.elapsed() < SIDECAR_REUSE)
+            .map(|(_, fd)| fd.clone())
+    }
+
+    fn set(&self, fd: Arc<OwnedFd>) {
+        let old = self.slot.lock().replace((Instant::now(), fd));
+        drop(old);
+    }
+
+    fn forget(&self) {
+        let old = self.slot.lock().take();
+        drop(old);
+    }
+
+    /// Closes the fd once it is older than [`SIDECAR_REUSE`] (the flusher calls this
+    /// between its rounds).
+    pub fn expire(&self) {
+        let old = {
+            let mut s = self.slot.lock();
+            if s.as_ref()
+                .is_some_and(|(at, _)| at.elapsed() >= SIDECAR_REUSE)
+            {
+                s.take()
+            } else {
+                None
+            }
+        };
+        drop(old);
+    }
+}
+
 /// Persistence operations relative to one backing root.
 pub struct Persist<'a> {
     root: BorrowedFd<'a>,
@@ -75,6 +138,9 @@ pub struct Persist<'a> {
     /// The backing's handles outlive the mount (see `sys::handles_outlive_the_mount`):
     /// stamps carry births.
     births: bool,
+    /// The mount's open sidecar directory, where there is one (`sparsefs` tools open it
+    /// for each use).
+    sidecar: Option<&'a SidecarDir>,
 }
 
 fn xattr_name() -> CString {
@@ -101,6 +167,15 @@ impl<'a> Persist<'a> {
             store,
             meta,
             births,
+            sidecar: None,
+        }
+    }
+
+    /// The same, keeping the sidecar directory open in `dir` between uses.
+    pub fn with_sidecar(self, dir: &'a SidecarDir) -> Self {
+        Self {
+            sidecar: Some(dir),
+            ..self
         }
     }
 
@@ -120,15 +195,30 @@ impl<'a> Persist<'a> {
         }
     }
 
-    fn dir(&self, create: bool) -> io::Result<OwnedFd> {
+    fn dir(&self, create: bool) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.sidecar.and_then(SidecarDir::get) {
+            return Ok(fd);
+        }
         let name = CString::new(SIDECAR_DIR).expect("no NUL");
         let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        match self.meta.openat(self.root, &name, flags, 0) {
+        let fd = Arc::new(match self.meta.openat(self.root, &name, flags, 0) {
             Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
                 let _ = self.meta.mkdirat(self.root, &name, 0o700);
                 self.meta.openat(self.root, &name, flags, 0)
             }
             r => r,
+        }?);
+        if let Some(c) = self.sidecar {
+            c.set(fd.clone());
+        }
+        Ok(fd)
+    }
+
+    /// The sidecar directory may be gone (pruned here or by another node): the next use
+    /// opens it again.
+    fn dir_gone(&self) {
+        if let Some(c) = self.sidecar {
+            c.forget();
         }
     }
 
@@ -155,6 +245,7 @@ impl<'a> Persist<'a> {
         let f = match self.meta.openat(dir.as_fd(), &tmp, flags, 0o600) {
             // The directory was pruned (its last record removed) since it was opened.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.dir_gone();
                 dir = self.dir(true)?;
                 self.meta.openat(dir.as_fd(), &tmp, flags, 0o600)?
             }
@@ -325,7 +416,13 @@ impl<'a> Persist<'a> {
     /// directory again (see `write_record`).
     pub fn prune(&self) {
         let name = CString::new(SIDECAR_DIR).expect("no NUL");
-        let _ = self.meta.unlinkat(self.root, &name, libc::AT_REMOVEDIR);
+        if self
+            .meta
+            .unlinkat(self.root, &name, libc::AT_REMOVEDIR)
+            .is_ok()
+        {
+            self.dir_gone();
+        }
     }
 }
 

@@ -80,6 +80,7 @@ pub(super) fn flusher(sh: &Shared) {
             sh.wake.wait_for(&mut g, tick);
         }
         give_back_memory(sh, &mut peak, &mut last);
+        sh.sidecar.expire();
         let now = Instant::now();
         let over = sh.stats.dirty_bytes.load(Relaxed) > sh.cfg.max_dirty;
         let nodes: Vec<(Ino, Arc<FileNode>)> = sh

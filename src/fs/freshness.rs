@@ -93,7 +93,8 @@ impl SparseFs {
             self.sh.cfg.map_store,
             &*self.sh.meta,
             self.sh.births,
-        ))
+        )
+        .with_sidecar(&self.sh.sidecar))
     }
 
     /// Loads a persisted map for a clean file of unknown layout (see [`Persist::load`]).

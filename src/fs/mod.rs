@@ -189,6 +189,10 @@ struct Shared {
     /// When a removal last found no sidecar directory of stored maps (ms since
     /// `started`; 0: not known), see `SparseFs::forget_record`.
     sidecar_absent_at: AtomicU64,
+    /// The sidecar directory, kept open between uses for a short while.
+    sidecar: crate::persist::SidecarDir,
+    /// The names looked up last (what a removal that follows needs of them).
+    recent: namespace::RecentNames,
     started: std::time::Instant,
 }
 
@@ -322,6 +326,8 @@ impl SparseFs {
                 births,
                 fuse_backing: !births,
                 sidecar_absent_at: AtomicU64::new(0),
+                sidecar: Default::default(),
+                recent: Default::default(),
                 started: std::time::Instant::now(),
             }),
             flusher: Mutex::new(Rank::Flusher, None),

@@ -5,6 +5,64 @@ use super::*;
 /// How long a removal's finding that there is no sidecar directory of maps is trusted.
 const SIDECAR_RECHECK_MS: u64 = 2000;
 
+/// How long the stat a lookup took of a name stands for the name in a removal that
+/// follows: the kernel's own entry timeout (it uses the name unchecked for as long).
+const RECENT_VALID: std::time::Duration = std::time::Duration::from_secs(1);
+/// Names remembered at most.
+const RECENT_NAMES: usize = 32;
+
+/// The names this mount looked up last, with the stat the lookup took (the backend's
+/// device and inode number, mode, link count). `rm` makes the kernel look each name up just
+/// before it removes it, and the removal needs the same facts (which file, its kind,
+/// whether this is its last link) to let go of the daemon's own fds and of the file's
+/// record: a second stat of the name was a second backend round trip per removed file.
+/// A removal takes its name's entry; any other change of names through this mount
+/// (create, link, rename, rmdir) forgets them all. A change by another node within
+/// [`RECENT_VALID`] is taken as the kernel takes it: at worst the daemon lets go of the fds
+/// of the file the name had (they are opened again when next needed) or drops its record
+/// (its map is then unknown: data, never holes).
+pub(crate) struct RecentNames {
+    /// Rank `RecentNames` (a leaf).
+    slot: Mutex<std::collections::VecDeque<(Ino, std::ffi::CString, Instant, libc::stat)>>,
+}
+
+impl Default for RecentNames {
+    fn default() -> Self {
+        Self {
+            slot: Mutex::new(Rank::RecentNames, Default::default()),
+        }
+    }
+}
+
+impl RecentNames {
+    /// A lookup of `name` in `dir` found `st` (`st_dev`, `st_ino` the backend's).
+    fn saw(&self, dir: Ino, name: &std::ffi::CStr, st: &libc::stat) {
+        let mut q = self.slot.lock();
+        q.retain(|(d, n, ..)| !(*d == dir && n.as_c_str() == name));
+        if q.len() == RECENT_NAMES {
+            q.pop_front();
+        }
+        q.push_back((dir, name.to_owned(), Instant::now(), *st));
+    }
+
+    /// What the last lookup of `name` in `dir` found, if it is recent; forgotten here,
+    /// with every other name of the same file (the removal changes their link count).
+    fn take(&self, dir: Ino, name: &std::ffi::CStr) -> Option<libc::stat> {
+        let mut q = self.slot.lock();
+        let i = q
+            .iter()
+            .position(|(d, n, ..)| *d == dir && n.as_c_str() == name)?;
+        let (_, _, at, st) = q.remove(i)?;
+        q.retain(|(.., o)| (o.st_dev, o.st_ino) != (st.st_dev, st.st_ino));
+        (at.elapsed() < RECENT_VALID).then_some(st)
+    }
+
+    /// Names changed through the mount: nothing remembered holds.
+    fn clear(&self) {
+        self.slot.lock().clear();
+    }
+}
+
 impl SparseFs {
     /// The inode of `fd`, found by `name` in `parent`, in the table.
     pub(super) fn entry(
@@ -43,6 +101,9 @@ impl SparseFs {
             .meta
             .openat(dir.fd()?.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let (inode, st) = self.entry(fd, &dir, &c)?;
+        let mut raw = st;
+        (raw.st_dev, raw.st_ino) = inode.key;
+        self.sh.recent.saw(dir.ino, &c, &raw);
         Ok(Entry::of(&inode, st))
     }
 
@@ -86,6 +147,7 @@ impl SparseFs {
         else {
             return Ok(None);
         };
+        self.sh.recent.saw(dir.ino, name, &st);
         let st = self.sparse_stat(&inode, st);
         Ok(Some(Entry::of(&inode, st)))
     }
@@ -109,8 +171,12 @@ impl SparseFs {
     /// changes never make its map look stale), and its inode number if it is a regular
     /// file whose only link this is (removing the name ends the file and its stored map).
     pub(super) fn child(&self, dir: &Inode, name: &std::ffi::CStr) -> Child {
-        let Ok(st) = dir.fd().and_then(|d| self.sh.meta.fstatat(d.as_fd(), name)) else {
-            return Child::default();
+        let st = match self.sh.recent.take(dir.ino, name) {
+            Some(st) => st,
+            None => match dir.fd().and_then(|d| self.sh.meta.fstatat(d.as_fd(), name)) {
+                Ok(st) => st,
+                Err(_) => return Child::default(),
+            },
         };
         let kind = st.st_mode & libc::S_IFMT;
         let inode = self
@@ -275,6 +341,7 @@ impl SparseFs {
         f: impl Fn(&std::ffi::CStr) -> io::Result<Option<OwnedFd>>,
     ) -> io::Result<(Arc<Inode>, libc::stat, Option<OwnedFd>)> {
         let c = self.name_ok(parent.ino, name)?;
+        self.sh.recent.clear();
         let made = {
             let _ids = self
                 .sh
@@ -392,6 +459,7 @@ impl SparseFs {
     /// The backend's errno.
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
+        self.sh.recent.clear();
         self.sh.meta.unlinkat(
             dir.fd()?.as_fd(),
             &sys::component(name)?,
@@ -419,6 +487,7 @@ impl SparseFs {
         );
         let moved = self.child(&a, &on);
         let mut target = self.child(&b, &nn);
+        self.sh.recent.clear();
         if flags & libc::RENAME_EXCHANGE != 0 || target.ino.is_some() && target.ino == moved.ino {
             // Nothing is removed: the target keeps a name.
             target.held = None;
@@ -457,6 +526,7 @@ impl SparseFs {
         let inode = self.inode(ino)?;
         let dir = self.inode(newparent)?;
         let c = self.name_ok(newparent, newname)?;
+        self.sh.recent.clear();
         self.sh
             .meta
             .link(inode.fd()?.as_fd(), dir.fd()?.as_fd(), &c)?;
