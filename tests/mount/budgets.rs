@@ -201,6 +201,29 @@ fn metadata_calls_per_file_of_create_lookup_rename_and_unlink_stay_within_their_
     }
 }
 
+/// A directory `t` of 300 one-byte files made on the backing (the mount knows none).
+fn three_hundred_files(b: &Path) {
+    fs::create_dir(b.join("t")).unwrap();
+    for i in 0..300 {
+        fs::write(b.join(format!("t/f{i}")), b"x").unwrap();
+    }
+}
+
+/// `rm -rf` of `t` through the mount; the daemon's stats before and after.
+fn remove_t(m: &Mount, b: &Path) -> (String, String) {
+    let before = m.stats();
+    sh(&format!("rm -rf {}", m.p("t").display()));
+    let after = m.stats();
+    assert!(!b.join("t").exists());
+    (before, after)
+}
+
+/// Where the sidecar record of the backing file `name` is.
+fn record_of(b: &Path, name: &str) -> PathBuf {
+    let ino = fs::metadata(b.join(name)).unwrap().ino();
+    b.join(".sparsefs-maps").join(ino.to_string())
+}
+
 /// `rm -rf` of files this mount knows nothing of (made on the backing, which takes
 /// xattrs, so there is no sidecar directory of maps): the removals look for the sidecar
 /// directory about once, not once per file (a round trip each on a networked backend).
@@ -212,15 +235,9 @@ fn removing_unknown_files_looks_for_the_sidecar_directory_once() {
         return;
     }
     let b = tempfile::tempdir().unwrap();
-    fs::create_dir(b.path().join("t")).unwrap();
-    for i in 0..300 {
-        fs::write(b.path().join(format!("t/f{i}")), b"x").unwrap();
-    }
+    three_hundred_files(b.path());
     let m = Mount::new(b.path(), &[]);
-    let before = m.stats();
-    sh(&format!("rm -rf {}", m.p("t").display()));
-    let after = m.stats();
-    assert!(!b.path().join("t").exists());
+    let (before, after) = remove_t(&m, b.path());
     let opens = json_u64(&after, "meta.open.calls") - json_u64(&before, "meta.open.calls");
     assert!(opens <= 10, "{opens} backend opens to remove 300 files");
 }
@@ -363,23 +380,12 @@ fn removing_files_opens_the_sidecar_directory_about_once_where_it_holds_records(
         return;
     }
     let b = tempfile::tempdir().unwrap();
-    fs::create_dir(b.path().join("t")).unwrap();
-    for i in 0..300 {
-        fs::write(b.path().join(format!("t/f{i}")), b"x").unwrap();
-    }
+    three_hundred_files(b.path());
     let m = Mount::new(b.path(), &[]);
     make_image(&m.p("kept"), 8 * MIB, &[(MIB, 64 * 1024)]);
-    let record = b.path().join(".sparsefs-maps").join(
-        fs::metadata(b.path().join("kept"))
-            .unwrap()
-            .ino()
-            .to_string(),
-    );
+    let record = record_of(b.path(), "kept");
     assert!(record.exists(), "no record stored for a file with holes");
-    let before = m.stats();
-    sh(&format!("rm -rf {}", m.p("t").display()));
-    let after = m.stats();
-    assert!(!b.path().join("t").exists());
+    let (before, after) = remove_t(&m, b.path());
     assert!(record.exists(), "another file's record went");
     let opens = json_u64(&after, "meta.open.calls") - json_u64(&before, "meta.open.calls");
     assert!(
@@ -399,16 +405,10 @@ fn a_removal_uses_the_stat_of_the_lookup_just_before_it() {
         return;
     }
     let b = tempfile::tempdir().unwrap();
-    fs::create_dir(b.path().join("t")).unwrap();
-    for i in 0..300 {
-        fs::write(b.path().join(format!("t/f{i}")), b"x").unwrap();
-    }
+    three_hundred_files(b.path());
     let m = Mount::new(b.path(), &[]);
     fs::metadata(m.p("t")).unwrap();
-    let before = m.stats();
-    sh(&format!("rm -rf {}", m.p("t").display()));
-    let after = m.stats();
-    assert!(!b.path().join("t").exists());
+    let (before, after) = remove_t(&m, b.path());
     let stats = json_u64(&after, "meta.stat.calls") - json_u64(&before, "meta.stat.calls");
     assert!(
         stats <= 2 * 300 + 10,
@@ -418,10 +418,7 @@ fn a_removal_uses_the_stat_of_the_lookup_just_before_it() {
     // 2), then removed.
     make_image(&m.p("a"), 8 * MIB, &[(MIB, 64 * 1024)]);
     drop(m);
-    let record = b
-        .path()
-        .join(".sparsefs-maps")
-        .join(fs::metadata(b.path().join("a")).unwrap().ino().to_string());
+    let record = record_of(b.path(), "a");
     assert!(record.exists(), "no record stored for a file with holes");
     fs::hard_link(b.path().join("a"), b.path().join("a2")).unwrap();
     let m = Mount::new(b.path(), &[]);
