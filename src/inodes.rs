@@ -561,6 +561,9 @@ pub struct InodeTable {
     root_key: (u64, u64),
     next_synthetic: AtomicU64,
     anchoring: Arc<Anchoring>,
+    /// The most inodes held since the last [`InodeTable::take_peak`] (raised at every
+    /// insertion: a burst of lookups and forgets between two looks is not missed).
+    peak: std::sync::atomic::AtomicUsize,
 }
 
 impl InodeTable {
@@ -580,6 +583,7 @@ impl InodeTable {
             root_key: key,
             next_synthetic: AtomicU64::new(1 << 63),
             anchoring,
+            peak: std::sync::atomic::AtomicUsize::new(1),
         }
     }
 
@@ -743,6 +747,7 @@ impl InodeTable {
                 named(&inode);
                 m.by_ino.insert(ino, inode.clone());
                 m.by_key.insert(key, ino);
+                self.peak.fetch_max(m.by_ino.len(), Relaxed);
                 drop(m);
                 tracing::debug!(
                     old = old.ino.0,
@@ -813,6 +818,7 @@ impl InodeTable {
         named(&inode);
         m.by_ino.insert(ino, inode.clone());
         m.by_key.insert(key, ino);
+        self.peak.fetch_max(m.by_ino.len(), Relaxed);
         drop(m);
         inode.found(fd);
         Some(inode)
@@ -870,6 +876,17 @@ impl InodeTable {
     /// True if only the root is held.
     pub fn is_empty(&self) -> bool {
         self.len() <= 1
+    }
+
+    /// The most inodes held since the last call, which starts the count again from
+    /// `now` (the number held now).
+    pub fn take_peak(&self, now: usize) -> usize {
+        self.peak.swap(now, Relaxed).max(now)
+    }
+
+    /// The most inodes held since the last [`Self::take_peak`].
+    pub fn peak(&self) -> usize {
+        self.peak.load(Relaxed)
     }
 
     /// Gives back the maps' spare capacity once the kernel has forgotten most of what they

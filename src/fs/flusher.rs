@@ -56,15 +56,15 @@ const TRIM_FORGOTTEN: usize = 16 << 10;
 /// in bursts) and the table holds at most half its peak since the last trim and
 /// `TRIM_FORGOTTEN` fewer. Called by the flusher thread between its rounds, holding no
 /// lock.
-fn give_back_memory(sh: &Shared, peak: &mut usize, last: &mut usize) {
+fn give_back_memory(sh: &Shared, last: &mut usize) {
     let n = sh.inodes.len();
     let falling = n < *last;
     *last = n;
-    *peak = (*peak).max(n);
-    if falling || *peak - n < TRIM_FORGOTTEN || n > *peak / 2 {
+    let peak = sh.inodes.peak().max(n);
+    if falling || peak - n < TRIM_FORGOTTEN || n > peak / 2 {
         return;
     }
-    *peak = n;
+    sh.inodes.take_peak(n);
     sh.inodes.shrink();
     crate::sys::give_back_free_memory();
     sh.stats.memory_trims.fetch_add(1, Relaxed);
@@ -73,13 +73,13 @@ fn give_back_memory(sh: &Shared, peak: &mut usize, last: &mut usize) {
 /// The background flusher thread's loop (ends when the mount stops).
 pub(super) fn flusher(sh: &Shared) {
     let tick = (sh.cfg.dirty_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let (mut peak, mut last) = (0, 0);
+    let mut last = 0;
     while !sh.stop.load(Relaxed) {
         {
             let mut g = sh.wake_lock.lock();
             sh.wake.wait_for(&mut g, tick);
         }
-        give_back_memory(sh, &mut peak, &mut last);
+        give_back_memory(sh, &mut last);
         sh.sidecar.expire();
         let now = Instant::now();
         let over = sh.stats.dirty_bytes.load(Relaxed) > sh.cfg.max_dirty;
