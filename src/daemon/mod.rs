@@ -231,6 +231,7 @@ fn serve(cfg: &MountConfig, ready: Option<std::os::fd::OwnedFd>) -> i32 {
         1
     };
     let sigs = sys::block_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    sys::merge_freed_memory_at_once();
     let stats = Arc::new(Stats::default());
     let fs = match SparseFs::new(fs_config(cfg), stats) {
         Ok(f) => Arc::new(f),
