@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -183,7 +184,8 @@ const ERRNOS: usize = 134;
 pub struct FuseMetrics {
     latency: Vec<Histogram>,
     sum_ns: Vec<AtomicU64>,
-    errors: Vec<AtomicU64>,
+    /// Shared with the request threads (see [`note_error`]).
+    errors: Arc<[AtomicU64]>,
 }
 
 impl Default for FuseMetrics {
@@ -193,7 +195,8 @@ impl Default for FuseMetrics {
             sum_ns: (0..FUSE_OPS.len()).map(|_| AtomicU64::new(0)).collect(),
             errors: (0..FUSE_OPS.len() * ERRNOS)
                 .map(|_| AtomicU64::new(0))
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         }
     }
 }
@@ -212,29 +215,50 @@ impl Drop for RequestTimer<'_> {
         let i = self.op as usize;
         self.m.latency[i].observe(ns);
         self.m.sum_ns[i].fetch_add(ns, Relaxed);
-        let e = FAILED.replace(0);
-        if e != 0 {
-            let e = (e.max(0) as usize).min(ERRNOS - 1);
-            self.m.errors[i * ERRNOS + e].fetch_add(1, Relaxed);
-        }
+        ANSWERING.with_borrow_mut(|a| a.op = None);
     }
 }
 
-thread_local! {
-    /// The errno the request being answered on this thread failed with (0: none).
-    static FAILED: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+/// What [`note_error`] counts into: the error counts of the [`FuseMetrics`] whose timer
+/// runs on this thread, and the kind of the request it times (`None` between requests).
+#[derive(Default)]
+struct Answering {
+    errors: Option<Arc<[AtomicU64]>>,
+    op: Option<usize>,
 }
 
-/// Notes that the request being answered on this thread failed with `errno` (the
-/// adapter's `fail!` calls it); the request's [`RequestTimer`] counts it when dropped.
+thread_local! {
+    /// The request being answered on this thread (each request is answered on the thread
+    /// that read it: the adapter hands nothing to other threads).
+    static ANSWERING: std::cell::RefCell<Answering> = std::cell::RefCell::default();
+}
+
+/// Counts that the request being answered on this thread failed with `errno` (the
+/// adapter's `fail!` calls it just before the error reply, so a scrape made after the
+/// application saw the error counts it). Outside a timed request it counts nothing.
 pub fn note_error(errno: i32) {
-    FAILED.set(errno);
+    ANSWERING.with_borrow(|a| {
+        if let (Some(errors), Some(op)) = (&a.errors, a.op) {
+            let e = (errno.max(0) as usize).min(ERRNOS - 1);
+            errors[op * ERRNOS + e].fetch_add(1, Relaxed);
+        }
+    });
 }
 
 impl FuseMetrics {
     /// Starts timing a request of kind `op`.
     pub fn timer(&self, op: FuseOp) -> RequestTimer<'_> {
-        FAILED.set(0);
+        ANSWERING.with_borrow_mut(|a| {
+            // The counts are shared once per thread (no reference count touched per request).
+            if !a
+                .errors
+                .as_ref()
+                .is_some_and(|e| Arc::ptr_eq(e, &self.errors))
+            {
+                a.errors = Some(self.errors.clone());
+            }
+            a.op = Some(op as usize);
+        });
         RequestTimer {
             m: self,
             op,
@@ -969,6 +993,25 @@ mod tests {
             assert!(t.lines().any(|l| l == w), "missing {w}\n{t}");
         }
         assert_eq!(t.matches("sparsefs_fuse_errors_total{").count(), 3, "{t}");
+    }
+
+    #[test]
+    fn a_failed_request_is_counted_before_its_reply_into_its_own_mounts_metrics() {
+        let (a, b) = (Stats::default(), Stats::default());
+        let enoent = "\"lookup\":{\"ENOENT\":1}";
+        let t = a.fuse.timer(FuseOp::Lookup);
+        note_error(libc::ENOENT);
+        // Counted while the request is still being answered (the timer has not ended).
+        assert!(a.to_json().contains(enoent), "{}", a.to_json());
+        drop(t);
+        // Another mount's request on the same thread counts into that mount only.
+        drop(b.fuse.timer(FuseOp::Lookup));
+        let t = b.fuse.timer(FuseOp::Lookup);
+        note_error(libc::ENOENT);
+        drop(t);
+        assert!(a.to_json().contains(enoent) && b.to_json().contains(enoent));
+        note_error(libc::ENOENT); // between requests: not counted
+        assert!(a.to_json().contains(enoent) && b.to_json().contains(enoent));
     }
 
     #[test]
