@@ -377,19 +377,25 @@ fn metrics_over_http_count_a_known_workload_exactly_and_parse_strictly() {
     assert!(value(&after, "sparsefs_fd_pool_high_mark", &[]) >= 16.0);
     assert!(d("sparsefs_flushes_total", &[("trigger", "close")]) >= 1.0);
     // Both files are closed (the kernel's release is asynchronous: wait for it); the
-    // all-zero file has holes, so its map was stored.
+    // all-zero file has holes, so its map was stored; every write request is timed (when
+    // its thread is done with it, just after the reply: under load the application may
+    // have closed the file before the last write's thread got that far).
     let t = std::time::Instant::now();
     let settled = loop {
         let now = metrics_ok(scrape_tcp(port, "/metrics"));
         let open = value(&now, "sparsefs_open_handles", &[]);
         let stored = value(&now, "sparsefs_maps_stored_total", &[])
             - value(&before, "sparsefs_maps_stored_total", &[]);
-        if open == 0.0 && stored >= 1.0 {
+        let dn = |name: &str, l: &[(&str, &str)]| value(&now, name, l) - value(&before, name, l);
+        let timed = dn("sparsefs_fuse_request_seconds_count", &[("op", "write")]);
+        let writes = dn("sparsefs_app_writes_total", &[]);
+        if open == 0.0 && stored >= 1.0 && timed == writes {
             break now;
         }
         assert!(
             t.elapsed().as_secs() < 5,
-            "open handles after every close: {open}, maps stored: {stored}"
+            "open handles after every close: {open}, maps stored: {stored}, \
+             write requests timed {timed} of {writes}"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
@@ -413,8 +419,8 @@ fn metrics_over_http_count_a_known_workload_exactly_and_parse_strictly() {
         "{om}"
     );
     python_parses_openmetrics(&om);
-    // Every application write is one timed FUSE write request (timed when its reply is
-    // sent: compared on the sample taken after every release).
+    // Every application write is one timed FUSE write request (and never more: the
+    // settled sample waited for them to be equal, this checks it held).
     let ds = |name: &str, l: &[(&str, &str)]| value(&settled, name, l) - value(&before, name, l);
     assert_eq!(
         ds("sparsefs_fuse_request_seconds_count", &[("op", "write")]),
