@@ -111,9 +111,23 @@ fn a_request_stalled_on_the_backend_does_not_hold_up_one_the_daemon_answers_itse
     // the lease is given up (or lease-break-time, 45 s), as a backend call stalls on a
     // network filesystem. The lease holder gets SIGIO at the break: ignored.
     unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+    // EAGAIN while the file is open for writing anywhere: the daemon closes its backend
+    // fd at the release of the last open above, which the kernel sends without waiting
+    // for it (under load it can come after this point): tried again until then.
     let lease = File::open(b.path().join("leased")).unwrap();
-    let r = unsafe { libc::fcntl(lease.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
-    assert_eq!(r, 0, "F_SETLEASE: {}", std::io::Error::last_os_error());
+    let t = Instant::now();
+    loop {
+        let r = unsafe { libc::fcntl(lease.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+        let e = std::io::Error::last_os_error();
+        if r == 0 {
+            break;
+        }
+        assert!(
+            e.raw_os_error() == Some(libc::EAGAIN) && t.elapsed() < Duration::from_secs(10),
+            "F_SETLEASE: {e}"
+        );
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
     let unlease = || unsafe { libc::fcntl(lease.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
     let stalled = std::thread::spawn({
         let p = m.p("leased");
